@@ -1,0 +1,639 @@
+"""Pure NETLINK_XFRM decoder: one datagram of bytes in, a list of typed events out.
+
+Theory of operation
+-------------------
+A datagram holds one or more netlink messages, each ``struct nlmsghdr`` followed by a fixed
+struct and then ``struct nlattr`` attributes, all 4-byte aligned (``NLMSG_ALIGN``/``NLA_ALIGN``).
+A dump arrives as several datagrams of ``NLM_F_MULTI`` records closed by ``NLMSG_DONE``; each
+datagram decodes on its own, so no state is kept between calls.
+
+Message types dispatch through ``_HANDLERS`` (a table, as in aioquic). Unknown types become
+``Unknown`` events. Any inconsistency (a length past the end, a short struct, a bad attribute
+length) raises ``MalformedMessage``; no other exception can escape ``decode_datagram``.
+
+Key bytes inside ``XFRMA_ALG_*`` attributes are never read: only the 64-byte name and the key
+length are unpacked, so no key byte is ever copied into a Python object.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+
+from monitor import xfrm as X
+from monitor.errors import MalformedMessage
+from monitor.events import (
+    SA,
+    Acquire,
+    Algo,
+    AsyncEvent,
+    Done,
+    Encap,
+    Event,
+    LifetimeCfg,
+    LifetimeCur,
+    Mark,
+    NatMapping,
+    NetlinkError,
+    NlHeader,
+    Offload,
+    Policy,
+    PolicyAdded,
+    PolicyDeleted,
+    PolicyExpired,
+    PolicyFlushed,
+    PolicyId,
+    PolicyUpdated,
+    Replay,
+    ReplayEsn,
+    Report,
+    SAAdded,
+    SADeleted,
+    SADInfo,
+    SAExpired,
+    SAFlushed,
+    SAId,
+    SAUpdated,
+    Selector,
+    Stats,
+    Template,
+    Unknown,
+)
+
+__all__ = ["decode_datagram", "format_address", "iter_messages"]
+
+_AttrMap = dict[int, tuple[int, int]]  # attribute type -> (payload offset, payload length)
+_Handler = Callable[[bytes, NlHeader, int, int], Event]
+
+_NLMSGHDR = X.NLMSGHDR.unpack_from
+_NLATTR = X.NLATTR.unpack_from
+_USERSA = X.USERSA_INFO.unpack_from
+_SELECTOR = X.SELECTOR.unpack_from
+_SEL_PORTS = X.SEL_PORTS.unpack_from
+_BE32 = X.BE32.unpack_from
+_U32 = X.U32.unpack_from
+_ALGO_HDR = X.ALGO_HDR.unpack_from
+_ALGO_HDR2 = X.ALGO_HDR2.unpack_from
+
+# Address strings repeat across thousands of SAs; memoising inet_ntop is a large win.
+_V4: dict[bytes, str] = {}
+_V6: dict[bytes, str] = {}
+_NAMES: dict[bytes, str] = {}
+_CACHE_MAX = 65536
+# Attributes decoded unconditionally in _sa(); anything else takes the slower, complete path.
+_COMMON_SA_ATTRS = frozenset(
+    {
+        X.XFRMA_ALG_CRYPT, X.XFRMA_ALG_AUTH, X.XFRMA_ALG_AUTH_TRUNC, X.XFRMA_ALG_AEAD, X.XFRMA_ALG_COMP,
+        X.XFRMA_REPLAY_VAL, X.XFRMA_REPLAY_ESN_VAL, X.XFRMA_LASTUSED, X.XFRMA_ENCAP, X.XFRMA_MARK,
+        X.XFRMA_IF_ID, X.XFRMA_SA_DIR, X.XFRMA_OFFLOAD_DEV, X.XFRMA_SA, X.XFRMA_SRCADDR,
+    }
+)
+
+
+def format_address(raw: bytes, family: int) -> str:
+    """Render a 16-byte ``xfrm_address_t`` for ``family`` (AF_INET uses the first 4 bytes)."""
+    if family == X.AF_INET6:
+        s = _V6.get(raw)
+        if s is None:
+            s = socket.inet_ntop(socket.AF_INET6, raw)
+            if len(_V6) < _CACHE_MAX:
+                _V6[raw] = s
+        return s
+    s = _V4.get(raw)
+    if s is None:
+        s = socket.inet_ntop(socket.AF_INET, raw[:4])
+        if len(_V4) < _CACHE_MAX:
+            _V4[raw] = s
+    return s
+
+
+def _name(raw: bytes) -> str:
+    s = _NAMES.get(raw)
+    if s is None:
+        s = raw.split(b"\0", 1)[0].decode("latin-1")
+        if len(_NAMES) < _CACHE_MAX:
+            _NAMES[raw] = s
+    return s
+
+
+def iter_messages(data: bytes) -> list[tuple[NlHeader, int, int]]:
+    """Split a datagram into ``(header, payload offset, payload end)`` triples.
+
+    Raises:
+        MalformedMessage: a header is truncated or a length runs past the datagram.
+    """
+    out = []
+    off = 0
+    size = len(data)
+    while off < size:
+        if size - off < 16:
+            raise MalformedMessage(f"truncated nlmsghdr: {size - off} bytes at offset {off}")
+        length, mtype, flags, seq, pid = _NLMSGHDR(data, off)
+        if length < 16 or off + length > size:
+            raise MalformedMessage(f"nlmsg_len {length} at offset {off} is outside the {size}-byte datagram")
+        out.append((NlHeader(mtype, flags, seq, pid), off + 16, off + length))
+        off += (length + 3) & ~3
+    return out
+
+
+def decode_datagram(data: bytes) -> list[Event]:
+    """Decode every netlink message in one datagram.
+
+    Args:
+        data: the bytes of one ``recv`` from a NETLINK_XFRM socket (or one capture record).
+
+    Returns:
+        One event per message, in order.
+
+    Raises:
+        MalformedMessage: the bytes do not follow the kernel's layout.
+    """
+    events: list[Event] = []
+    for nl, start, end in iter_messages(data):
+        handler = _HANDLERS.get(nl.type)
+        try:
+            if handler is None:
+                events.append(Unknown(nl, bytes(data[start:end])))
+            else:
+                events.append(handler(data, nl, start, end))
+        except (struct.error, IndexError, ValueError) as exc:
+            if isinstance(exc, MalformedMessage):
+                raise
+            raise MalformedMessage(f"{X.MSG_NAMES.get(nl.type, nl.type)}: {exc}") from None
+    return events
+
+
+# --- attribute walking -------------------------------------------------------------------------
+
+
+def _attrs(data: bytes, off: int, end: int) -> _AttrMap:
+    """Index the ``struct nlattr`` list in ``data[off:end]`` by type (the last one of a type wins)."""
+    attrs: _AttrMap = {}
+    while off + 4 <= end:
+        alen, atype = _NLATTR(data, off)
+        if alen < 4 or off + alen > end:
+            raise MalformedMessage(f"attribute type {atype} has length {alen}, {end - off} bytes left")
+        attrs[atype & X.NLA_TYPE_MASK] = (off + 4, alen - 4)
+        off += (alen + 3) & ~3
+    if off < end and end - off >= 4:  # pragma: no cover - loop condition covers this
+        raise MalformedMessage("trailing bytes after attributes")
+    return attrs
+
+
+def _need(length: int, size: int, what: str) -> None:
+    if length < size:
+        raise MalformedMessage(f"{what}: payload of {length} bytes, need {size}")
+
+
+def _u32(data: bytes, attrs: _AttrMap, atype: int) -> int | None:
+    a = attrs.get(atype)
+    if a is None:
+        return None
+    _need(a[1], 4, "u32 attribute")
+    return int(_U32(data, a[0])[0])
+
+
+def _algo(data: bytes, a: tuple[int, int], with_icv: bool) -> Algo:
+    off, length = a
+    if with_icv:
+        _need(length, 72, "xfrm_algo_auth/aead")
+        name, key_bits, icv = _ALGO_HDR2(data, off)
+        key_off = 72
+    else:
+        _need(length, 68, "xfrm_algo")
+        name, key_bits = _ALGO_HDR(data, off)
+        icv = 0
+        key_off = 68
+    if key_off + (key_bits + 7) // 8 > length:
+        raise MalformedMessage(f"algorithm key of {key_bits} bits overruns its {length}-byte attribute")
+    return Algo(_name(name), key_bits, icv)
+
+
+def _mark(data: bytes, attrs: _AttrMap) -> Mark | None:
+    a = attrs.get(X.XFRMA_MARK)
+    if a is None:
+        return None
+    _need(a[1], 8, "xfrm_mark")
+    return Mark(*X.MARK.unpack_from(data, a[0]))
+
+
+def _replay(data: bytes, attrs: _AttrMap) -> tuple[Replay | None, ReplayEsn | None]:
+    replay = esn = None
+    a = attrs.get(X.XFRMA_REPLAY_VAL)
+    if a is not None:
+        _need(a[1], 12, "xfrm_replay_state")
+        replay = Replay(*X.REPLAY.unpack_from(data, a[0]))
+    a = attrs.get(X.XFRMA_REPLAY_ESN_VAL)
+    if a is not None:
+        _need(a[1], 24, "xfrm_replay_state_esn")
+        bmp_len, oseq, seq, oseq_hi, seq_hi, window = X.REPLAY_ESN.unpack_from(data, a[0])
+        _need(a[1], 24 + 4 * bmp_len, "xfrm_replay_state_esn bitmap")
+        bmp = struct.unpack_from(f"={bmp_len}I", data, a[0] + 24)
+        esn = ReplayEsn(oseq, seq, oseq_hi, seq_hi, window, bmp)
+    return replay, esn
+
+
+def _selector(data: bytes, off: int, family: int) -> Selector:
+    daddr, saddr, sfam, plen_d, plen_s, proto, ifindex, user = _SELECTOR(data, off)
+    dport, dmask, sport, smask = _SEL_PORTS(data, off + 32)
+    fam = sfam or family
+    return Selector(
+        format_address(daddr, fam),
+        format_address(saddr, fam),
+        dport,
+        dmask,
+        sport,
+        smask,
+        sfam,
+        plen_d,
+        plen_s,
+        proto,
+        ifindex,
+        user,
+    )
+
+
+def _templates(data: bytes, attrs: _AttrMap) -> tuple[Template, ...]:
+    a = attrs.get(X.XFRMA_TMPL)
+    if a is None:
+        return ()
+    off, length = a
+    if length % 64:
+        raise MalformedMessage(f"XFRMA_TMPL of {length} bytes is not a whole number of xfrm_user_tmpl")
+    out = []
+    for t in range(off, off + length, 64):
+        daddr, spi, proto, family, saddr, reqid, mode, share, optional, aalgos, ealgos, calgos = (
+            X.USER_TMPL.unpack_from(data, t)
+        )
+        out.append(
+            Template(
+                format_address(daddr, family),
+                _BE32(spi)[0],
+                proto,
+                family,
+                format_address(saddr, family),
+                reqid,
+                mode,
+                share,
+                optional,
+                aalgos,
+                ealgos,
+                calgos,
+            )
+        )
+    return tuple(out)
+
+
+def _policy_type(data: bytes, attrs: _AttrMap) -> int | None:
+    a = attrs.get(X.XFRMA_POLICY_TYPE)
+    if a is None:
+        return None
+    _need(a[1], 6, "xfrm_userpolicy_type")
+    return int(X.USERPOLICY_TYPE.unpack_from(data, a[0])[0])
+
+
+# --- SAs ---------------------------------------------------------------------------------------
+
+
+def _sa(data: bytes, off: int, attrs: _AttrMap) -> SA:
+    """Build an ``SA`` from a ``struct xfrm_usersa_info`` at ``off`` and its attributes."""
+    (
+        daddr,
+        proto,
+        saddr,
+        l0,
+        l1,
+        l2,
+        l3,
+        l4,
+        l5,
+        l6,
+        l7,
+        c_bytes,
+        c_packets,
+        c_add,
+        c_use,
+        st_window,
+        st_replay,
+        st_integrity,
+        seq,
+        reqid,
+        family,
+        mode,
+        replay_window,
+        flags,
+    ) = _USERSA(data, off)
+    enc = auth = auth_trunc = aead = comp = encap = replay = esn = None
+    lastused = mark = if_id = sa_dir = offload = set_mark = set_mark_mask = extra = None
+    tfcpad = mtimer = nat_ka = pcpu = None
+    if attrs:
+        get = attrs.get
+        a = get(X.XFRMA_ALG_CRYPT)
+        if a is not None:
+            enc = _algo(data, a, False)
+        a = get(X.XFRMA_ALG_AUTH)
+        if a is not None:
+            auth = _algo(data, a, False)
+        a = get(X.XFRMA_ALG_AUTH_TRUNC)
+        if a is not None:
+            auth_trunc = _algo(data, a, True)
+        a = get(X.XFRMA_ALG_AEAD)
+        if a is not None:
+            aead = _algo(data, a, True)
+        a = get(X.XFRMA_ALG_COMP)
+        if a is not None:
+            comp = _algo(data, a, False)
+        a = get(X.XFRMA_REPLAY_VAL)
+        if a is not None:
+            _need(a[1], 12, "xfrm_replay_state")
+            replay = Replay(*X.REPLAY.unpack_from(data, a[0]))
+        if X.XFRMA_REPLAY_ESN_VAL in attrs:
+            esn = _replay(data, attrs)[1]
+        a = get(X.XFRMA_LASTUSED)
+        if a is not None:
+            _need(a[1], 8, "lastused")
+            lastused = X.U64.unpack_from(data, a[0])[0]
+        a = get(X.XFRMA_ENCAP)
+        if a is not None:
+            _need(a[1], 24, "xfrm_encap_tmpl")
+            etype, esport, edport, eoa = X.ENCAP_TMPL.unpack_from(data, a[0])
+            encap = Encap(etype, int.from_bytes(esport, "big"), int.from_bytes(edport, "big"),
+                          format_address(eoa, family))
+        if X.XFRMA_MARK in attrs:
+            mark = _mark(data, attrs)
+        if X.XFRMA_IF_ID in attrs:
+            if_id = _u32(data, attrs, X.XFRMA_IF_ID)
+        a = get(X.XFRMA_SA_DIR)
+        if a is not None:
+            _need(a[1], 1, "sa_dir")
+            sa_dir = data[a[0]]
+        a = get(X.XFRMA_OFFLOAD_DEV)
+        if a is not None:
+            _need(a[1], 8, "xfrm_user_offload")
+            offload = Offload(*X.USER_OFFLOAD.unpack_from(data, a[0]))
+        if not _COMMON_SA_ATTRS.issuperset(attrs):  # rarer attributes: only when present
+            set_mark = _u32(data, attrs, X.XFRMA_SET_MARK)
+            set_mark_mask = _u32(data, attrs, X.XFRMA_SET_MARK_MASK)
+            extra = _u32(data, attrs, X.XFRMA_SA_EXTRA_FLAGS)
+            tfcpad = _u32(data, attrs, X.XFRMA_TFCPAD)
+            mtimer = _u32(data, attrs, X.XFRMA_MTIMER_THRESH)
+            nat_ka = _u32(data, attrs, X.XFRMA_NAT_KEEPALIVE_INTERVAL)
+            pcpu = _u32(data, attrs, X.XFRMA_SA_PCPU)
+    return SA(
+        _selector(data, off, family),
+        format_address(daddr, family),
+        _BE32(data, off + 72)[0],
+        proto,
+        format_address(saddr, family),
+        LifetimeCfg(l0, l1, l2, l3, l4, l5, l6, l7),
+        LifetimeCur(c_bytes, c_packets, c_add, c_use),
+        Stats(st_window, st_replay, st_integrity),
+        seq,
+        reqid,
+        family,
+        mode,
+        replay_window,
+        flags,
+        enc,
+        auth,
+        auth_trunc,
+        aead,
+        comp,
+        encap,
+        replay,
+        esn,
+        lastused,
+        mark,
+        if_id,
+        sa_dir,
+        offload,
+        set_mark,
+        set_mark_mask,
+        extra,
+        tfcpad,
+        mtimer,
+        nat_ka,
+        pcpu,
+    )
+
+
+def _new_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 224, "xfrm_usersa_info")
+    sa = _sa(data, start, _attrs(data, start + 224, end))
+    return SAUpdated(nl, sa) if nl.type == X.XFRM_MSG_UPDSA else SAAdded(nl, sa)
+
+
+def _sa_id(data: bytes, off: int) -> SAId:
+    daddr, spi, family, proto = X.USERSA_ID.unpack_from(data, off)
+    return SAId(format_address(daddr, family), _BE32(spi)[0], family, proto)
+
+
+def _del_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 24, "xfrm_usersa_id")
+    attrs = _attrs(data, start + 24, end)
+    sa = None
+    a = attrs.get(X.XFRMA_SA)
+    if a is not None:
+        _need(a[1], 224, "XFRMA_SA")
+        sa = _sa(data, a[0], attrs)
+    srcaddr = None
+    a = attrs.get(X.XFRMA_SRCADDR)
+    if a is not None:
+        _need(a[1], 16, "XFRMA_SRCADDR")
+        srcaddr = format_address(bytes(data[a[0] : a[0] + 16]), X.USERSA_ID.unpack_from(data, start)[2])
+    return SADeleted(nl, _sa_id(data, start), sa, srcaddr)
+
+
+def _expire(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, X.USER_EXPIRE_SIZE, "xfrm_user_expire")
+    sa = _sa(data, start, _attrs(data, start + X.USER_EXPIRE_SIZE, end))
+    return SAExpired(nl, sa, bool(data[start + 224]))
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+def _policy(data: bytes, off: int, attrs: _AttrMap) -> Policy:
+    l0, l1, l2, l3, l4, l5, l6, l7, cb, cp, ca, cu, prio, index, pdir, action, flags, share = (
+        X.USERPOLICY_INFO.unpack_from(data, off)
+    )
+    return Policy(
+        _selector(data, off, X.AF_INET),
+        LifetimeCfg(l0, l1, l2, l3, l4, l5, l6, l7),
+        LifetimeCur(cb, cp, ca, cu),
+        prio,
+        index,
+        pdir,
+        action,
+        flags,
+        share,
+        _templates(data, attrs),
+        _policy_type(data, attrs),
+        _mark(data, attrs),
+        _u32(data, attrs, X.XFRMA_IF_ID),
+    )
+
+
+def _new_policy(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, X.USERPOLICY_INFO_SIZE, "xfrm_userpolicy_info")
+    pol = _policy(data, start, _attrs(data, start + X.USERPOLICY_INFO_SIZE, end))
+    return PolicyUpdated(nl, pol) if nl.type == X.XFRM_MSG_UPDPOLICY else PolicyAdded(nl, pol)
+
+
+def _del_policy(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 64, "xfrm_userpolicy_id")
+    attrs = _attrs(data, start + 64, end)
+    index, pdir = X.USERPOLICY_ID.unpack_from(data, start)
+    pol = None
+    a = attrs.get(X.XFRMA_POLICY)
+    if a is not None:
+        _need(a[1], X.USERPOLICY_INFO_SIZE, "XFRMA_POLICY")
+        pol = _policy(data, a[0], attrs)
+    return PolicyDeleted(nl, PolicyId(_selector(data, start, X.AF_INET), index, pdir), pol)
+
+
+def _polexpire(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, X.USER_POLEXPIRE_SIZE, "xfrm_user_polexpire")
+    pol = _policy(data, start, _attrs(data, start + X.USER_POLEXPIRE_SIZE, end))
+    return PolicyExpired(nl, pol, bool(data[start + X.USERPOLICY_INFO_SIZE]))
+
+
+def _flush_policy(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    return PolicyFlushed(nl, _policy_type(data, _attrs(data, start, end)))
+
+
+def _flush_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 1, "xfrm_usersa_flush")
+    return SAFlushed(nl, data[start])
+
+
+# --- other messages ----------------------------------------------------------------------------
+
+
+def _acquire(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, X.USER_ACQUIRE_SIZE, "xfrm_user_acquire")
+    attrs = _attrs(data, start + X.USER_ACQUIRE_SIZE, end)
+    daddr, spi, proto, saddr = X.USER_ACQUIRE.unpack_from(data, start)
+    policy = _policy(data, start + 96, {})
+    family = policy.sel.family or X.AF_INET
+    aalgos, ealgos, calgos, seq = X.USER_ACQUIRE_TAIL.unpack_from(data, start + 264)
+    sa_dir = None
+    a = attrs.get(X.XFRMA_SA_DIR)
+    if a is not None:
+        _need(a[1], 1, "sa_dir")
+        sa_dir = data[a[0]]
+    return Acquire(
+        nl,
+        format_address(daddr, family),
+        _BE32(spi)[0],
+        proto,
+        format_address(saddr, family),
+        _selector(data, start + 40, family),
+        policy,
+        aalgos,
+        ealgos,
+        calgos,
+        seq,
+        _templates(data, attrs),
+        _policy_type(data, attrs),
+        _mark(data, attrs),
+        _u32(data, attrs, X.XFRMA_IF_ID),
+        sa_dir,
+    )
+
+
+def _aevent(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 48, "xfrm_aevent_id")
+    attrs = _attrs(data, start + 48, end)
+    daddr, spi, family, proto, saddr, flags, reqid = X.AEVENT_ID.unpack_from(data, start)
+    replay, esn = _replay(data, attrs)
+    lifetime = None
+    a = attrs.get(X.XFRMA_LTIME_VAL)
+    if a is not None:
+        _need(a[1], 32, "xfrm_lifetime_cur")
+        lifetime = LifetimeCur(*X.LIFETIME_CUR.unpack_from(data, a[0]))
+    return AsyncEvent(
+        nl,
+        SAId(format_address(daddr, family), _BE32(spi)[0], family, proto),
+        format_address(saddr, family),
+        flags,
+        reqid,
+        replay,
+        esn,
+        lifetime,
+        _u32(data, attrs, X.XFRMA_REPLAY_THRESH),
+        _u32(data, attrs, X.XFRMA_ETIMER_THRESH),
+        _mark(data, attrs),
+        _u32(data, attrs, X.XFRMA_IF_ID),
+    )
+
+
+def _mapping(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 64, "xfrm_user_mapping")
+    daddr, spi, family, proto, reqid, old, new = X.USER_MAPPING.unpack_from(data, start)
+    old_port, new_port = X.MAPPING_PORTS.unpack_from(data, start + 60)
+    return NatMapping(
+        nl,
+        SAId(format_address(daddr, family), _BE32(spi)[0], family, proto),
+        reqid,
+        format_address(old, family),
+        format_address(new, family),
+        old_port,
+        new_port,
+    )
+
+
+def _report(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, X.USER_REPORT_SIZE, "xfrm_user_report")
+    attrs = _attrs(data, start + X.USER_REPORT_SIZE, end)
+    sel = _selector(data, start + 4, X.AF_INET)
+    coaddr = None
+    a = attrs.get(X.XFRMA_COADDR)
+    if a is not None:
+        _need(a[1], 16, "XFRMA_COADDR")
+        coaddr = format_address(bytes(data[a[0] : a[0] + 16]), sel.family or X.AF_INET)
+    return Report(nl, data[start], sel, coaddr)
+
+
+def _sadinfo(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 4, "sadinfo flags")
+    attrs = _attrs(data, start + 4, end)
+    hcount = hmax = None
+    a = attrs.get(X.XFRMA_SAD_HINFO)
+    if a is not None:
+        _need(a[1], 8, "xfrmu_sadhinfo")
+        hcount, hmax = X.SADHINFO.unpack_from(data, a[0])
+    return SADInfo(nl, _U32(data, start)[0], _u32(data, attrs, X.XFRMA_SAD_CNT), hcount, hmax)
+
+
+def _error(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    _need(end - start, 20, "nlmsgerr")
+    err = X.I32.unpack_from(data, start)[0]
+    _len, rtype, rflags, rseq, rpid = _NLMSGHDR(data, start + 4)
+    return NetlinkError(nl, err, NlHeader(rtype, rflags, rseq, rpid))
+
+
+def _done(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    return Done(nl)
+
+
+_HANDLERS: dict[int, _Handler] = {
+    X.XFRM_MSG_NEWSA: _new_sa,
+    X.XFRM_MSG_UPDSA: _new_sa,
+    X.XFRM_MSG_DELSA: _del_sa,
+    X.XFRM_MSG_EXPIRE: _expire,
+    X.XFRM_MSG_ACQUIRE: _acquire,
+    X.XFRM_MSG_NEWPOLICY: _new_policy,
+    X.XFRM_MSG_UPDPOLICY: _new_policy,
+    X.XFRM_MSG_DELPOLICY: _del_policy,
+    X.XFRM_MSG_POLEXPIRE: _polexpire,
+    X.XFRM_MSG_FLUSHSA: _flush_sa,
+    X.XFRM_MSG_FLUSHPOLICY: _flush_policy,
+    X.XFRM_MSG_NEWAE: _aevent,
+    X.XFRM_MSG_MAPPING: _mapping,
+    X.XFRM_MSG_REPORT: _report,
+    X.XFRM_MSG_NEWSADINFO: _sadinfo,
+    X.NLMSG_ERROR: _error,
+    X.NLMSG_DONE: _done,
+}
