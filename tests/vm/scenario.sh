@@ -91,10 +91,11 @@ poll_until() {
 }
 
 vici() { echo "unix://$WORK/$1.vici"; }
-sw() { local side=$1; shift; swanctl "$@" --uri "$(vici "$side")"; }
+# swanctl prints plugin-loading noise on stderr: keep it out of the reference dumps
+sw() { local side=$1; shift; swanctl "$@" --uri "$(vici "$side")" 2>> "$RW/swanctl-stderr.log"; }
 
 # ---------------------------------------------------------------- kernel + network
-log "kernel $(uname -r), strongSwan $(swanctl --version 2>/dev/null | awk '{print $NF}' | head -n1), python $PY"
+log "kernel $(uname -r), strongSwan $(swanctl --version 2>&1 | sed -n 's/^strongSwan \([0-9][0-9.]*\) swanctl.*/\1/p' | head -n1), tcpdump $(tcpdump --version 2>&1 | awk 'NR==1{print $3}'), python $PY"
 log "uptime at scenario start: $(cut -d' ' -f1 /proc/uptime) s"
 modprobe -a esp4 xfrm_user nlmon veth || fail "modprobe esp4 xfrm_user nlmon veth"
 
@@ -120,7 +121,9 @@ poll_until 20 0.2 grep -q 'listening on' "$RW/tcpdump-a.log" || fail "tcpdump di
 log "tcpdump on nlmon0 in ns a started (pid $TCPDUMP_PID)"
 
 # ---------------------------------------------------------------- our own recorder, if the package has one
-if [ -n "$PROJ" ] && (cd "$PROJ" && PYTHONPATH="$PROJ" "$PY" -c 'import monitor.cli') > "$RW/monitor-import.log" 2>&1; then
+# (started before charon so it sees everything; skipped while monitor.cli has no working "record" command)
+if [ -n "$PROJ" ] && (cd "$PROJ" && PYTHONPATH="$PROJ" "$PY" -c 'import monitor.cli' \
+      && PYTHONPATH="$PROJ" "$PY" -m monitor record --help) > "$RW/monitor-import.log" 2>&1; then
   (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor record \
       --out "$RW/monitor-a.pcap" --interval 1) > "$RW/monitor-a.log" 2>&1 &
   REC_PID=$!
@@ -211,7 +214,7 @@ start_charon() {  # start_charon SIDE -> sets CHARON_<SIDE>_PID
     > "$RW/charon-$s.stdout" 2>&1 &
   pid=$!
   poll_until 30 0.2 test -S "$WORK/$s.vici" || fail "charon $s: no vici socket $(vici "$s")"
-  sw "$s" --load-all --file "$WORK/$s/swanctl.conf" >> "$RW/swanctl-load-$s.log" 2>&1 \
+  sw "$s" --load-all --file "$WORK/$s/swanctl.conf" >> "$RW/swanctl-load-$s.log" \
     || fail "swanctl --load-all for $s (see swanctl-load-$s.log)"
   if [ "$s" = a ]; then CHARON_A_PID=$pid; else CHARON_B_PID=$pid; fi
   log "charon $s started (pid $pid) and configured"
@@ -284,7 +287,7 @@ for attempt in 1 2 3; do
   date +%s.%N > "$RW/dumppoint.time"
   ip -s -n a xfrm state > "$RW/xfrm-state-a.txt" 2>&1
   ip -n a xfrm policy > "$RW/xfrm-policy-a.txt" 2>&1
-  sw a --list-sas > "$RW/swanctl-a.txt" 2>&1
+  sw a --list-sas > "$RW/swanctl-a.txt"
   log "dump point at $(cat "$RW/dumppoint.time") (attempt $attempt)"
   sleep 2.5
   after=$(snapshot)
@@ -315,7 +318,7 @@ poll_until 90 0.5 no_esp || fail "ns a still has ESP SAs 90 s after the peer die
 log "ns a has no ESP SAs left ($(awk -v a="$(cat "$RW/peerdeath.time")" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s after the kill)"
 ip -s -n a xfrm state > "$RW/after-peer-death-a.txt" 2>&1
 ip -n a xfrm policy > "$RW/after-peer-death-policy-a.txt" 2>&1
-sw a --list-sas > "$RW/after-peer-death-swanctl-a.txt" 2>&1
+sw a --list-sas > "$RW/after-peer-death-swanctl-a.txt"
 stop_ping
 sleep 1.5   # give the recorder one more interval to see the empty state
 
