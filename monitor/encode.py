@@ -24,6 +24,7 @@ from monitor.events import (
     Event,
     LifetimeCfg,
     LifetimeCur,
+    Mark,
     NatMapping,
     NetlinkError,
     NlHeader,
@@ -34,6 +35,8 @@ from monitor.events import (
     PolicyFlushed,
     PolicyId,
     PolicyUpdated,
+    Replay,
+    ReplayEsn,
     Report,
     SAAdded,
     SADeleted,
@@ -114,15 +117,14 @@ def _u32(atype: int, value: int | None) -> bytes:
     return b"" if value is None else _attr(atype, X.U32.pack(value))
 
 
-def _replay_attrs(sa_replay: object, esn: object) -> bytes:
+def _replay_attrs(replay: Replay | None, esn: ReplayEsn | None) -> bytes:
     out = b""
     if esn is not None:
-        oseq, seq, oseq_hi, seq_hi, window, bmp = esn  # type: ignore[misc]
         out += _attr(X.XFRMA_REPLAY_ESN_VAL,
-                     X.REPLAY_ESN.pack(len(bmp), oseq, seq, oseq_hi, seq_hi, window)
-                     + b"".join(X.U32.pack(w) for w in bmp))
-    if sa_replay is not None:
-        out += _attr(X.XFRMA_REPLAY_VAL, X.REPLAY.pack(*sa_replay))  # type: ignore[misc]
+                     X.REPLAY_ESN.pack(len(esn.bmp), esn.oseq, esn.seq, esn.oseq_hi, esn.seq_hi, esn.replay_window)
+                     + b"".join(X.U32.pack(w) for w in esn.bmp))
+    if replay is not None:
+        out += _attr(X.XFRMA_REPLAY_VAL, X.REPLAY.pack(*replay))
     return out
 
 
@@ -175,14 +177,14 @@ def _userpolicy_info(p: Policy) -> bytes:
     return _selector(p.sel) + tail[56:]
 
 
-def _policy_attrs(templates: tuple[Template, ...], policy_type: int | None, mark: object,
+def _policy_attrs(templates: tuple[Template, ...], policy_type: int | None, mark: Mark | None,
                   if_id: int | None) -> bytes:
     # dump_one_policy(): copy_to_user_tmpl, sec_ctx, policy_type, mark, if_id
     out = _attr(X.XFRMA_TMPL, b"".join(_template(t) for t in templates)) if templates else b""
     if policy_type is not None:
         out += _attr(X.XFRMA_POLICY_TYPE, X.USERPOLICY_TYPE.pack(policy_type, 0, 0))
     if mark is not None:
-        out += _attr(X.XFRMA_MARK, X.MARK.pack(*mark))  # type: ignore[misc]
+        out += _attr(X.XFRMA_MARK, X.MARK.pack(*mark))
     return out + _u32(X.XFRMA_IF_ID, if_id)
 
 

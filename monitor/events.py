@@ -196,7 +196,7 @@ class Policy(NamedTuple):
     lft: LifetimeCfg
     cur: LifetimeCur
     priority: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, named as in the kernel struct
     dir: int
     action: int
     flags: int
@@ -211,7 +211,7 @@ class PolicyId(NamedTuple):
     """``struct xfrm_userpolicy_id``."""
 
     sel: Selector
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, named as in the kernel struct
     dir: int
 
 
@@ -357,7 +357,7 @@ class SADInfo(NamedTuple):
 
     nl: NlHeader
     flags: int
-    count: int | None
+    count: int | None  # type: ignore[assignment]  # shadows tuple.count; XFRMA_SAD_CNT
     hash_count: int | None
     hash_max: int | None
 
