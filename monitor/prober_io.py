@@ -1,0 +1,323 @@
+"""Keepalive prober: the thin asyncio shell around ``monitor.prober`` (sockets, netns, clock).
+
+``ProbeSender.send(probe, timeout)`` sends one probe and waits for its answer:
+
+- ``icmp``: an ICMP(v6) echo request. It first tries an unprivileged "ping socket"
+  (``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``, allowed when the process's group is inside the netns's
+  ``net.ipv4.ping_group_range``), then a raw socket (needs ``CAP_NET_RAW``). If neither is allowed the
+  probe fails with a message that says so.
+- ``udp``: a small datagram to ``target:port`` from a connected UDP socket; any reply, *or* the ICMP
+  port-unreachable that comes back through the tunnel (``ECONNREFUSED``), counts as an answer. Needs no
+  privilege at all.
+
+Sockets for another network namespace are created after ``setns(2)`` into it (then switching back),
+which needs ``CAP_SYS_ADMIN``; a monitor that runs *inside* the netns (systemd ``NetworkNamespacePath=``,
+``ip netns exec``) names it ``""`` and needs nothing extra. ``ProberRunner`` is the loop the daemon starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from monitor.prober import IPAddress, Probe, Prober
+
+CLONE_NEWNET = 0x40000000
+ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
+# Names under which the monitor's own netns is known (no setns needed).
+OWN_NETNS = frozenset({"", "host", "self"})
+
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)} (entering another netns needs CAP_SYS_ADMIN)")
+
+
+def netns_path(netns: str) -> str:
+    """``/run/netns/NAME`` for a name, the path itself for a path (``/proc/PID/ns/net``)."""
+    return netns if netns.startswith("/") else os.path.join("/run/netns", netns)
+
+
+@contextlib.contextmanager
+def in_netns(netns: str) -> Iterator[None]:
+    """Run the body with this *thread* inside ``netns`` (sockets created there stay bound to it)."""
+    if netns in OWN_NETNS:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(netns_path(netns), os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+
+
+def local_addresses(netns: str) -> list[IPAddress]:
+    """Every address configured on an interface of ``netns``: one RTM_GETADDR dump (no privilege needed)."""
+    with in_netns(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    with sock:
+        # struct nlmsghdr (16 bytes) + struct ifaddrmsg { u8 family, prefixlen, flags, scope; u32 index; }
+        req = struct.pack("=IHHII", 16 + 8, RTM_GETADDR, 0x1 | 0x300, 1, 0) + struct.pack("=BBBBI", 0, 0, 0, 0, 0)
+        sock.sendto(req, (0, 0))
+        found: list[IPAddress] = []
+        while True:
+            data = sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, typ = struct.unpack_from("=IH", data, off)
+                if typ == NLMSG_DONE:
+                    return found
+                if typ == NLMSG_ERROR or length < 16:
+                    raise OSError(errno.EIO, "RTM_GETADDR dump failed")
+                if typ == RTM_NEWADDR:
+                    found.extend(_ifaddr(data[off + 16 : off + length]))
+                off += (length + 3) & ~3
+
+
+def _ifaddr(body: bytes) -> list[IPAddress]:
+    family = body[0]
+    attrs: dict[int, bytes] = {}
+    off = 8
+    while off + 4 <= len(body):
+        alen, atype = struct.unpack_from("=HH", body, off)
+        if alen < 4:
+            break
+        attrs[atype] = body[off + 4 : off + alen]
+        off += (alen + 3) & ~3
+    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return []
+    return [ipaddress.ip_address(raw)]
+
+
+def icmp_checksum(data: bytes) -> int:
+    """RFC 1071 internet checksum."""
+    if len(data) % 2:
+        data += b"\0"
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def echo_request(v6: bool, ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP (v4, with checksum) or ICMPv6 (checksum left to the kernel) echo request."""
+    if v6:
+        return struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + payload
+    hdr = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
+    csum = icmp_checksum(hdr + payload)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, csum, ident, seq) + payload
+
+
+def parse_echo_reply(data: bytes, v6: bool, raw: bool) -> tuple[int, int] | None:
+    """``(ident, seq)`` of an echo reply, or None for anything else. Raw IPv4 reads include the IP header."""
+    if raw and not v6:
+        if len(data) < 20:
+            return None
+        data = data[(data[0] & 0x0F) * 4 :]
+    if len(data) < 8:
+        return None
+    typ, _code, _csum, ident, seq = struct.unpack("!BBHHH", data[:8])
+    if typ != (ICMP6_ECHO_REPLY if v6 else ICMP_ECHOREPLY):
+        return None
+    return ident, seq
+
+
+def _open_icmp(v6: bool) -> tuple[socket.socket, bool]:
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    try:
+        return socket.socket(fam, socket.SOCK_DGRAM, proto), False
+    except PermissionError:
+        pass
+    try:
+        return socket.socket(fam, socket.SOCK_RAW, proto), True
+    except PermissionError:
+        raise PermissionError(
+            errno.EPERM,
+            "ICMP probes need the monitor's group inside net.ipv4.ping_group_range, or CAP_NET_RAW; "
+            "or use kind = \"udp\"",
+        ) from None
+
+
+class ProbeSender:
+    """Sends one probe and waits for its answer. Returns ``("answer", t)``, ``("lost", t)`` or ``("error", msg)``."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.ident = os.getpid() & 0xFFFF
+
+    async def send(self, probe: Probe, timeout: float) -> tuple[str, float | str]:
+        """Send ``probe`` from its source address inside its netns; wait up to ``timeout`` seconds."""
+        try:
+            if probe.kind == "udp":
+                return await self._udp(probe, timeout)
+            return await self._icmp(probe, timeout)
+        except OSError as exc:
+            return "error", f"{probe.kind} probe {probe.source} -> {probe.target}: {exc.strerror or exc}"
+
+    async def _icmp(self, probe: Probe, timeout: float) -> tuple[str, float | str]:
+        loop = asyncio.get_running_loop()
+        v6 = probe.target.version == 6
+        with in_netns(probe.netns):
+            sock, raw = _open_icmp(v6)
+        with sock:
+            sock.setblocking(False)
+            if probe.source is not None:
+                sock.bind((str(probe.source), 0))
+            payload = b"ipsec-monitor\0\0\0"[: probe.payload].ljust(probe.payload, b"\0")
+            ident = self.ident if raw else (sock.getsockname()[1] & 0xFFFF)
+            await loop.sock_sendto(sock, echo_request(v6, ident, probe.seq, payload), (str(probe.target), 0))
+            deadline = loop.time() + timeout
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), left)
+                except TimeoutError:
+                    break
+                got = parse_echo_reply(data, v6, raw)
+                if got is None or ipaddress.ip_address(addr[0].split("%")[0]) != probe.target:
+                    continue
+                if got[1] == probe.seq and (got[0] == ident or not raw):
+                    return "answer", self.clock()
+            return "lost", self.clock()
+
+    async def _udp(self, probe: Probe, timeout: float) -> tuple[str, float | str]:
+        loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if probe.target.version == 6 else socket.AF_INET
+        with in_netns(probe.netns):
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+        with sock:
+            sock.setblocking(False)
+            if probe.source is not None:
+                sock.bind((str(probe.source), 0))
+            await loop.sock_connect(sock, (str(probe.target), probe.port))
+            await loop.sock_sendall(sock, b"ipsec-monitor probe %d\n" % probe.seq)
+            try:
+                await asyncio.wait_for(loop.sock_recv(sock, 2048), timeout)
+            except TimeoutError:
+                return "lost", self.clock()
+            except ConnectionRefusedError:
+                pass  # ICMP port unreachable came back through the tunnel: the path works
+            return "answer", self.clock()
+
+
+TunnelLookup = Callable[[str], Mapping[str, Any] | None]
+
+
+class ProberRunner:
+    """The prober's loop: observe tunnels, send due probes, feed results back. Started by the daemon.
+
+    Args:
+        prober: the pure core.
+        tunnel_ids: returns every tunnel id (called every ``rescan`` seconds to find matching tunnels).
+        tunnel_json: returns one tunnel's public JSON by id (called each tick for tracked tunnels).
+        sender: sends probes (tests pass a fake).
+        tick: seconds between decisions.
+    """
+
+    def __init__(
+        self,
+        prober: Prober,
+        tunnel_ids: Callable[[], Iterable[str]],
+        tunnel_json: TunnelLookup,
+        *,
+        sender: ProbeSender | None = None,
+        tick: float = 1.0,
+        rescan: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prober = prober
+        self.tunnel_ids = tunnel_ids
+        self.tunnel_json = tunnel_json
+        self.sender = sender or ProbeSender(clock)
+        self.tick = tick
+        self.rescan = rescan
+        self.clock = clock
+        self._last_scan: float | None = None
+        self._addrs: dict[str, list[IPAddress]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def _candidates(self, now: float) -> Iterable[str]:
+        by_id = [s.tunnel for s in self.prober.config.targets if s.tunnel is not None]
+        if len(by_id) == len(self.prober.config.targets):
+            return set(by_id)
+        if self._last_scan is None or now - self._last_scan >= self.rescan:
+            self._last_scan = now
+            self._addrs.clear()
+            return list(self.tunnel_ids())
+        return self.prober.tracked()
+
+    def step(self) -> list[Probe]:
+        """One decision round: observe, then start sending whatever is due. Returns the probes started."""
+        now = self.clock()
+        for tid in self._candidates(now):
+            tunnel = self.tunnel_json(tid)
+            if tunnel is None:
+                self.prober.forget(tid)
+            else:
+                self.prober.observe(tunnel, now)
+        addrs: dict[str, list[IPAddress]] = {}
+        if any(s.source is None for s in self.prober.config.targets):  # a source must be picked
+            for tid in self.prober.tracked():
+                tunnel = self.tunnel_json(tid)
+                ns = str(tunnel.get("netns", "")) if tunnel else ""
+                if ns not in self._addrs:
+                    try:
+                        self._addrs[ns] = local_addresses(ns)
+                    except OSError:
+                        self._addrs[ns] = []
+                addrs[ns] = self._addrs[ns]
+        probes = self.prober.due(now, addrs)
+        for p in probes:
+            task = asyncio.get_running_loop().create_task(self._one(p))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return probes
+
+    async def _one(self, probe: Probe) -> None:
+        kind, value = await self.sender.send(probe, self.prober.config.timeout)
+        if kind == "answer":
+            self.prober.on_answer(probe, float(value))
+        elif kind == "lost":
+            self.prober.on_lost(probe, float(value))
+        else:
+            self.prober.on_error(probe, str(value), self.clock())
+
+    async def run(self) -> None:
+        """Loop until cancelled."""
+        try:
+            while True:
+                self.step()
+                await asyncio.sleep(self.tick)
+        finally:
+            for t in list(self._inflight):
+                t.cancel()
