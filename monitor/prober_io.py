@@ -34,8 +34,8 @@ from monitor.prober import IPAddress, Probe, Prober
 CLONE_NEWNET = 0x40000000
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
-# Names under which the monitor's own netns is known (no setns needed).
-OWN_NETNS = frozenset({"", "host", "self"})
+# Names under which the monitor's own netns is known (no setns needed); "default" is monitor.netns.DEFAULT.
+OWN_NETNS = frozenset({"", "default", "host", "self"})
 
 _libc: ctypes.CDLL | None = None
 
