@@ -92,7 +92,12 @@ poll_until() {
 
 vici() { echo "unix://$WORK/$1.vici"; }
 # swanctl prints plugin-loading noise on stderr: keep it out of the reference dumps
-sw() { local side=$1; shift; swanctl "$@" --uri "$(vici "$side")" 2>> "$RW/swanctl-stderr.log"; }
+# swanctl needs no crypto plugins as a vici client; loading the distro's full list is slow under TCG and noisy
+printf 'swanctl {\n  load = random\n}\n' > "$WORK/swanctl-client.conf"
+sw() {
+  local side=$1; shift
+  STRONGSWAN_CONF="$WORK/swanctl-client.conf" swanctl "$@" --uri "$(vici "$side")" 2>> "$RW/swanctl-stderr.log"
+}
 
 # ---------------------------------------------------------------- kernel + network
 log "kernel $(uname -r), strongSwan $(swanctl --version 2>&1 | sed -n 's/^strongSwan \([0-9][0-9.]*\) swanctl.*/\1/p' | head -n1), tcpdump $(tcpdump --version 2>&1 | awk 'NR==1{print $3}'), python $PY"
@@ -131,11 +136,11 @@ if [ -n "$PROJ" ] && (cd "$PROJ" && PYTHONPATH="$PROJ" "$PY" -c 'import monitor.
   sleep 1
   kill -0 "$REC_PID" 2>/dev/null || { log "recorder died right away: $(tail -n 3 "$RW/monitor-a.log")"; REC_PID=; }
 else
-  log "no monitor.cli importable from ${PROJ:-<no project dir>}; recorder not started"
+  log "no 'monitor record' command in ${PROJ:-<no project dir>} (see monitor-import.log); recorder not started"
 fi
 
 # ---------------------------------------------------------------- strongSwan, one charon per netns
-write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION
+write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION REKEY_TIME
   local s=$1
   mkdir -p "$WORK/$s"
   cat > "$WORK/$s/strongswan.conf" <<EOT
@@ -143,6 +148,9 @@ charon {
   load_modular = no
   load = random nonce openssl aes sha1 sha2 hmac kdf gmp kernel-netlink socket-default vici
   install_routes = no
+  # old inbound SAs are deleted 2 s (default 5 s) after a rekey, so the state settles well before the next
+  # rekey (every 12-15 s) and the quiet dump-point window fits in between
+  delete_rekeyed_delay = 2
   retransmit_tries = 2
   retransmit_timeout = 1.0
   retransmit_base = 1.4
@@ -189,7 +197,7 @@ connections {
         local_ts = $4
         remote_ts = $5
         esp_proposals = aes128-sha256
-        rekey_time = 15s
+        rekey_time = $7
         life_time = 25s
         rand_time = 2s
         dpd_action = restart
@@ -219,8 +227,10 @@ start_charon() {  # start_charon SIDE -> sets CHARON_<SIDE>_PID
   if [ "$s" = a ]; then CHARON_A_PID=$pid; else CHARON_B_PID=$pid; fi
   log "charon $s started (pid $pid) and configured"
 }
-write_conf a 192.0.2.1 192.0.2.2 10.10.1.1/32 10.20.1.1/32 start
-write_conf b 192.0.2.2 192.0.2.1 10.20.1.1/32 10.10.1.1/32 none
+# Only a (the monitored side) initiates rekeys: a at 15 s - [0, 2) s jitter, b's own 20 s never comes
+# (each rekey by a replaces b's SAs too). Both rekeying at 15 s made rekey collisions and 2 s rekey gaps.
+write_conf a 192.0.2.1 192.0.2.2 10.10.1.1/32 10.20.1.1/32 start 15s
+write_conf b 192.0.2.2 192.0.2.1 10.20.1.1/32 10.10.1.1/32 none 20s
 start_charon b                 # responder first, so the initiator's start_action=start finds it
 start_charon a
 
@@ -280,7 +290,7 @@ log "$(rekeys) CHILD_SA rekeys seen"
 snapshot() { ip -n a xfrm state 2>/dev/null | grep -E '^src|proto esp' | tr '\n' ' '; }
 DUMP_OK=0
 for attempt in 1 2 3; do
-  poll_until 30 0.3 settled || { log "dump point: SAs did not settle (attempt $attempt)"; continue; }
+  poll_until 30 0.25 settled || { log "dump point: SAs did not settle (attempt $attempt)"; continue; }
   stop_ping
   before=$(snapshot)
   sleep 2.5
@@ -288,7 +298,7 @@ for attempt in 1 2 3; do
   ip -s -n a xfrm state > "$RW/xfrm-state-a.txt" 2>&1
   ip -n a xfrm policy > "$RW/xfrm-policy-a.txt" 2>&1
   sw a --list-sas > "$RW/swanctl-a.txt"
-  log "dump point at $(cat "$RW/dumppoint.time") (attempt $attempt)"
+  log "dump point at $(cat "$RW/dumppoint.time") (attempt $attempt; dumps took $(awk -v a="$(cat "$RW/dumppoint.time")" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}') s)"
   sleep 2.5
   after=$(snapshot)
   if [ "$before" = "$after" ] && [ "$(esp_count)" -eq 2 ]; then DUMP_OK=1; break; fi
