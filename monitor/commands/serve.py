@@ -1,0 +1,132 @@
+"""``monitor serve``: websocket stream, REST, Prometheus metrics and the dashboard over one source."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from monitor.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
+from monitor.errors import MonitorError
+
+log = logging.getLogger("monitor.serve")
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """The source flags shared by ``serve`` and ``demo`` (defaults come from config.Settings)."""
+    p.add_argument("--source", metavar="SRC",
+                   help="kernel (default), replay:FILE.pcap, or simulate [env MONITOR_SOURCE]")
+    p.add_argument("--netns", action="append", metavar="NAME",
+                   help="kernel: watch this ip-netns namespace (repeatable; default: this process's own)")
+    p.add_argument("--all-netns", action="store_const", const=True, dest="all_netns",
+                   help="kernel: watch every namespace, following new ones")
+    p.add_argument("--interval", type=float, metavar="S", help="kernel: seconds between counter dumps (default 5)")
+    p.add_argument("--aevents", action="store_const", const=True,
+                   help="kernel: join XFRMNLGRP_AEVENTS (per-packet events; expensive)")
+    p.add_argument("--speed", type=float, metavar="X",
+                   help="replay/simulate: time acceleration (default 1; replay 0 = as fast as possible)")
+    p.add_argument("--tunnels", type=int, metavar="N", help="simulate: number of tunnels (default 24)")
+    p.add_argument("--seed", type=int, help="simulate: random seed (default 1)")
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``monitor serve``."""
+    p = sub.add_parser("serve", help="serve the live tunnel view: websocket, REST, /metrics, dashboard",
+                       description=__doc__)
+    p.add_argument("--config", metavar="FILE", help="TOML config file [env MONITOR_CONFIG]")
+    p.add_argument("--host", help=f"listen address (default {DEFAULT_HOST}; non-loopback needs a token)")
+    p.add_argument("--port", type=int, help=f"listen port (default {DEFAULT_PORT})")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="file holding the bearer token [env MONITOR_TOKEN holds the token itself]")
+    add_source_args(p)
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
+              "tunnels", "seed", "log_level")
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from parsed flags (None = not given), the environment and the config file."""
+    flags = {k: getattr(args, k, None) for k in FLAG_NAMES}
+    flags.update(overrides)
+    return load_settings(flags, config=getattr(args, "config", None))
+
+
+async def serve(settings: Settings, *, ready: Any = None) -> int:
+    """Run until SIGINT/SIGTERM or a fatal source error; returns the exit code.
+
+    Args:
+        settings: validated settings.
+        ready: optional callable given the bound ``(host, port)`` once listening.
+    """
+    from monitor.web import DAEMON, create_app  # noqa: PLC0415 - keep `monitor --help` fast
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            print(f"monitor serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        host, port = sockets[0].getsockname()[:2] if sockets else (settings.host, settings.port)
+        shown = f"[{host}]" if ":" in str(host) else host
+        print(f"monitor serve: listening on http://{shown}:{port}/ (source {settings.source})",
+              file=sys.stderr, flush=True)
+        if ready is not None:
+            ready(host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        daemon = app[DAEMON]
+        stopper = asyncio.create_task(stop.wait())
+        failer = asyncio.create_task(daemon.failed.wait())
+        done, _ = await asyncio.wait({stopper, failer}, return_when=asyncio.FIRST_COMPLETED)
+        if failer in done and daemon.items == 0:
+            stopper.cancel()
+            print(f"monitor serve: error: {daemon.error}", file=sys.stderr)
+            return 1
+        await stopper  # a source that fails later leaves /healthz degraded; keep serving
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    """``monitor serve`` entry point."""
+    try:
+        settings = settings_from_args(args)
+    except MonitorError as exc:
+        print(f"monitor serve: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop  # noqa: PLC0415
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        return int(runner(serve(settings)))
+    except MonitorError as exc:
+        print(f"monitor serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

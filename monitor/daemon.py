@@ -1,0 +1,281 @@
+"""The I/O shell between a source and the pure core: feed, drain, re-arm, publish.
+
+It follows aioquic's ``asyncio/protocol.py`` loop: every item a source yields goes into
+``Pipeline.feed(item, now)`` with ``now`` from the wall clock (or the source's own clock, for the
+accelerated simulator); then the correlator's new events and changed tunnels go to the hub, and one
+``loop.call_at`` timer is re-armed from ``correlator.next_deadline()``. ``loop.time()`` is used only to
+schedule; the pure core only ever sees wall-clock ``now`` values.
+
+Besides that it owns: the periodic ``counters`` frame, the event-loop lag probe, the stalled-client
+watchdog, and the per-netns source statistics shown by ``/healthz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from monitor.errors import MonitorError
+from monitor.hub import Hub
+from monitor.items import Control, Source
+
+log = logging.getLogger(__name__)
+
+LAG_PROBE = 0.1  # seconds between lag probes
+LAG_WINDOW = 50  # probes kept: max lag over the last ~5 s
+
+
+class Core(Protocol):
+    """The correlator calls the daemon makes (see ARCHITECTURE.md "Correlator (pure)")."""
+
+    @property
+    def seq(self) -> int:
+        """Newest event seq."""
+        ...
+
+    def next_deadline(self) -> float | None:
+        """Wall-clock time the correlator wants ``on_timer``."""
+        ...
+
+    def on_timer(self, now: float) -> None:
+        """Process expired deadlines."""
+        ...
+
+    def drain_events(self) -> list[Any]:
+        """New health events."""
+        ...
+
+    def take_dirty(self) -> set[str]:
+        """Ids of changed tunnels."""
+        ...
+
+
+class Feeder(Protocol):
+    """``monitor.pipeline.Pipeline``."""
+
+    def feed(self, item: Any, now: float) -> Any:
+        """Feed one source item."""
+        ...
+
+
+class Daemon:
+    """Runs one source into one pipeline/correlator and publishes to one hub."""
+
+    def __init__(
+        self,
+        source: Source,
+        pipeline: Feeder,
+        correlator: Core,
+        hub: Hub,
+        *,
+        kind: str = "kernel",
+        counters_interval: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.source = source
+        self.pipeline = pipeline
+        self.correlator = correlator
+        self.hub = hub
+        self.kind = kind
+        self.counters_interval = counters_interval
+        src_now = getattr(source, "now", None)
+        self.clock: Callable[[], float] = clock or (src_now if callable(src_now) else time.time)
+        self.state = "starting"  # running | finished | failed
+        self.error: str | None = None
+        self.items = 0
+        self.feed_errors = 0
+        self.started = time.time()
+        self.enobufs: Counter[str] = Counter()
+        self.controls: Counter[tuple[str, str]] = Counter()
+        self.netns_seen: set[str] = set()
+        self.lags: deque[float] = deque([0.0], maxlen=LAG_WINDOW)
+        self.failed = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._publish_handle: asyncio.Handle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background tasks (source, counters, lag probe, stall watchdog)."""
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="monitor-source"),
+            asyncio.create_task(self._counters(), name="monitor-counters"),
+            asyncio.create_task(self._lag_probe(), name="monitor-lag"),
+            asyncio.create_task(self._watchdog(), name="monitor-watchdog"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel and await every background task; cancel the timer."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._publish_handle is not None:
+            self._publish_handle.cancel()
+            self._publish_handle = None
+
+    @property
+    def lag(self) -> float:
+        """Max event-loop lag (seconds) over the last few seconds."""
+        return max(self.lags)
+
+    @property
+    def alive(self) -> bool:
+        """True while the source is running."""
+        return self.state == "running"
+
+    def dump_stats(self) -> dict[str, dict[str, float | None]]:
+        """Per netns: ``last_dump`` (wall time of the last completed dump) and ``last_dump_duration``."""
+        out: dict[str, dict[str, float | None]] = {
+            ns: {"last_dump": None, "last_dump_duration": None} for ns in sorted(self.netns_seen)
+        }
+        stats: Any = getattr(self.pipeline, "stats", None)
+        per_ns: Any = getattr(stats, "netns", None)
+        if per_ns is None and isinstance(stats, Mapping):
+            per_ns = stats.get("netns")
+        if isinstance(per_ns, Mapping):
+            for ns, st in per_ns.items():
+                end = _field(st, "last_dump_end")
+                if end is None:
+                    end = _field(st, "last_dump")
+                out[str(ns)] = {"last_dump": end, "last_dump_duration": _field(st, "last_dump_duration")}
+        return out
+
+    def resyncs(self) -> Mapping[str, int]:
+        """Resyncs per netns: from the pipeline's stats when it counts them, else one per ENOBUFS."""
+        stats: Any = getattr(self.pipeline, "stats", None)
+        per_ns: Any = getattr(stats, "netns", None)
+        if isinstance(per_ns, Mapping):
+            out: dict[str, int] = {}
+            for ns, st in per_ns.items():
+                v = _field(st, "resyncs")
+                if isinstance(v, int):
+                    out[str(ns)] = v
+            if out:
+                return out
+        return dict(self.enobufs)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        self.state = "running"
+        try:
+            async for item in self.source.items():
+                self._feed(item)
+                if self.items % 256 == 0:
+                    self.publish()
+                    await asyncio.sleep(0)
+            self.state = "finished"
+            log.info("source finished after %d items", self.items)
+        except asyncio.CancelledError:
+            raise
+        except MonitorError as exc:
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("source failed: %s", self.error)
+            self.failed.set()
+        except Exception as exc:
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("source crashed")
+            self.failed.set()
+        finally:
+            self.publish()
+
+    def _feed(self, item: Any) -> None:
+        self.items += 1
+        self.netns_seen.add(item.netns)
+        if isinstance(item, Control):
+            self.controls[(item.netns, item.kind)] += 1
+            if item.kind == "enobufs":
+                self.enobufs[item.netns] += 1
+                log.warning("ENOBUFS in netns %s: resyncing", item.netns)
+            elif item.kind == "netns_removed":
+                self.netns_seen.discard(item.netns)
+            elif item.kind == "source_error":
+                log.error("source error in netns %s: %s", item.netns, item.message)
+        try:
+            self.pipeline.feed(item, self.clock())
+        except MonitorError as exc:
+            self.feed_errors += 1
+            log.warning("dropped a bad item from netns %s: %s", item.netns, exc)
+        if self._publish_handle is None:
+            self._publish_handle = asyncio.get_running_loop().call_soon(self.publish)
+
+    def publish(self) -> None:
+        """Push new events and changed tunnels to the hub, then re-arm the timer."""
+        self._publish_handle = None
+        now = self.clock()
+        events = self.correlator.drain_events()
+        dirty = self.correlator.take_dirty()
+        if events:
+            self.hub.publish_events(events)
+            touched = {t for t in (_tunnel_of(e) for e in events) if t}
+            self.hub.publish_tunnels(touched, now)
+        if dirty:
+            self.hub.note_dirty(dirty, now)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        deadline = self.correlator.next_deadline()
+        if deadline == self._deadline and (self._timer is not None or deadline is None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        # Convert the wall-clock deadline into loop time; the source clock may be accelerated.
+        speed = float(getattr(self.source, "speed", 1.0) or 1.0) if self.clock is not time.time else 1.0
+        delay = max(0.0, (deadline - self.clock()) / speed)
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._deadline = None
+        self.correlator.on_timer(self.clock())
+        self.publish()
+
+    async def _counters(self) -> None:
+        while True:
+            await asyncio.sleep(self.counters_interval)
+            await self.hub.flush_counters(self.clock())
+
+    async def _lag_probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(LAG_PROBE)
+            self.lags.append(max(0.0, loop.time() - t0 - LAG_PROBE))
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.hub.stall_timeout / 4))
+            for c in self.hub.stalled(time.monotonic()):
+                cb = c.on_stall
+                if cb is not None:
+                    c.on_stall = None
+                    self.hub.stalled_total += 1
+                    log.warning("closing a websocket client stalled for > %.0f s", self.hub.stall_timeout)
+                    cb()
+
+
+def _tunnel_of(ev: Any) -> str | None:
+    t = ev.get("tunnel") if isinstance(ev, Mapping) else getattr(ev, "tunnel", None)
+    return t if isinstance(t, str) else None
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
