@@ -1,0 +1,226 @@
+"""Health vocabulary: configuration, health events, reason codes and hint texts (data only).
+
+Everything a consumer (websocket, REST, metrics, ``monitor check``) needs to interpret the
+correlator's output lives here: the event types it emits, the reason codes that explain a tunnel's
+state, and the hint codes that suggest what an operator should look at. The texts quote the
+operator problems of the CloudConnect FAQ (``shared/context/ipsec-cloudconnect-faq.txt``): the AWS
+side never initiates, idle tunnels go down, the far side must allow the device ranges, and AWS
+Transit Gateway refuses overlapping CIDRs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
+
+from monitor.errors import ConfigError
+
+__all__ = [
+    "EVENT_TYPES",
+    "HINTS",
+    "REASONS",
+    "XFRM_STAT_HINTS",
+    "HealthConfig",
+    "HealthEvent",
+    "Reason",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    """Thresholds of the health model. All durations are seconds.
+
+    Raises:
+        ConfigError: a negative duration or an unparsable address or range.
+    """
+
+    idle_after: float = 300.0
+    """A tunnel whose byte counters did not move in either direction for this long is ``idle``."""
+    one_way_after: float = 60.0
+    """Outbound bytes moved within this window while inbound stayed flat for this long: ``one-way``."""
+    acquire_grace: float = 30.0
+    """An ACQUIRE not followed by an SA pair within this time is ``negotiation_failed``
+    (the kernel's own ``net.core.xfrm_acq_expires`` default is 30 s)."""
+    expiring_margin: float = 120.0
+    """Hard expiry closer than this with no successor SA: ``expiring``."""
+    errors_window: float = 300.0
+    """The ``errors`` state lasts this long after the last increase of a replay/integrity counter."""
+    tombstone_ttl: float = 60.0
+    """A deleted SA is not resurrected by a stale dump record or notification for this long."""
+    forget_after: float = 3600.0
+    """A down tunnel with no policy left is dropped from the view after this long. Tunnels that
+    still have a policy (configured but down) are never dropped."""
+    hint_ttl: float = 600.0
+    """An ``xfrm_stat`` hint stays attached this long after the counter last increased."""
+    lint_interval: float = 5.0
+    """Policy lint (overlaps, uncovered ranges) runs at most this often per netns."""
+    recent_rekey: float = 60.0
+    """A rekey younger than this makes ``XfrmInNoStates`` blame the tunnel (a rekey race)."""
+    local_addresses: frozenset[str] = field(default_factory=frozenset)
+    """Outer addresses known to be local (optional; they are also learned from policies and SA_DIR)."""
+    expected_remote_ranges: tuple[str, ...] = ()
+    """Remote (device) ranges every netns with tunnels should cover with a policy, e.g. the FAQ's
+    ``10.192.0.0/12``, ``100.64.0.0/10`` ..."""
+
+    def __post_init__(self) -> None:
+        for name in ("idle_after", "one_way_after", "acquire_grace", "expiring_margin", "errors_window",
+                     "tombstone_ttl", "forget_after", "hint_ttl", "lint_interval", "recent_rekey"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative number of seconds, not {value!r}")
+        for addr in self.local_addresses:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ConfigError(f"local address {addr!r} is not an IP address") from None
+        for net in self.expected_remote_ranges:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"expected remote range {net!r} is not a CIDR range") from None
+
+
+class HealthEvent(NamedTuple):
+    """One health event. ``seq`` is global and strictly increasing; ``tunnel`` is None for netns-wide
+    events (``resync``)."""
+
+    seq: int
+    ts: float
+    type: str
+    tunnel: str | None
+    netns: str
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The public dict: ``{seq, ts, type, tunnel, netns, detail}``."""
+        return {"seq": self.seq, "ts": self.ts, "type": self.type, "tunnel": self.tunnel,
+                "netns": self.netns, "detail": self.detail}
+
+
+class Reason(NamedTuple):
+    """A machine-readable code with a human-readable text."""
+
+    code: str
+    text: str
+
+    def to_json(self) -> dict[str, str]:
+        """``{code, text}``."""
+        return {"code": self.code, "text": self.text}
+
+
+# --- event types (issue 4, section 5) -------------------------------------------------------------
+TUNNEL_UP: Final = "tunnel_up"
+TUNNEL_DOWN: Final = "tunnel_down"
+STATE_CHANGED: Final = "state_changed"
+REKEY_STARTED: Final = "rekey_started"
+REKEY_COMPLETED: Final = "rekey_completed"
+REKEY_FAILED: Final = "rekey_failed"
+SA_ADDED: Final = "sa_added"
+SA_DELETED: Final = "sa_deleted"
+SA_EXPIRED: Final = "sa_expired"
+ACQUIRE: Final = "acquire"
+NEGOTIATION_FAILED: Final = "negotiation_failed"
+NAT_MAPPING_CHANGED: Final = "nat_mapping_changed"
+REPLAY_ERRORS: Final = "replay_errors"
+INTEGRITY_ERRORS: Final = "integrity_errors"
+POLICY_ADDED: Final = "policy_added"
+POLICY_REMOVED: Final = "policy_removed"
+RESYNC: Final = "resync"
+
+EVENT_TYPES: Final = frozenset({
+    TUNNEL_UP, TUNNEL_DOWN, STATE_CHANGED, REKEY_STARTED, REKEY_COMPLETED, REKEY_FAILED, SA_ADDED,
+    SA_DELETED, SA_EXPIRED, ACQUIRE, NEGOTIATION_FAILED, NAT_MAPPING_CHANGED, REPLAY_ERRORS,
+    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC,
+})
+
+# --- reasons: why a tunnel is in its state ---------------------------------------------------------
+_AWS_ADVICE: Final = (
+    "The AWS side never initiates: keep traffic flowing (for example a ping every 5 s from the "
+    "application server) or make the customer side restart the tunnel (DPD action restart, "
+    "start action start)."
+)
+REASONS: Final[dict[str, str]] = {
+    "established": "Both directions have a live SA.",
+    "no_traffic": "No bytes in either direction for {idle_after:g} s. " + _AWS_ADVICE,
+    "inbound_flat": (
+        "Outbound bytes grow but nothing has arrived for {one_way_after:g} s: the peer is not "
+        "answering, or the far side's selectors or allowed ranges do not include the sources."
+    ),
+    "soft_expired": "Soft lifetime reached: the IKE daemon is negotiating a new SA pair.",
+    "hard_expiry_near": "Hard expiry in under {expiring_margin:g} s and no new SA pair is installed.",
+    "replay_errors": "Replay-protection drops are increasing (duplicated or badly reordered packets).",
+    "integrity_errors": "Integrity-check failures are increasing (wrong keys, corruption or an attack).",
+    "no_sa": "Policies are configured but no SA is installed. " + _AWS_ADVICE,
+    "missing_in": "No inbound SA: only the outbound direction is installed.",
+    "missing_out": "No outbound SA: only the inbound direction is installed.",
+    "hard_expired": "The SA reached its hard lifetime without a replacement; the kernel deleted it.",
+    "sa_deleted": "The IKE daemon deleted the SAs with no replacement (IKE delete, DPD or shutdown).",
+    "flushed": "All SAs of the netns were flushed.",
+    "missing_from_dump": "The SAs disappeared while events were lost (found missing in a resync dump).",
+    "negotiation_failed": "Traffic triggered an ACQUIRE but no SA was negotiated within {acquire_grace:g} s.",
+    "netns_removed": "The network namespace was removed.",
+}
+
+# --- hints: what to look at -------------------------------------------------------------------------
+HINTS: Final[dict[str, str]] = {
+    "one_way": (
+        "Check that the peer answers and that the far side's selectors / allowed ranges include "
+        "the sources (the FAQ's device ranges)."
+    ),
+    "selector_overlap": "Selectors overlap with {other} ({ranges}); AWS Transit Gateway refuses "
+                        "overlapping CIDRs and overlaps misroute traffic.",
+    "uncovered_remote_range": "Expected remote range {range} is not covered by any policy.",
+    "direction_unknown": "Neither SA_DIR, policies nor configured local addresses tell which end is "
+                         "local; local/remote and in/out are a guess.",
+    "repeated_acquire": "Traffic keeps hitting the policy with no SA ({count} ACQUIREs).",
+    "nat_mapping": "The NAT-T peer address/port changed (NAT rebinding).",
+}
+
+XFRM_STAT_HINTS: Final[dict[str, str]] = {
+    "XfrmInNoStates": "Inbound ESP with an SPI no SA matches: the peer uses an SA we deleted or never "
+                      "installed (a rekey race, or the peer restarted).",
+    "XfrmOutNoStates": "Outbound traffic matched a policy with no SA: the tunnel is down and the customer "
+                       "side must (re)initiate.",
+    "XfrmInNoPols": "Decrypted inbound packets matched no policy: the selectors do not cover the sources.",
+    "XfrmInTmplMismatch": "Inbound packets did not match the policy template (wrong SA/selector pairing).",
+    "XfrmOutPolBlock": "Outbound packets were dropped by a block policy.",
+    "XfrmInStateProtoError": "Inbound protocol errors (bad ESP: wrong keys or corrupted packets).",
+    "XfrmInStateSeqError": "Inbound sequence errors (replay window).",
+    "XfrmInStateExpired": "Inbound packets hit an expired SA.",
+    "XfrmOutStateExpired": "Outbound packets hit an expired SA.",
+    "XfrmInStateMismatch": "Inbound packets matched an SA with the wrong selector.",
+    "XfrmInStateInvalid": "Inbound packets hit an invalid SA.",
+    "XfrmOutStateInvalid": "Outbound packets hit an invalid SA.",
+    "XfrmInError": "Generic inbound IPsec errors.",
+    "XfrmOutError": "Generic outbound IPsec errors.",
+    "XfrmInBufferError": "Inbound buffer errors (out of memory).",
+    "XfrmInHdrError": "Inbound header errors.",
+    "XfrmOutBundleGenError": "Outbound bundle creation errors.",
+    "XfrmOutBundleCheckError": "Outbound bundle check errors.",
+    "XfrmOutStateProtoError": "Outbound protocol errors.",
+    "XfrmOutStateModeError": "Outbound mode errors.",
+    "XfrmOutStateSeqError": "Outbound sequence-number overflow.",
+    "XfrmInPolBlock": "Inbound packets were dropped by a block policy.",
+    "XfrmInPolError": "Inbound policy errors.",
+    "XfrmOutPolError": "Outbound policy errors.",
+    "XfrmAcquireError": "ACQUIRE could not be delivered (no IKE daemon listening?).",
+    "XfrmFwdHdrError": "Forwarded packets had header errors.",
+}
+
+
+def reason(code: str, config: HealthConfig, **fmt: object) -> Reason:
+    """Build the ``Reason`` for ``code``, filling thresholds from ``config`` and ``fmt``."""
+    values: dict[str, object] = {
+        "idle_after": config.idle_after, "one_way_after": config.one_way_after,
+        "expiring_margin": config.expiring_margin, "acquire_grace": config.acquire_grace,
+    }
+    values.update(fmt)
+    return Reason(code, REASONS[code].format(**values))
+
+
+def hint(code: str, **fmt: object) -> Reason:
+    """Build the hint ``code`` (a ``Reason``) with its text filled from ``fmt``."""
+    if code in XFRM_STAT_HINTS:
+        return Reason(code, XFRM_STAT_HINTS[code])
+    return Reason(code, HINTS[code].format(**fmt))

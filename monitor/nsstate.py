@@ -1,0 +1,153 @@
+"""Per-netns correlator state, ``/proc/net/xfrm_stat`` hints and policy lint wiring (pure).
+
+``NetnsState`` holds the SA and policy indexes of one network namespace plus its dump bookkeeping.
+``apply_xfrm_stat`` turns counter increases into hints on the netns and, where the evidence points
+at specific tunnels, on those tunnels. ``run_lint`` attaches ``selector_overlap`` hints to tunnels
+and ``uncovered_remote_range`` hints to the netns (see ``monitor.lint``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from monitor.health import HealthConfig, Reason, hint
+from monitor.lint import SelectorEntry, find_overlaps, uncovered_ranges
+from monitor.tunnel import PolicyInfo, SAState, Tunnel, TunnelState
+
+__all__ = ["NetnsState", "apply_xfrm_stat", "run_lint"]
+
+_INF = float("inf")
+
+
+class NetnsState:
+    """Indexes and dump bookkeeping of one network namespace."""
+
+    __slots__ = (
+        "changed", "gen", "hints", "last_removed", "last_sa_dump_end", "lint_at", "lint_dirty", "loading",
+        "locals", "name", "pending", "pgen", "ploading", "pol_dump_begin", "pol_dumped", "policies",
+        "pseen", "rated", "resync", "resyncs", "sa_dump_begin", "sa_dumped", "sas", "seen", "stat_prev",
+        "tombstones", "tunnels", "unknown",
+    )
+
+    def __init__(self, name: str, local_addresses: Iterable[str] = ()) -> None:
+        self.name = name
+        self.sas: dict[tuple[int, str, int], SAState] = {}
+        self.policies: dict[int, PolicyInfo] = {}
+        self.tunnels: dict[tuple[int, int, int, str, str], Tunnel] = {}
+        self.locals: set[str] = set(local_addresses)
+        self.unknown: set[Tunnel] = set()  # tunnels whose local end is still a guess
+        self.tombstones: dict[tuple[int, str, int], float] = {}
+        self.pending: set[Tunnel] = set()  # to evaluate at the end of the batch / dump
+        self.changed: set[Tunnel] = set()  # counters moved since the last SA dump ended
+        self.rated: set[Tunnel] = set()  # tunnels with a non-zero rate
+        self.gen = self.pgen = 0
+        self.seen = self.pseen = 0
+        self.sa_dump_begin: float | None = None
+        self.pol_dump_begin: float | None = None
+        self.sa_dumped = self.pol_dumped = False
+        self.loading = self.ploading = False
+        self.resync = False
+        self.resyncs = 0
+        self.last_removed = 0
+        self.last_sa_dump_end: float | None = None
+        self.stat_prev: dict[str, int] | None = None
+        self.hints: dict[str, tuple[Reason, float]] = {}
+        self.lint_at = _INF
+        self.lint_dirty = False
+
+    @property
+    def quiet(self) -> bool:
+        """True during the first (initial-load) dump: no per-SA or up/down events."""
+        return self.loading or self.ploading
+
+    @property
+    def deferring(self) -> bool:
+        """True while state evaluation waits for the end of a loading or resync dump."""
+        return self.loading or self.ploading or (self.resync and self.sa_dump_begin is not None)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """Netns-level view: counts, hints and dump bookkeeping."""
+        return {
+            "netns": self.name,
+            "tunnels": len(self.tunnels),
+            "sas": len(self.sas),
+            "policies": len(self.policies),
+            "hints": [h.to_json() for h, until in self.hints.values() if until > now],
+            "resyncs": self.resyncs,
+            "last_sa_dump_end": self.last_sa_dump_end,
+            "xfrm_stat": dict(self.stat_prev) if self.stat_prev else None,
+        }
+
+
+def _attach(t: Tunnel, h: Reason, until: float) -> None:
+    if t.hints is None:
+        t.hints = {}
+    t.hints[h.code] = (h, until)
+
+
+def apply_xfrm_stat(ns: NetnsState, counters: Mapping[str, int], now: float, cfg: HealthConfig) -> list[Tunnel]:
+    """Record a reading; return the tunnels that got a hint. The first reading is only a baseline."""
+    prev, ns.stat_prev = ns.stat_prev, dict(counters)
+    if prev is None:
+        return []
+    until = now + cfg.hint_ttl
+    touched: dict[str, Tunnel] = {}
+    tunnels = list(ns.tunnels.values())
+    for name, value in counters.items():
+        delta = value - prev.get(name, 0)
+        if delta <= 0:
+            continue
+        try:
+            h = hint(name)
+        except KeyError:
+            continue
+        ns.hints[name] = (Reason(h.code, f"{h.text} (+{delta})"), until)
+        if name == "XfrmOutNoStates":
+            blamed = [t for t in tunnels if t.policies and t.state is TunnelState.DOWN]
+        elif name == "XfrmInNoStates":
+            blamed = [t for t in tunnels if t.last_rekey is not None and now - t.last_rekey["ts"] < cfg.recent_rekey]
+            blamed = blamed or [t for t in tunnels if t.policies and t.state is TunnelState.DOWN]
+        else:
+            blamed = tunnels if len(tunnels) == 1 else []
+        for t in blamed:
+            _attach(t, h, until)
+            touched[t.id] = t
+    for code in [c for c, (_, u) in ns.hints.items() if u <= now]:
+        del ns.hints[code]
+    return list(touched.values())
+
+
+def run_lint(ns: NetnsState, cfg: HealthConfig, now: float) -> list[Tunnel]:
+    """Recompute overlap and coverage hints of the netns; return tunnels whose hints changed."""
+    entries = []
+    remote: list[str] = []
+    for info in ns.policies.values():
+        sel = info.selector_json()
+        entries.append(SelectorEntry(info.tunnel.id, (info.tunnel.if_id, info.tunnel.mark), sel["src"], sel["dst"]))
+        remote.append(sel["dst"])
+    overlaps = find_overlaps(entries)
+    new: dict[str, list[str]] = {}
+    for o in overlaps:
+        new.setdefault(o.a, []).append(f"{o.b} [{o.b_sel}] vs [{o.a_sel}]")
+        new.setdefault(o.b, []).append(f"{o.a} [{o.a_sel}] vs [{o.b_sel}]")
+    changed = []
+    for t in ns.tunnels.values():
+        had = t.hints is not None and "selector_overlap" in t.hints
+        if t.id in new:
+            others = new[t.id]
+            h = hint("selector_overlap", other=", ".join(o.split(" ", 1)[0] for o in others[:5]),
+                     ranges="; ".join(o.split(" ", 1)[1] for o in others[:5]))
+            old = t.hints.get("selector_overlap") if t.hints else None
+            if old is None or old[0] != h:
+                _attach(t, h, _INF)
+                changed.append(t)
+        elif had and t.hints is not None:
+            del t.hints["selector_overlap"]
+            changed.append(t)
+    for code in [c for c in ns.hints if c.startswith("uncovered_remote_range")]:
+        del ns.hints[code]
+    if cfg.expected_remote_ranges and ns.policies:
+        for rng in uncovered_ranges(cfg.expected_remote_ranges, remote):
+            ns.hints[f"uncovered_remote_range:{rng}"] = (hint("uncovered_remote_range", range=rng), _INF)
+    return changed

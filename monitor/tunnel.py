@@ -1,0 +1,354 @@
+"""Tunnel identity, per-SA and per-tunnel state, and the health transition table (pure data + JSON).
+
+Rules / theory of operation
+---------------------------
+* A **tunnel** is every SA and policy of one IPsec connection. Its key is
+  ``(netns, reqid, if_id, mark, {outer address pair})``: reqid alone is not unique across daemons,
+  restarts or xfrm interfaces (``xfrm-netlink.md`` 4.3). The pair is unordered, so the inbound
+  SA (remote -> local) and the outbound SA (local -> remote) land in the same tunnel.
+* A tunnel id is ``"{netns}:{reqid}:{lo}-{hi}"`` plus ``":if{if_id}"`` / ``":m{mark:x}"`` when
+  non-zero. It has no ``/`` (URL-path safe) and does not change across rekeys or restarts.
+* The **state** is one of ``TunnelState``. Every evaluation turns the tunnel's evidence into one
+  ``Trigger`` (the most severe condition that holds, see ``monitor.correlate``), and the next state
+  is ``TRANSITIONS[state][trigger]``. The table is the single source of truth; the diagram in
+  ``docs/health-model.md`` is generated from it (``python -m monitor.tunnel --diagram``).
+* Per-SA state is a ``__slots__`` object holding only numbers and interned strings, never the
+  decoded ``SA`` record, so 200k SAs fit in a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+from monitor.health import Reason
+
+__all__ = [
+    "DIR_IN",
+    "DIR_OUT",
+    "TRANSITIONS",
+    "PolicyInfo",
+    "SAState",
+    "Trigger",
+    "Tunnel",
+    "TunnelState",
+    "mermaid_diagram",
+    "tunnel_id",
+]
+
+DIR_IN: Final = 1  # XFRM_SA_DIR_IN
+DIR_OUT: Final = 2  # XFRM_SA_DIR_OUT
+
+
+class TunnelState(enum.StrEnum):
+    """Health states, most severe first in ``monitor.correlate``'s evaluation order."""
+
+    UP = "up"  #: both directions have a live SA and traffic (or no reason to worry yet)
+    IDLE = "idle"  #: SAs up, no bytes either way for ``idle_after``
+    ONE_WAY = "one-way"  #: outbound grows, inbound flat
+    REKEYING = "rekeying"  #: soft expire seen, no new SA pair yet
+    EXPIRING = "expiring"  #: hard expiry within ``expiring_margin`` and no successor
+    DOWN = "down"  #: a direction has no SA (or nothing is installed at all)
+    ERRORS = "errors"  #: replay / integrity counters increasing
+
+
+class Trigger(enum.StrEnum):
+    """The condition an evaluation found; input to ``TRANSITIONS``."""
+
+    LOST = "lost"  #: an SA direction is missing
+    HARD_NEAR = "hard_near"  #: hard expiry near, no successor
+    ERRORS = "errors"  #: replay/integrity counters rose within ``errors_window``
+    SOFT_EXPIRED = "soft_expired"  #: a rekey is in progress
+    ONE_WAY = "one_way"  #: outbound moving, inbound flat
+    IDLE = "idle"  #: nothing moving
+    OK = "ok"  #: none of the above
+
+
+S = TunnelState
+T = Trigger
+# TRANSITIONS[state][trigger] -> next state. Every state lists every trigger, so evaluation never
+# meets a missing entry. Evaluation applies the table until the state is stable (as h11's
+# ``_fire_state_triggered_transitions`` does): a tunnel leaving ``down`` always passes through
+# ``up`` first (so ``tunnel_up`` is emitted), then moves on to whatever condition holds.
+# The tests check that every state is reachable and leavable.
+TRANSITIONS: Final[dict[TunnelState, dict[Trigger, TunnelState]]] = {
+    S.DOWN: {T.LOST: S.DOWN, T.HARD_NEAR: S.UP, T.ERRORS: S.UP, T.SOFT_EXPIRED: S.UP,
+             T.ONE_WAY: S.UP, T.IDLE: S.UP, T.OK: S.UP},
+    S.UP: {T.LOST: S.DOWN, T.HARD_NEAR: S.EXPIRING, T.ERRORS: S.ERRORS, T.SOFT_EXPIRED: S.REKEYING,
+           T.ONE_WAY: S.ONE_WAY, T.IDLE: S.IDLE, T.OK: S.UP},
+    S.IDLE: {T.LOST: S.DOWN, T.HARD_NEAR: S.EXPIRING, T.ERRORS: S.ERRORS, T.SOFT_EXPIRED: S.REKEYING,
+             T.ONE_WAY: S.ONE_WAY, T.IDLE: S.IDLE, T.OK: S.UP},
+    S.ONE_WAY: {T.LOST: S.DOWN, T.HARD_NEAR: S.EXPIRING, T.ERRORS: S.ERRORS, T.SOFT_EXPIRED: S.REKEYING,
+                T.ONE_WAY: S.ONE_WAY, T.IDLE: S.IDLE, T.OK: S.UP},
+    S.REKEYING: {T.LOST: S.DOWN, T.HARD_NEAR: S.EXPIRING, T.ERRORS: S.ERRORS, T.SOFT_EXPIRED: S.REKEYING,
+                 T.ONE_WAY: S.ONE_WAY, T.IDLE: S.IDLE, T.OK: S.UP},
+    S.EXPIRING: {T.LOST: S.DOWN, T.HARD_NEAR: S.EXPIRING, T.ERRORS: S.ERRORS, T.SOFT_EXPIRED: S.REKEYING,
+                 T.ONE_WAY: S.ONE_WAY, T.IDLE: S.IDLE, T.OK: S.UP},
+    S.ERRORS: {T.LOST: S.DOWN, T.HARD_NEAR: S.EXPIRING, T.ERRORS: S.ERRORS, T.SOFT_EXPIRED: S.REKEYING,
+               T.ONE_WAY: S.ONE_WAY, T.IDLE: S.IDLE, T.OK: S.UP},
+}
+INITIAL_STATE: Final = S.DOWN
+del S, T
+
+
+def _safe(netns: str) -> str:
+    """A netns name made URL-path safe (``/proc/1/ns/net`` -> ``_proc_1_ns_net``)."""
+    if not netns:
+        return "host"
+    if netns.isalnum():
+        return netns
+    return "".join(c if c.isalnum() or c in "._-~" else "_" for c in netns)
+
+
+def tunnel_id(netns: str, reqid: int, *, if_id: int, mark: int, lo: str, hi: str) -> str:
+    """The stable, URL-path-safe id of a tunnel key (``lo``/``hi`` are the sorted outer addresses)."""
+    tid = f"{_safe(netns)}:{reqid}:{lo}-{hi}"
+    if if_id:
+        tid += f":if{if_id}"
+    if mark:
+        tid += f":m{mark:x}"
+    return sys.intern(tid)
+
+
+class SAState:
+    """What the correlator keeps of one live, non-larval SA (numbers and interned strings only)."""
+
+    __slots__ = ("add_time", "aead", "auth", "bytes", "daddr", "dir", "enc", "gen", "hard_at", "integrity",
+                 "lastused", "order", "packets", "proto", "replay", "saddr", "soft_at", "soft_expired", "spi",
+                 "tunnel")
+
+    def __init__(self, spi: int, daddr: str, saddr: str, proto: int, *, tunnel: Tunnel, order: int) -> None:
+        self.spi = spi
+        self.daddr = daddr
+        self.saddr = saddr
+        self.proto = proto
+        self.tunnel = tunnel
+        self.order = order  # install order: the newest SA of a direction has the largest
+        self.dir = 0
+        self.bytes = 0
+        self.packets = 0
+        self.replay = 0
+        self.integrity = 0
+        self.add_time = 0.0
+        self.soft_at = 0.0  # absolute wall-clock soft expiry (0: none)
+        self.hard_at = 0.0  # absolute wall-clock hard expiry (0: none)
+        self.lastused = 0
+        self.gen = 0  # last SA dump generation (or event during it) that saw this SA
+        self.soft_expired = False
+        self.enc: str | None = None
+        self.auth: str | None = None
+        self.aead: str | None = None
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The public per-SA dict (``sas[]`` of the tunnel JSON)."""
+        return {
+            "spi": f"0x{self.spi:08x}",
+            "direction": "in" if self.dir == DIR_IN else "out",
+            "bytes": self.bytes,
+            "packets": self.packets,
+            "added": self.add_time,
+            "soft_expires_in": round(self.soft_at - now, 3) if self.soft_at else None,
+            "hard_expires_in": round(self.hard_at - now, 3) if self.hard_at else None,
+            "enc": self.enc,
+            "auth": self.auth,
+            "aead": self.aead,
+            "replay_errors": self.replay,
+            "integrity_errors": self.integrity,
+            "lastused": self.lastused or None,
+            "soft_expired": self.soft_expired,
+        }
+
+
+class PolicyInfo:
+    """One tunnel policy: direction, index and its selector as display strings."""
+
+    __slots__ = ("dir", "dport", "dst", "gen", "index", "proto", "sport", "src", "tunnel")
+
+    def __init__(self, index: int, pdir: int, *, src: str, dst: str, proto: int, sport: int, dport: int,
+                 tunnel: Tunnel) -> None:
+        self.index = index
+        self.dir = pdir  # XFRM_POLICY_IN 0, OUT 1, FWD 2
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.sport = sport
+        self.dport = dport
+        self.tunnel = tunnel
+        self.gen = 0
+
+    def selector_json(self) -> dict[str, Any]:
+        """``{src, dst, proto, sport, dport}`` as seen from the local side (out-policy orientation)."""
+        if self.dir == 1:
+            return {"src": self.src, "dst": self.dst, "proto": self.proto, "sport": self.sport,
+                    "dport": self.dport}
+        return {"src": self.dst, "dst": self.src, "proto": self.proto, "sport": self.dport,
+                "dport": self.sport}
+
+
+class Tunnel:
+    """All state of one tunnel. Counters are monotonic totals over every SA generation."""
+
+    __slots__ = (
+        "acq_count", "acq_deadline", "bytes_in", "bytes_out", "d_bi", "d_bo", "d_pi", "d_po", "down_cause",
+        "err_codes", "err_until", "hi", "hints", "id", "if_id", "integrity_errors", "last_in_ts", "last_out_ts",
+        "last_rekey", "lo", "local", "local_known", "mark", "netns", "packets_in", "packets_out",
+        "policies", "rate_bi", "rate_bo", "rate_pi", "rate_po", "reasons", "rekey_failures", "rekeys",
+        "replay_errors", "reqid", "rk_mark", "rk_old", "rk_soft", "rk_start", "sas", "since", "state", "timer_at",
+        "up_since",
+    )
+
+    def __init__(self, tid: str, netns: str, *, reqid: int, if_id: int, mark: int, lo: str, hi: str,
+                 now: float) -> None:
+        self.id = tid
+        self.netns = netns
+        self.reqid = reqid
+        self.if_id = if_id
+        self.mark = mark
+        self.lo = lo
+        self.hi = hi
+        self.local: str = lo
+        self.local_known = False
+        self.state = INITIAL_STATE
+        self.since = now
+        self.reasons: tuple[Reason, ...] = ()
+        self.sas: list[SAState] = []
+        self.policies: list[PolicyInfo] = []
+        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
+        self.d_bi = self.d_bo = self.d_pi = self.d_po = 0  # deltas since the last SA dump ended
+        self.rate_bi = self.rate_bo = self.rate_pi = self.rate_po = 0.0
+        self.last_in_ts = self.last_out_ts = now
+        self.up_since = now
+        self.rekeys = self.rekey_failures = 0
+        self.last_rekey: dict[str, Any] | None = None
+        self.rk_start: float | None = None  # rekey in progress since (soft expire or first new SA)
+        self.rk_old: tuple[int, ...] = ()  # SPIs of the generation being replaced
+        self.rk_soft = False
+        self.rk_mark = 0  # SAs installed with an order above this belong to the new generation
+        self.replay_errors = self.integrity_errors = 0
+        self.err_until = 0.0
+        self.err_codes: tuple[str, ...] = ()  # "replay_errors" / "integrity_errors" seen in the window
+        self.down_cause = "no_sa"
+        self.acq_deadline: float | None = None
+        self.acq_count = 0
+        self.hints: dict[str, tuple[Reason, float]] | None = None  # code -> (hint, valid until)
+        self.timer_at = float("inf")
+
+    @property
+    def remote(self) -> str:
+        """The outer address of the far end."""
+        return self.hi if self.local == self.lo else self.lo
+
+    def newest(self, direction: int) -> SAState | None:
+        """The most recently installed live SA of ``direction``."""
+        best = None
+        for sa in self.sas:
+            if sa.dir == direction and (best is None or sa.order > best.order):
+                best = sa
+        return best
+
+    def hard_expires_at(self) -> float:
+        """Earliest hard expiry of the newest generation (0: none)."""
+        at = 0.0
+        for direction in (DIR_IN, DIR_OUT):
+            sa = self.newest(direction)
+            if sa is not None and sa.hard_at and (not at or sa.hard_at < at):
+                at = sa.hard_at
+        return at
+
+    def counters_row(self) -> list[Any]:
+        """``[id, bytes_in, bytes_out, packets_in, packets_out, rate_in_bps, rate_out_bps, state]``."""
+        return [self.id, self.bytes_in, self.bytes_out, self.packets_in, self.packets_out,
+                round(self.rate_bi, 3), round(self.rate_bo, 3), str(self.state)]
+
+    def to_json(self, now: float, extra_hints: Sequence[Reason] = ()) -> dict[str, Any]:
+        """The public tunnel dict (schema 1). Rates are bytes (packets) per second."""
+        hard = self.hard_expires_at()
+        hints = [h.to_json() for h in extra_hints]
+        if self.hints:
+            hints.extend(h.to_json() for h, until in self.hints.values() if until > now)
+        sels: list[dict[str, Any]] = []
+        for p in sorted(self.policies, key=lambda p: (p.dir != 1, p.index)):
+            sel = p.selector_json()
+            if sel not in sels:
+                sels.append(sel)
+        return {
+            "id": self.id,
+            "netns": self.netns,
+            "reqid": self.reqid,
+            "if_id": self.if_id,
+            "mark": self.mark,
+            "local": self.local,
+            "remote": self.remote,
+            "state": str(self.state),
+            "since": self.since,
+            "reasons": [r.to_json() for r in self.reasons],
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "rate_in_bps": round(self.rate_bi, 3),
+            "rate_out_bps": round(self.rate_bo, 3),
+            "rate_in_pps": round(self.rate_pi, 3),
+            "rate_out_pps": round(self.rate_po, 3),
+            "rekeys": self.rekeys,
+            "rekey_failures": self.rekey_failures,
+            "last_rekey": self.last_rekey,
+            "hard_expires_in": round(hard - now, 3) if hard else None,
+            "selectors": sels,
+            "sas": [sa.to_json(now) for sa in sorted(self.sas, key=lambda s: (s.dir, s.order))],
+            "hints": hints,
+            "replay_errors": self.replay_errors,
+            "integrity_errors": self.integrity_errors,
+            "probe": None,
+        }
+
+
+# --- the diagram ------------------------------------------------------------------------------------
+DIAGRAM_BEGIN: Final = "<!-- BEGIN GENERATED STATE DIAGRAM (python -m monitor.tunnel --diagram) -->"
+DIAGRAM_END: Final = "<!-- END GENERATED STATE DIAGRAM -->"
+
+
+def mermaid_diagram() -> str:
+    """A Mermaid ``stateDiagram-v2`` of ``TRANSITIONS`` (self-loops left out; edges merged per pair)."""
+    def node(s: TunnelState) -> str:
+        return s.value.replace("-", "_")
+
+    lines = ["```mermaid", "stateDiagram-v2"]
+    lines += [f'    state "{s.value}" as {node(s)}' for s in TunnelState if node(s) != s.value]
+    lines.append(f"    [*] --> {node(INITIAL_STATE)}")
+    for src, row in TRANSITIONS.items():
+        targets: dict[TunnelState, list[str]] = {}
+        for trig, dst in row.items():
+            if dst is not src:
+                targets.setdefault(dst, []).append(trig.value)
+        for dst, trigs in targets.items():
+            lines.append(f"    {node(src)} --> {node(dst)}: {', '.join(trigs)}")
+    lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def _write_diagram(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, _, rest = text.partition(DIAGRAM_BEGIN)
+    _, _, tail = rest.partition(DIAGRAM_END)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{DIAGRAM_BEGIN}\n{mermaid_diagram()}{DIAGRAM_END}{tail}")
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m monitor.tunnel --diagram [--write docs/health-model.md]``."""
+    if "--write" in argv:
+        _write_diagram(argv[argv.index("--write") + 1])
+        return 0
+    if "--diagram" in argv:
+        sys.stdout.write(mermaid_diagram())
+        return 0
+    sys.stderr.write("usage: python -m monitor.tunnel --diagram | --write FILE\n")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
