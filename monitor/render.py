@@ -118,7 +118,7 @@ def format_tunnel(tunnel: Mapping[str, Any], colour: bool = False) -> str:
     state = str(tunnel.get("state", "?"))
     label = _paint(f"{state.upper():<9}", state_colour(state), colour)
     reasons = tunnel.get("reasons") or []
-    text = "; ".join(f"{r.get('code')}: {r.get('text')}" if isinstance(r, dict) else str(r) for r in reasons)
+    text = " | ".join(f"{r.get('code')}: {r.get('text')}" if isinstance(r, dict) else str(r) for r in reasons)
     expiry = tunnel.get("hard_expires_in")
     exp = f" hard expiry in {expiry:.0f}s" if isinstance(expiry, int | float) else ""
     return (f"{label} {tunnel.get('id')} ({tunnel.get('netns')}, reqid {tunnel.get('reqid')}, "

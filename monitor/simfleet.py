@@ -98,16 +98,17 @@ class FleetConfig:
 
     tunnels: int = 24
     netns: str = "sim"
-    rekey_time: float = 600.0  # swanctl rekey_time (scaled down from 3600 so a demo shows rekeys)
-    life_time: float = 660.0  # 1.1 x rekey_time, as swanctl's default
-    rand_time: float = 60.0  # life - rekey: soft expiry jitter per SA
+    rekey_time: float = 900.0  # swanctl rekey_time (scaled down from 3600 so a demo shows rekeys)
+    life_time: float = 1260.0  # hard expiry 360 s after rekey_time, as swanctl's defaults have it
+    rand_time: float = 90.0  # soft expiry jitter, drawn per SA
+    fail_lifetimes: tuple[float, float, float] = (240.0, 400.0, 20.0)  # the failrekey tunnel's, shorter
     dump_interval: float = 10.0  # how often the monitor dumps SAs (GETSA)
     delete_rekeyed_delay: float = 5.0  # charon.delete_rekeyed_delay
     acq_expires: float = 30.0  # net.core.xfrm_acq_expires
-    idle_teardown: float = 150.0  # the idle tunnel's peer drops it after this long without traffic
+    idle_teardown: float = 420.0  # the idle tunnel's peer drops it after this long without traffic
     outage: float = 75.0  # how long a dying tunnel stays down
     nat_interval: float = 120.0  # mean time between NAT mapping changes
-    policies: bool = True  # dump policies once at start (GETPOLICY)
+    policies: bool = True  # dump policies (GETPOLICY) after each SA dump, as KernelSource does
 
 
 @dataclass
@@ -244,7 +245,8 @@ class Fleet:
             # spread the SA ages so rekeys are spread over the first rekey interval
             age = rng.uniform(0.0, cfg.rekey_time - cfg.rand_time)
             if role == "failrekey":
-                age = cfg.rekey_time - cfg.rand_time - 40.0  # first (failing) rekey ~40 s in
+                rekey, _, rand = cfg.fail_lifetimes
+                age = rekey - rand - 30.0  # first (failing) rekey ~30-50 s in
             self._install(tun, start - age, notify=False)
             if role == "idle":
                 for sa in tun.sas:
@@ -253,8 +255,6 @@ class Fleet:
                 tun.sas[0].use_time = tun.sas[0].lastused = 0.0
         for tun in self.tunnels:
             self._schedule_role(tun, start)
-        if cfg.policies:
-            self._at(start, self._dump_policies)
         self._at(start, self._dump_sas)
 
     def _schedule_role(self, tun: _Tunnel, start: float) -> None:
@@ -270,14 +270,16 @@ class Fleet:
 
     def _make_sa(self, tun: _Tunnel, inbound: bool, add_time: float) -> _SA:
         cfg, rng = self.config, self.rng
-        soft = cfg.rekey_time - rng.uniform(0.0, cfg.rand_time)  # jitter drawn per SA install
+        rekey, life, rand = (cfg.fail_lifetimes if tun.role == "failrekey"
+                             else (cfg.rekey_time, cfg.life_time, cfg.rand_time))
+        soft = rekey - rng.uniform(0.0, rand)  # jitter drawn per SA install
         rate = tun.rate_in if inbound else tun.rate_out
-        sa = _SA(spi=self._new_spi(), inbound=inbound, add_time=add_time, soft=soft, hard=cfg.life_time,
+        sa = _SA(spi=self._new_spi(), inbound=inbound, add_time=add_time, soft=soft, hard=life,
                  rate=rate, pkt_size=rng.choice((120, 600, 1200, 1400)), last=add_time)
         if rate > 0:
             sa.use_time = add_time + 0.1
         self._at(add_time + soft, lambda t: self._soft(tun, sa, t))
-        self._at(add_time + cfg.life_time, lambda t: self._hard(tun, sa, t))
+        self._at(add_time + life, lambda t: self._hard(tun, sa, t))
         return sa
 
     def _install(self, tun: _Tunnel, t: float, notify: bool = True) -> None:
@@ -447,6 +449,8 @@ class Fleet:
             self._touch(sa, t)
             records.append(encode(SAAdded(nl, self._sa(tun, sa, t))))
         self._dump(t, X.XFRM_MSG_GETSA, records)
+        if self.config.policies:
+            self._dump_policies(t)
         self._out.append(Control(self.config.netns, "xfrm_stat", t, counters=dict(self.stat)))
         self._drift(t)
         self._at(t + self.config.dump_interval, self._dump_sas)
