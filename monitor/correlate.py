@@ -141,12 +141,13 @@ class Correlator:
             ns.gen += 1
             ns.seen = 0
             ns.sa_dump_begin = now
-            ns.loading = not ns.sa_dumped
+            # quiet initial load: the first dump, unless events already told us about SAs
+            ns.loading = ns.loading or (not ns.sa_dumped and not ns.sas)
         else:
             ns.pgen += 1
             ns.pseen = 0
             ns.pol_dump_begin = now
-            ns.ploading = not ns.pol_dumped
+            ns.ploading = ns.ploading or (not ns.pol_dumped and not ns.policies)
 
     def on_dump_end(self, netns: str, kind: DumpKind, now: float, ok: bool = True) -> None:
         """The dump of ``kind`` ended (NLMSG_DONE). With ``ok=False`` (an error reply) nothing is removed."""
@@ -622,6 +623,7 @@ class Correlator:
         key = (st.spi, st.daddr, st.proto)
         ns.sas.pop(key, None)
         ns.tombstones[key] = now
+        was_up = self._established(t)
         if st in t.sas:
             t.sas.remove(st)
         detail = {"spi": f"0x{st.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
@@ -633,7 +635,7 @@ class Correlator:
         if not any(o.dir == st.dir for o in t.sas):
             # the direction is gone with no successor
             t.down_cause = cause
-            if hard or t.rk_start is not None:
+            if t.rk_start is not None or (hard and was_up):  # one failure per lost rekey, not per SA
                 t.rekey_failures += 1
                 self._emit(now, "rekey_failed", t, {"reason": cause, "spi": f"0x{st.spi:08x}",
                                                     "started": t.rk_start, "rekey_failures": t.rekey_failures})

@@ -64,6 +64,11 @@ class HealthConfig:
     ``10.192.0.0/12``, ``100.64.0.0/10`` ..."""
 
     def __post_init__(self) -> None:
+        # TOML and JSON give lists: store them as the immutable types the fields declare
+        if isinstance(self.local_addresses, str) or isinstance(self.expected_remote_ranges, str):
+            raise ConfigError("local_addresses and expected_remote_ranges must be lists, not strings")
+        object.__setattr__(self, "local_addresses", frozenset(self.local_addresses))
+        object.__setattr__(self, "expected_remote_ranges", tuple(self.expected_remote_ranges))
         for name in ("idle_after", "one_way_after", "acquire_grace", "expiring_margin", "errors_window",
                      "tombstone_ttl", "forget_after", "hint_ttl", "lint_interval", "recent_rekey"):
             value = getattr(self, name)
