@@ -24,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+
+from monitor import __version__
 
 SCHEMA = 1
 MAX_REPLIES = 8
@@ -134,6 +137,8 @@ class Client:
         self.n_replies = 0
         self.resync = False
         self.delivered_gen = hub.gen
+        #: Newest event seq when the client attached: later events are in its queue, earlier ones not.
+        self.attach_seq = hub.view.seq
         self.wake = asyncio.Event()
         self.progress = time.monotonic()
         self.sent_messages = 0
@@ -213,8 +218,13 @@ class Hub:
         snapshot_chunk: int = 500,
         stall_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        hello: Mapping[str, Any] | None = None,
     ) -> None:
         self.view = view
+        #: Constant fields of the hello message (server, instance, counters_interval, counters_fields).
+        self.hello: dict[str, Any] = {"server": f"monitor {__version__}", "instance": uuid.uuid4().hex,
+                                      "counters_interval": 1.0, "counters_fields": COUNTER_FIELDS,
+                                      **(hello or {})}
         self.client_queue = client_queue
         self.client_max_updates = client_max_updates
         self.snapshot_chunk = snapshot_chunk
@@ -357,17 +367,16 @@ class Hub:
 
     # -- one client's session ------------------------------------------------------------------
 
-    async def serve(self, c: Client, send: Send, *, since: int | None, snapshot: bool | None,
-                    hello: Mapping[str, Any]) -> None:
+    async def serve(self, c: Client, send: Send, *, since: int | None, snapshot: bool | None) -> None:
         """Run a client's session: hello, resume or snapshot, then its queue, until cancelled."""
-        seq = self.view.seq
+        seq = c.attach_seq
         resumed = False
         replay: list[bytes] = []
         if since is not None:
             oldest = self.ring[0][0] if self.ring else seq + 1
             if since <= seq and since >= oldest - 1:
                 resumed = True
-                replay = [data for s, d, data in self.ring if s > since and c.filters.event_ok(d)]
+                replay = [data for s, d, data in self.ring if since < s <= seq and c.filters.event_ok(d)]
                 for tid, s in self.upd_seq.items():
                     if s > since:
                         c.push_tunnel(tid, seq, None)
@@ -375,7 +384,7 @@ class Hub:
                 c.push_counters(seq, self.gen, None)
         want_snapshot = snapshot if snapshot is not None else not resumed
         await send(dumps({"schema": SCHEMA, "type": "hello", "seq": seq, "resumed": resumed,
-                          "snapshot": want_snapshot, **hello, "filters": c.filters.to_json()}))
+                          "snapshot": want_snapshot, **self.hello, "filters": c.filters.to_json()}))
         if since is not None and not resumed and since < seq:
             oldest = self.ring[0][0] if self.ring else seq + 1
             await send(dumps({"schema": SCHEMA, "type": "gap", "seq": seq, "reason": "too_old",

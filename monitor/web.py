@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSMsgType, web
 
-from monitor import __version__
 from monitor.config import Settings
 from monitor.daemon import Daemon
 from monitor.errors import ConfigError
-from monitor.hub import COUNTER_FIELDS, SCHEMA, Filters, Hub, TunnelView, dumps
+from monitor.hub import SCHEMA, Filters, Hub, TunnelView, dumps
 from monitor.items import Source
 from monitor.metrics import MonitorSample, scrape
 
@@ -104,7 +102,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             given = request.query["token"]
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             return error(401, "unauthorized", "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
-    return await handler(request)
+    try:
+        return await handler(request)
+    except BadParam as exc:
+        return error(400, "bad_request", str(exc))
 
 
 def origin_allowed(request: web.Request) -> bool:
@@ -118,12 +119,15 @@ def origin_allowed(request: web.Request) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == request.host
 
 
+class BadParam(Exception):
+    """A bad query parameter; the middleware turns it into a 400 JSON error."""
+
+
 def _filters(request: web.Request) -> Filters:
     try:
         return Filters.from_query(request.query)
     except ValueError as exc:
-        raise web.HTTPBadRequest(body=dumps({"schema": SCHEMA, "error": {"code": "bad_request",
-                                 "message": str(exc)}}), content_type="application/json") from None
+        raise BadParam(str(exc)) from None
 
 
 def _int_param(request: web.Request, name: str, default: int | None, lo: int = 0) -> int | None:
@@ -135,9 +139,7 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int = 0
     except ValueError:
         v = lo - 1
     if v < lo:
-        raise web.HTTPBadRequest(body=dumps({"schema": SCHEMA, "error": {"code": "bad_request",
-                                 "message": f"{name} must be an integer >= {lo}, got {raw!r}"}}),
-                                 content_type="application/json")
+        raise BadParam(f"{name} must be an integer >= {lo}, got {raw!r}")
     return v
 
 
@@ -162,10 +164,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     async def send(data: bytes) -> None:
         await ws.send_frame(data, WSMsgType.TEXT)
 
-    hello = {"server": f"monitor {__version__}", "instance": request.app[INSTANCE],
-             "counters_interval": settings.counters_interval,
-             "counters_fields": COUNTER_FIELDS}
-    writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot, hello=hello))
+    writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot))
     reader = asyncio.create_task(_read_ops(ws, hub, client))
     stalled = False
 
@@ -361,7 +360,8 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     src = source if source is not None else build_source(settings)
     hub = Hub(correlator, ring_size=settings.ring_size, client_queue=settings.client_queue,
               client_max_updates=settings.client_max_updates, snapshot_chunk=settings.snapshot_chunk,
-              stall_timeout=settings.stall_timeout)
+              stall_timeout=settings.stall_timeout,
+              hello={"counters_interval": settings.counters_interval})
     kind = getattr(src, "kind", None) or settings.source_kind
     daemon = Daemon(src, pipeline, correlator, hub, kind=str(kind),
                     counters_interval=settings.counters_interval)
@@ -373,7 +373,7 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app[CORRELATOR] = correlator
     sockets: set[web.WebSocketResponse] = set()
     app[SOCKETS] = sockets
-    app[INSTANCE] = uuid.uuid4().hex
+    app[INSTANCE] = hub.hello["instance"]
     app.cleanup_ctx.append(_background)
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
