@@ -254,7 +254,7 @@ def _(ev: SAExpired, keys: KeyMap | None) -> bytes:
 
 @_encode.register
 def _(ev: Acquire, keys: KeyMap | None) -> bytes:
-    fam = ev.sel.family or X.AF_INET
+    fam = ev.policy.sel.family or X.AF_INET  # as the decoder: id and saddr use the policy family
     body = (
         pack_address(ev.daddr, fam) + X.BE32.pack(ev.spi) + bytes([ev.proto]) + bytes(3)
         + pack_address(ev.saddr, fam) + _selector(ev.sel) + _userpolicy_info(ev.policy)
