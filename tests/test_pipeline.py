@@ -1,0 +1,163 @@
+"""Pipeline: encoded datagrams through the real decoder into the correlator, dump tracking, bad input, controls."""
+
+from __future__ import annotations
+
+import json
+
+from correlate_builders import dump_datagrams, make_policy, make_sa, newpolicy, newsa, updsa, with_counters
+from correlate_harness import T0
+
+from monitor import xfrm as X
+from monitor.correlate import Correlator
+from monitor.encode import encode_datagram, encode_dump_request
+from monitor.events import NetlinkError, NlHeader
+from monitor.health import HealthConfig
+from monitor.items import Control, Datagram
+from monitor.pipeline import Pipeline
+
+
+def _pipe() -> tuple[Pipeline, Correlator]:
+    c = Correlator(HealthConfig())
+    return Pipeline(c), c
+
+
+def _up(p: Pipeline, ns: str = "gw") -> None:
+    i = make_sa(0x1000, inbound=True, add_time=T0)
+    o = make_sa(0x2000, inbound=False, add_time=T0)
+    p.feed(Datagram(ns, encode_datagram([updsa(i), newsa(o)]), T0), T0)
+
+
+def test_events_reach_the_correlator_through_the_real_codec() -> None:
+    """Notifications encoded as the kernel sends them come out as an up tunnel with tunnel_up."""
+    p, c = _pipe()
+    _up(p)
+    assert ["gw:1:192.0.2.1-198.51.100.7"] == c.tunnel_ids()
+    assert "tunnel_up" in [e.type for e in c.drain_events()]
+    assert (1, 2) == (p.stats.datagrams, p.stats.events)
+
+
+def test_dump_request_and_done_reconcile() -> None:
+    """Our GETSA dump request starts a dump; the matching NLMSG_DONE ends it and removes unreported SAs."""
+    p, c = _pipe()
+    _up(p)
+    i = make_sa(0x1000, inbound=True, add_time=T0, nbytes=500)
+    for d in dump_datagrams("gw", 42, [newsa(i, dump_seq=42)], T0 + 10):
+        p.feed(d, d.ts + 0.5 if not d.outgoing else d.ts)
+    j = c.tunnel_json(c.tunnel_ids()[0], T0 + 11)
+    assert j is not None
+    assert ["0x00001000"] == [s["spi"] for s in j["sas"]]
+    assert 500 == j["bytes_in"]
+    st = p.stats.netns["gw"]
+    assert (1, 0.5, T0 + 10.5) == (st.dumps, st.last_dump_duration, st.last_dump_end)
+
+
+def test_done_with_another_seq_does_not_end_our_dump() -> None:
+    """An NLMSG_DONE for someone else's dump (other seq) is not ours: nothing is removed."""
+    p, c = _pipe()
+    _up(p)
+    p.feed(Datagram("gw", encode_dump_request(X.XFRM_MSG_GETSA, 7), T0 + 1, outgoing=True), T0 + 1)
+    for d in dump_datagrams("gw", 8, [], T0 + 2)[1:]:
+        p.feed(d, T0 + 2)
+    assert 2 == len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"])
+    assert "gw" not in p.stats.netns or 0 == p.stats.netns["gw"].dumps
+
+
+def test_policy_dump() -> None:
+    """A GETPOLICY dump is a policy dump: unreported policies are removed."""
+    p, c = _pipe()
+    p.feed(Datagram("gw", encode_datagram([newpolicy(make_policy(d)) for d in (0, 1, 2)]), T0), T0)
+    recs = [newpolicy(make_policy(1), dump_seq=5)]
+    for d in dump_datagrams("gw", 5, recs, T0 + 1, msg_type=X.XFRM_MSG_GETPOLICY):
+        p.feed(d, T0 + 1)
+    j = c.tunnel_json(c.tunnel_ids()[0], T0 + 1)
+    assert j is not None
+    assert 1 == len(j["selectors"])
+    removed = [e for e in c.drain_events() if e.type == "policy_removed"]
+    assert [0, 2] == sorted(e.detail["dir"] for e in removed)
+    assert p.stats.netns["gw"].last_policy_dump_end == T0 + 1
+
+
+def test_error_reply_ends_dump_without_removing() -> None:
+    """An NLMSG_ERROR answering our dump ends it with an error noted; no SA is removed."""
+    p, c = _pipe()
+    _up(p)
+    p.feed(Datagram("gw", encode_dump_request(X.XFRM_MSG_GETSA, 9), T0 + 1, outgoing=True), T0 + 1)
+    err = NetlinkError(NlHeader(X.NLMSG_ERROR, 0, 9, 1), -16, NlHeader(X.XFRM_MSG_GETSA, X.NLM_F_DUMP, 9, 0))
+    p.feed(Datagram("gw", encode_datagram([err]), T0 + 2), T0 + 2)
+    assert 2 == len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"])
+    st = p.stats.netns["gw"]
+    assert (0, 1) == (st.dumps, st.dump_errors)
+    assert "errno 16" in (st.last_error or "")
+
+
+def test_outgoing_non_dump_requests_are_ignored() -> None:
+    """An outgoing request that is not a dump (e.g. an IKE daemon's NEWSA in an nlmon capture) changes nothing."""
+    p, c = _pipe()
+    p.feed(Datagram("gw", encode_datagram([newsa(make_sa(0x1000, inbound=True))]), T0, outgoing=True), T0)
+    assert [] == c.tunnel_ids()
+    assert (1, 0, 0) == (p.stats.datagrams, p.stats.events, p.stats.malformed)
+
+
+def test_malformed_datagram_is_counted_and_feeding_goes_on() -> None:
+    """Garbage bytes are counted with their error text; the next good datagram is processed."""
+    p, c = _pipe()
+    p.feed(Datagram("gw", b"\x05\x00\x00", T0), T0)
+    p.feed(Datagram("gw", b"\xff\x00\x00\x00" + bytes(12), T0), T0)
+    p.feed(Datagram("gw", b"\x01", T0, outgoing=True), T0)
+    assert 3 == p.malformed
+    assert p.last_error is not None
+    assert p.last_error.startswith("gw: ")
+    _up(p)
+    assert 1 == len(c.tunnel_ids())
+
+
+def test_controls() -> None:
+    """enobufs -> resync, xfrm_stat -> hints, source_error noted, netns_removed drops the netns."""
+    p, c = _pipe()
+    _up(p)
+    p.feed(Control("gw", "enobufs", T0 + 1), T0 + 1)
+    assert (1, 1) == (p.stats.enobufs, p.stats.resyncs)
+    i = make_sa(0x1000, inbound=True, add_time=T0)
+    o = make_sa(0x2000, inbound=False, add_time=T0)
+    c.drain_events()
+    for d in dump_datagrams("gw", 3, [newsa(i, dump_seq=3), newsa(o, dump_seq=3)], T0 + 2):
+        p.feed(d, T0 + 2)
+    assert ["resync"] == [e.type for e in c.drain_events()]
+    p.feed(Control("gw", "xfrm_stat", T0 + 3, counters={"XfrmInNoPols": 1}), T0 + 3)
+    p.feed(Control("gw", "xfrm_stat", T0 + 4, counters={"XfrmInNoPols": 2}), T0 + 4)
+    assert ["XfrmInNoPols"] == [h["code"] for h in (c.netns_json("gw", T0 + 4) or {})["hints"]]
+    p.feed(Control("gw", "source_error", T0 + 5, message="permission denied"), T0 + 5)
+    assert (1, "gw: permission denied") == (p.stats.source_errors, p.stats.last_source_error)
+    p.feed(Control("gw", "netns_removed", T0 + 6), T0 + 6)
+    assert [] == c.tunnel_ids()
+    assert json.dumps(p.stats.to_json())
+
+
+def test_no_key_byte_reaches_any_output() -> None:
+    """SAs encoded with real key bytes: no key byte appears in events, tunnel JSON or stats."""
+    from monitor.encode import encode_sa
+    p, c = _pipe()
+    key = bytes(range(0xA0, 0xB0))
+    keys = {X.XFRMA_ALG_CRYPT: key, X.XFRMA_ALG_AUTH_TRUNC: key + key}
+    i = make_sa(0x1000, inbound=True, add_time=T0)
+    o = make_sa(0x2000, inbound=False, add_time=T0)
+    data = encode_sa(NlHeader(X.XFRM_MSG_UPDSA), i, keys) + encode_sa(NlHeader(X.XFRM_MSG_NEWSA), o, keys)
+    assert key in data
+    p.feed(Datagram("gw", data, T0), T0)
+    out = repr(c.drain_events()) + repr(c.snapshot(T0)) + repr(p.stats.to_json())
+    assert "cbc(aes)" in out
+    assert key.hex() not in out
+    assert repr(key)[2:-1] not in out
+    assert "\\xa0\\xa1" not in out
+
+
+def test_counters_survive_through_the_codec() -> None:
+    """Final counters carried by an encoded DELSA reach the tunnel totals."""
+    from correlate_builders import delsa
+    p, c = _pipe()
+    _up(p)
+    o = with_counters(make_sa(0x2000, inbound=False, add_time=T0), 12345, 67)
+    p.feed(Datagram("gw", encode_datagram([delsa(o)]), T0 + 5), T0 + 5)
+    j = c.tunnel_json(c.tunnel_ids()[0], T0 + 5)
+    assert j is not None
+    assert (12345, 67) == (j["bytes_out"], j["packets_out"])
