@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.prober import ProberConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -74,6 +75,8 @@ class Settings:
     log_level: str = "info"
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.prober.ProberConfig``).
+    prober: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -136,6 +139,7 @@ def _validate(s: Settings) -> None:
     need(not (s.all_netns and s.netns), "netns and all_netns are mutually exclusive")
     for o in s.allowed_origins:
         need("://" in o, f"allowed_origins entries look like 'https://host:port', got {o!r}")
+    ProberConfig.from_mapping(s.prober)  # raises ConfigError on a bad [prober] table
     if s.token is None and not is_loopback(s.host):
         raise ConfigError(
             f"refusing to listen on {s.host!r} without a token: binding to a non-loopback address exposes "
@@ -221,7 +225,7 @@ def read_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The ``MONITOR_*`` layer (``MONITOR_CONFIG`` is handled by :func:`load_settings`)."""
     layer: dict[str, Any] = {}
     for name in (*_FIELDS, *_EXTRA):
-        if name == "health":
+        if name in ("health", "prober"):
             continue
         var = ENV_PREFIX + name.upper()
         if var in env:

@@ -385,6 +385,7 @@ class Prober:
     bucket: TokenBucket = field(init=False)
     _tracked: dict[str, _Tracked] = field(init=False, default_factory=dict)
     _seq: int = field(init=False, default=0)
+    _changed: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(rate=self.config.rate, capacity=float(self.config.burst))
@@ -416,6 +417,11 @@ class Prober:
     def forget(self, tunnel_id: str) -> None:
         """The tunnel is gone from the view."""
         self._tracked.pop(tunnel_id, None)
+
+    def take_changed(self) -> set[str]:
+        """Ids of tunnels whose ``probe`` field changed since the last call (to publish them)."""
+        out, self._changed = self._changed, set()
+        return out
 
     def tracked(self) -> list[str]:
         """Ids of the tunnels the prober looks after."""
@@ -462,6 +468,7 @@ class Prober:
             if reason is not None:
                 tr.stats.refused += 1
                 tr.stats.last_error = reason
+                self._changed.add(tr.view.id)
                 tr.next_allowed = now + self.config.interval
                 continue
             if not self.bucket.take(now):
@@ -474,6 +481,7 @@ class Prober:
             tr.stats.last_sent = now
             tr.stats.outstanding = probe.seq
             tr.next_allowed = now + self.config.interval
+            self._changed.add(tr.view.id)
             out.append(probe)
         return out
 
@@ -482,6 +490,7 @@ class Prober:
         if tr is None or tr.stats.outstanding != probe.seq:
             return None
         tr.stats.outstanding = None
+        self._changed.add(probe.tunnel)
         return tr
 
     def on_answer(self, probe: Probe, now: float) -> None:

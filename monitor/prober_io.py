@@ -26,10 +26,10 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from monitor.prober import IPAddress, Probe, Prober
+from monitor.prober import IPAddress, Probe, Prober, ProberConfig
 
 CLONE_NEWNET = 0x40000000
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
@@ -321,3 +321,61 @@ class ProberRunner:
         finally:
             for t in list(self._inflight):
                 t.cancel()
+
+
+# ------------------------------------------------------------------------------------- daemon hook
+
+
+class ProbedCorrelator:
+    """The correlator as the hub and web see it, with the prober's results merged into each tunnel.
+
+    Every attribute is the wrapped correlator's, except: ``tunnel_json``/``snapshot`` set the tunnel's
+    ``probe`` field, and ``take_dirty`` also returns tunnels whose probe results changed (so websocket clients
+    get an update). ``monitor.web.create_app`` wraps the correlator in this when ``[prober] enabled = true``.
+    """
+
+    def __init__(self, inner: Any, prober: Prober) -> None:
+        self._inner = inner
+        self.prober = prober
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def tunnel_json(self, tunnel_id: str, now: float) -> dict[str, Any] | None:
+        """The correlator's tunnel JSON with ``probe`` set."""
+        t: dict[str, Any] | None = self._inner.tunnel_json(tunnel_id, now)
+        return None if t is None else self.prober.annotate(t)
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """The correlator's snapshot with ``probe`` set on each tunnel."""
+        return [self.prober.annotate(t) for t in self._inner.snapshot(now)]
+
+    def take_dirty(self) -> set[str]:
+        """Tunnels changed in the correlator or in their probe results."""
+        dirty: set[str] = set(self._inner.take_dirty())
+        return dirty | self.prober.take_changed()
+
+
+def prober_from_settings(raw: Mapping[str, Any]) -> Prober | None:
+    """A Prober for the ``[prober]`` table, or None when it is absent or disabled (raises ConfigError)."""
+    cfg = ProberConfig.from_mapping(raw)
+    return Prober(cfg) if cfg.enabled else None
+
+
+class ProberService:
+    """Runs a ``ProberRunner`` over a correlator for the lifetime of an aiohttp app (``cleanup_ctx``)."""
+
+    def __init__(self, prober: Prober, correlator: Any, clock: Callable[[], float] = time.time) -> None:
+        self.runner = ProberRunner(
+            prober,
+            lambda: list(correlator.tunnel_ids()),
+            lambda tid: correlator.tunnel_json(tid, clock()),
+        )
+
+    async def cleanup_ctx(self, _app: object) -> AsyncIterator[None]:
+        """Start the prober loop; cancel it on shutdown."""
+        task = asyncio.get_running_loop().create_task(self.runner.run(), name="monitor-prober")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

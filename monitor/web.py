@@ -26,6 +26,7 @@ from monitor.errors import ConfigError
 from monitor.hub import SCHEMA, Filters, Hub, TunnelView, dumps
 from monitor.items import Source
 from monitor.metrics import MonitorSample, scrape
+from monitor.prober_io import ProbedCorrelator, ProberService, prober_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,10 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
         pipeline, correlator = build_core(settings)
     elif pipeline is None:
         raise ConfigError("create_app: pass a pipeline together with an injected correlator")
+    core = correlator
+    prober = prober_from_settings(settings.prober)  # None unless [prober] enabled = true
+    if prober is not None:
+        correlator = ProbedCorrelator(core, prober)  # merges the tunnel JSON's `probe` field
     src = source if source is not None else build_source(settings)
     hub = Hub(correlator, ring_size=settings.ring_size, client_queue=settings.client_queue,
               client_max_updates=settings.client_max_updates, snapshot_chunk=settings.snapshot_chunk,
@@ -375,6 +380,8 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app[SOCKETS] = sockets
     app[INSTANCE] = hub.hello["instance"]
     app.cleanup_ctx.append(_background)
+    if prober is not None:
+        app.cleanup_ctx.append(ProberService(prober, core, daemon.clock).cleanup_ctx)
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
     app.router.add_get("/api/v1/tunnels/{id}", tunnel_handler)
