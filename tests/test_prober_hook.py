@@ -20,6 +20,7 @@ from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.prober import tunnel_view
 from monitor.web import HUB, create_app
+from tests.test_web_fakes import validate
 
 PROBER = {
     "enabled": True, "idle_after": 1, "interval": 1, "timeout": 1,
@@ -42,6 +43,7 @@ async def tunnels(srv: TestServer) -> list[dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.get(srv.make_url("/api/v1/tunnels")) as r:
         assert r.status == 200
         body: dict[str, Any] = orjson.loads(await r.read())
+        validate("rest-tunnels.json", body)  # the probe object included (docs/schema/tunnel.json)
         return list(body["tunnels"])
 
 
