@@ -7,6 +7,7 @@ Also: the JSON Schema validator over ``docs/schema`` shared by the serve tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -199,3 +200,32 @@ def test_fake_correlator_contract() -> None:
     assert [e.seq for e in c.drain_events()] == [1, 2]
     assert c.take_dirty() == {"a", "b"}
     assert c.take_dirty() == set()
+
+
+class LagProbe:
+    """Measures the event loop's max scheduling lag while running (the loop-blocking check)."""
+
+    def __init__(self, period: float = 0.005) -> None:
+        self.period = period
+        self.max_lag = 0.0
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.period)
+            self.max_lag = max(self.max_lag, loop.time() - t0 - self.period)
+            self.samples += 1
+
+    def start(self) -> None:
+        """Start probing on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop probing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
