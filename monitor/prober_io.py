@@ -230,6 +230,8 @@ class ProbeSender:
             return "answer", self.clock()
 
 
+FULL_SCAN_EVERY = 10  # rescans between full re-reads of every tunnel (selector-only targets)
+
 TunnelLookup = Callable[[str], Mapping[str, Any] | None]
 
 
@@ -263,18 +265,33 @@ class ProberRunner:
         self.rescan = rescan
         self.clock = clock
         self._last_scan: float | None = None
+        self._scans = 0
+        self._seen: set[str] = set()
         self._addrs: dict[str, list[IPAddress]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
 
     def _candidates(self, now: float) -> Iterable[str]:
+        """Tunnel ids to (re)observe now: the tracked ones, plus unseen ids at each rescan.
+
+        reqid and netns are part of a tunnel's identity, so an id is matched against reqid targets once.
+        Only target-only entries depend on selectors, which may change: every ``FULL_SCAN_EVERY`` rescans
+        all ids are looked at again. This keeps a 100k-tunnel view from being re-read every rescan.
+        """
         by_id = [s.tunnel for s in self.prober.config.targets if s.tunnel is not None]
         if len(by_id) == len(self.prober.config.targets):
             return set(by_id)
-        if self._last_scan is None or now - self._last_scan >= self.rescan:
-            self._last_scan = now
-            self._addrs.clear()
-            return list(self.tunnel_ids())
-        return self.prober.tracked()
+        if self._last_scan is not None and now - self._last_scan < self.rescan:
+            return self.prober.tracked()
+        self._last_scan = now
+        self._addrs.clear()
+        self._scans += 1
+        selector_only = any(s.tunnel is None and s.reqid is None for s in self.prober.config.targets)
+        if selector_only and self._scans % FULL_SCAN_EVERY == 0:
+            self._seen.clear()
+        ids = list(self.tunnel_ids())
+        fresh = [t for t in ids if t not in self._seen]
+        self._seen = set(ids)
+        return {*fresh, *self.prober.tracked()}
 
     def step(self) -> list[Probe]:
         """One decision round: observe, then start sending whatever is due. Returns the probes started."""

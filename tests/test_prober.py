@@ -317,3 +317,37 @@ def test_selector_spellings() -> None:
     for f in forms:
         [sel] = tunnel_view(tunnel(selectors=[f])).selectors
         assert (str(sel.local), str(sel.remote)) == ("10.10.1.0/24", "10.20.1.0/24"), f
+
+
+# ------------------------------------------------------------------------------------- runner (fake I/O)
+
+
+def test_runner_reads_each_tunnel_once_per_identity() -> None:
+    """With a reqid target, a rescan reads only tunnels it has not seen before (reqid is part of a tunnel's
+    identity) plus the tracked one; between rescans only the tracked one is read."""
+    from monitor.prober_io import ProberRunner
+
+    reads: list[str] = []
+    fleet = {f"t{i}": tunnel(f"t{i}", reqid=i, bytes_in=i) for i in range(100)}
+
+    def lookup(tid: str) -> dict[str, Any] | None:
+        reads.append(tid)
+        return fleet.get(tid)
+
+    clock = [0.0]
+    cfg = config(idle_after=1000, interval=1000, targets=[{"reqid": 5, "target": "10.20.1.1", "source": "10.10.1.1"}])
+    p = Prober(cfg)
+    runner = ProberRunner(p, lambda: list(fleet), lookup, rescan=15.0, clock=lambda: clock[0])
+    counts = []
+    for t in (0.0, 1.0, 16.0):
+        clock[0] = t
+        reads.clear()
+        assert runner.step() == []  # nothing idle yet: no probe, no task
+        counts.append(sorted(reads) if len(reads) < 5 else len(reads))
+    fleet["t100"] = tunnel("t100", reqid=100)
+    clock[0] = 32.0
+    reads.clear()
+    runner.step()
+    assert counts == [100, ["t5"], ["t5"]]
+    assert sorted(reads) == ["t100", "t5"]
+    assert p.tracked() == ["t5"]
