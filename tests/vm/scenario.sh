@@ -126,17 +126,29 @@ poll_until 20 0.2 grep -q 'listening on' "$RW/tcpdump-a.log" || fail "tcpdump di
 log "tcpdump on nlmon0 in ns a started (pid $TCPDUMP_PID)"
 
 # ---------------------------------------------------------------- our own recorder, if the package has one
-# (started before charon so it sees everything; skipped while monitor.cli has no working "record" command)
-if [ -n "$PROJ" ] && (cd "$PROJ" && PYTHONPATH="$PROJ" "$PY" -c 'import monitor.cli' \
-      && PYTHONPATH="$PROJ" "$PY" -m monitor record --help) > "$RW/monitor-import.log" 2>&1; then
+# Started before charon so it sees everything. No separate "does it exist" probe: each Python start costs
+# seconds under TCG. Instead start it and wait until it is either listening (an XFRM netlink socket bound to
+# multicast groups exists in ns a: nothing else opens one before charon starts) or has exited (e.g. no
+# "record" command yet: argparse exits 2).
+xfrm_listener() {  # /proc/net/netlink columns: sk Eth Pid Groups ...; Eth 6 = NETLINK_XFRM
+  ip netns exec a awk 'NR > 1 && $2 == 6 && $4 != "00000000" {f = 1} END {exit !f}' /proc/net/netlink
+}
+rec_ready() { xfrm_listener || ! kill -0 "$REC_PID" 2>/dev/null; }
+if [ -n "$PROJ" ] && [ -f "$PROJ/monitor/cli.py" ]; then
   (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor record \
       --out "$RW/monitor-a.pcap" --interval 1) > "$RW/monitor-a.log" 2>&1 &
   REC_PID=$!
-  log "recorder started (pid $REC_PID): $PY -m monitor record --out $RW/monitor-a.pcap --interval 1"
-  sleep 1
-  kill -0 "$REC_PID" 2>/dev/null || { log "recorder died right away: $(tail -n 3 "$RW/monitor-a.log")"; REC_PID=; }
+  log "recorder starting (pid $REC_PID): $PY -m monitor record --out $RW/monitor-a.pcap --interval 1"
+  poll_until 90 0.25 rec_ready || log "recorder: no XFRM listener after 90 s, starting charon anyway"
+  if ! kill -0 "$REC_PID" 2>/dev/null; then
+    wait "$REC_PID"; rc=$?
+    log "recorder exited at start with status $rc (no usable 'monitor record'?): $(tail -n 2 "$RW/monitor-a.log" | tr '\n' ' ')"
+    REC_PID=
+  else
+    log "recorder listening"
+  fi
 else
-  log "no 'monitor record' command in ${PROJ:-<no project dir>} (see monitor-import.log); recorder not started"
+  log "no $PROJ/monitor/cli.py; recorder not started"
 fi
 
 # ---------------------------------------------------------------- strongSwan, one charon per netns

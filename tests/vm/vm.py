@@ -4,9 +4,10 @@ The host kernel of the CI/dev machines has no ESP support, so everything that ne
 guest set up by ``scripts/vm-setup.sh`` (kernel + modules unpacked under ``$MONITOR_VM_CACHE``, default
 ``/opt/monitor-vm``, and a virtme-ng venv beside it).
 
-Typical use from a pytest test::
+Tests under tests/vm normally just use the session fixtures ``vm_run`` / ``vm_ok`` from conftest.py
+(one boot for the whole session). Direct use (tests/ is on sys.path under pytest; else ``tests.vm.vm``)::
 
-    from tests.vm.vm import SCENARIO, run_in_vm, vm_available
+    from vm.vm import PROJECT_DIR, SCENARIO, run_in_vm, vm_available
 
     reason = vm_available()
     if reason:
