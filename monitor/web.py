@@ -63,12 +63,12 @@ def build_source(settings: Settings) -> Source:
 
         return SimulatedSource(tunnels=settings.tunnels, speed=settings.speed or 1.0, seed=settings.seed)
     if kind == "replay":
-        from monitor.replay import ReplaySource  # noqa: PLC0415 - lazy: only the source in use
-
         path = settings.replay_path
         assert path is not None
         if not path.is_file():
             raise ConfigError(f"replay file {str(path)!r} does not exist or is not a file")
+        from monitor.replay import ReplaySource  # noqa: PLC0415 - lazy: only the source in use
+
         return ReplaySource(path, settings.speed)  # type: ignore[no-any-return]
     from monitor.source import KernelSource  # noqa: PLC0415 - lazy: pyroute2 only when needed
 

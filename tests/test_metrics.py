@@ -1,0 +1,66 @@
+"""monitor.metrics: series names, labels and values from tunnel JSON (unit level; see test_prometheus_real)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor import metrics
+from monitor.hub import STATES
+from tests.test_web_fakes import tunnel_doc
+
+
+def parse(text: bytes) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    out: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.name, dict(s.labels), s.value))
+    return out
+
+
+MON = metrics.MonitorSample(enobufs={"default": 2}, resyncs={"default": 2}, lag=0.004,
+                            dumps={"default": {"last_dump": 90.0, "last_dump_duration": 0.02},
+                                   "blue": {"last_dump": None, "last_dump_duration": None}},
+                            now=100.0, clients=3, gaps=1, dropped=5, stalled=0)
+
+
+def test_tunnel_series_values_and_labels() -> None:
+    """Bytes/packets per direction, one-hot state, expiry, error totals: values copied from the tunnel JSON."""
+    t = tunnel_doc("x", state="one-way", n=4)
+    t.update(bytes_in=10, bytes_out=20, packets_in=1, packets_out=2, rekeys=3, rekey_failures=1,
+             replay_errors=7, integrity_errors=9, hard_expires_in=42.5)
+    got = parse(metrics.render([metrics.sample(t)], MON))
+    lab = {"netns": "default", "reqid": "5", "local": "192.0.2.1", "remote": "198.51.100.5"}
+    assert ("ipsec_tunnel_bytes_total", {**lab, "direction": "in"}, 10.0) in got["ipsec_tunnel_bytes_total"]
+    assert ("ipsec_tunnel_packets_total", {**lab, "direction": "out"}, 2.0) in got["ipsec_tunnel_packets_total"]
+    assert got["ipsec_tunnel_rekeys_total"] == [("ipsec_tunnel_rekeys_total", lab, 3.0)]
+    assert got["ipsec_tunnel_rekey_failures_total"] == [("ipsec_tunnel_rekey_failures_total", lab, 1.0)]
+    assert got["ipsec_tunnel_replay_errors_total"][0][2] == 7.0
+    assert got["ipsec_tunnel_integrity_errors_total"][0][2] == 9.0
+    assert got["ipsec_tunnel_hard_expiry_seconds"] == [("ipsec_tunnel_hard_expiry_seconds", lab, 42.5)]
+    states = {s[1]["state"]: s[2] for s in got["ipsec_tunnel_state"]}
+    assert set(states) == set(STATES)
+    assert {k for k, v in states.items() if v == 1.0} == {"one-way"}
+
+
+def test_no_expiry_sample_without_time_limits_and_sa_fallback() -> None:
+    """No hard expiry -> no sample; error totals fall back to the sum over SAs."""
+    t = tunnel_doc("x")
+    t["hard_expires_in"] = None
+    del t["replay_errors"]
+    t["sas"] = [{"replay_errors": 2}, {"replay_errors": 3}]
+    got = parse(metrics.render([metrics.sample(t)], MON))
+    assert "ipsec_tunnel_hard_expiry_seconds" not in got
+    assert got["ipsec_tunnel_replay_errors_total"][0][2] == 5.0
+
+
+def test_monitor_series() -> None:
+    """ENOBUFS/resync per netns, loop lag, dump duration/age (absent before the first dump), ws gauges."""
+    got = parse(metrics.render([], MON))
+    assert ("ipsec_monitor_enobufs_total", {"netns": "default"}, 2.0) in got["ipsec_monitor_enobufs_total"]
+    assert ("ipsec_monitor_resyncs_total", {"netns": "blue"}, 0.0) in got["ipsec_monitor_resyncs_total"]
+    assert got["ipsec_monitor_event_loop_lag_seconds"][0][2] == 0.004
+    assert got["ipsec_monitor_last_dump_age_seconds"] == [
+        ("ipsec_monitor_last_dump_age_seconds", {"netns": "default"}, 10.0)]
+    assert got["ipsec_monitor_last_dump_duration_seconds"][0][2] == 0.02
+    assert got["ipsec_monitor_ws_clients"][0][2] == 3.0
+    assert got["ipsec_monitor_ws_dropped_events_total"][0][2] == 5.0

@@ -1,0 +1,115 @@
+"""/metrics against Debian's real Prometheus tools: ``promtool check metrics`` and a real ``prometheus``
+server scraping a real ``monitor serve`` app (simulated fleet) on loopback every second."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from monitor.config import Settings
+from monitor.web import HUB, create_app
+
+pytestmark = pytest.mark.external
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.fixture
+async def monitor_server() -> AsyncIterator[TestServer]:
+    """A real serve app on 127.0.0.1 with a simulated fleet that already has tunnels."""
+    app = create_app(Settings(source="simulate", port=0, tunnels=8, speed=30, seed=2))
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while len(app[HUB].view.tunnel_ids()) < 8:
+        assert loop.time() < deadline, "simulated fleet did not appear"
+        await asyncio.sleep(0.05)
+    yield server
+    await server.close()
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+async def test_promtool_check_metrics_clean(monitor_server: TestServer) -> None:
+    """`promtool check metrics` reports no problem on our real exposition."""
+    async with aiohttp.ClientSession() as s, s.get(monitor_server.make_url("/metrics")) as r:
+        body = await r.read()
+    assert b"ipsec_tunnel_bytes_total" in body
+    proc = await asyncio.create_subprocess_exec(PROMTOOL or "promtool", "check", "metrics",
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT)
+    out, _ = await proc.communicate(body)
+    assert proc.returncode == 0, out.decode()
+    assert out.decode().strip() == "", out.decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus)")
+async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tmp_path: Path) -> None:
+    """A real Prometheus scraping us every second: the target goes up and our series are queryable."""
+    port = _free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: ipsec\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{monitor_server.port}']\n"
+    )
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as logf:
+        proc = subprocess.Popen(
+            [PROMETHEUS or "prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        seen: Any = None
+        async with aiohttp.ClientSession() as s:
+            while True:
+                assert proc.poll() is None, f"prometheus exited: {log.read_text()[-2000:]}"
+                assert loop.time() < deadline, f"no data; last target state {seen}; log: {log.read_text()[-1500:]}"
+                try:
+                    async with s.get(f"{base}/api/v1/targets") as r:
+                        targets = (await r.json())["data"]["activeTargets"]
+                    seen = [(t["health"], t.get("lastError")) for t in targets]
+                    async with s.get(f"{base}/api/v1/query",
+                                     params={"query": 'ipsec_tunnel_bytes_total{direction="in"}'}) as r:
+                        result = (await r.json())["data"]["result"]
+                except (aiohttp.ClientError, KeyError):
+                    result = []
+                if result and seen and seen[0][0] == "up":
+                    break
+                await asyncio.sleep(0.5)
+            async with s.get(f"{base}/api/v1/query", params={"query": "ipsec_tunnel_state == 1"}) as r:
+                states = (await r.json())["data"]["result"]
+            async with s.get(f"{base}/api/v1/query",
+                             params={"query": "ipsec_monitor_event_loop_lag_seconds"}) as r:
+                lag = (await r.json())["data"]["result"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert len(result) >= 8
+    assert set(result[0]["metric"]) >= {"netns", "reqid", "local", "remote", "direction", "job", "instance"}
+    assert len(states) >= 8, "every tunnel has exactly one state set"
+    assert lag, "event loop lag gauge stored"
