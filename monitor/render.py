@@ -75,21 +75,28 @@ def _reasons(reasons: Any) -> str:
 
 
 def summarise_detail(detail: Mapping[str, Any]) -> str:
-    """A short human summary of an event's ``detail``: state transitions and reasons first."""
+    """A short human summary of an event's ``detail``: state transition, reason, then the rest."""
     parts: list[str] = []
     rest = dict(detail)
     old, new = rest.pop("from", None), rest.pop("to", None)
-    if old is not None or new is not None:
+    if new is not None:
         parts.append(f"{old} -> {new}")
-    reasons = rest.pop("reasons", None)
-    text = _reasons(reasons)
-    reason = rest.pop("reason", None)
-    if reason is not None:
+    elif old is not None:
+        parts.append(f"was {old}")
+    text = _reasons(rest.pop("reasons", None))
+    reason, why = rest.pop("reason", None), rest.pop("text", None)
+    if reason is not None and why:
+        text = f"{reason}: {why}" + (f"; {text}" if text else "")
+    elif reason is not None:
         parts.append(_value(reason))
+    elif why:
+        text = str(why) + (f"; {text}" if text else "")
     for key in sorted(rest):
         val = rest[key]
         if val is None or val in ([], {}):
             continue
+        if isinstance(val, float) and val > 1e9:  # a timestamp
+            val = time.strftime("%H:%M:%S", time.localtime(val))
         parts.append(f"{key}={_value(val)}")
     if text:
         parts.append(f"({text})")
@@ -108,7 +115,7 @@ def format_event(event: Mapping[str, Any], colour: bool = False) -> str:
         paint = _STATE_COLOURS[new_state]
     summary = summarise_detail(detail) if isinstance(detail, dict) else _value(detail)
     line = (f"{format_time(float(ts)) if isinstance(ts, int | float) else '-':23}  "
-            f"#{event.get('seq', '?'):<6} {event.get('netns', '-')}  {tunnel}  "
+            f"#{event.get('seq', '?'):<6} {event.get('netns', '-')}  {tunnel:<30}  "
             f"{_paint(f'{etype:<18}', paint, colour)} {summary}")
     return line.rstrip()
 
