@@ -20,6 +20,7 @@
   const state = {
     tunnels: new Map(),      // id -> tunnel object (+ _exp: server time of hard expiry)
     lastSeq: null,           // last event seq processed
+    instance: null,          // the server instance (a restarted server has a new one)
     seq: 0,
     fields: null,            // counters row columns
     ws: null,
@@ -37,9 +38,9 @@
   const eventsEl = $("#events");
 
   // --- formatting --------------------------------------------------------------------------
-  function rate(bps) {
-    if (bps === null || bps === undefined) return "–";
-    const bits = bps;  // rate_*_bps are bits per second
+  function rate(Bps) {
+    if (Bps === null || Bps === undefined) return "–";
+    const bits = Bps * 8;  // rate_*_bps are bytes per second (counter deltas / seconds); shown in bit/s
     const units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s"];
     let v = bits, i = 0;
     while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
@@ -102,7 +103,7 @@
       const t = state.tunnels.get(row[idx.id]);
       if (!t) continue;
       for (const f of fields) if (f !== "id") t[f] = row[idx[f]];
-      t._exp = (typeof t.hard_expires_in === "number") ? msg.ts + t.hard_expires_in : null;
+      if ("hard_expires_in" in idx) t._exp = (typeof t.hard_expires_in === "number") ? msg.ts + t.hard_expires_in : null;
       t._flash = performance.now();
     }
     state.dirty = true;
@@ -148,9 +149,9 @@
     tr.appendChild(who);
     tr.appendChild(reasonsCell(t));
     const rin = el("td", "num rate-in", rate(t.rate_in_bps));
-    rin.title = bytes(t.bytes_in) + " in total";
+    rin.title = `${bytes(t.bytes_in)} in total, ${bytes(t.rate_in_bps)}/s`;
     const rout = el("td", "num rate-out", rate(t.rate_out_bps));
-    rout.title = bytes(t.bytes_out) + " in total";
+    rout.title = `${bytes(t.bytes_out)} in total, ${bytes(t.rate_out_bps)}/s`;
     tr.appendChild(rin); tr.appendChild(rout);
     const rk = el("td", "num rekeys", String(t.rekeys ?? 0));
     if (t.rekey_failures) rk.appendChild(el("div", "sub warn", `${t.rekey_failures} failed`));
@@ -169,7 +170,7 @@
     const sels = (t.selectors || []).map((s) => typeof s === "string" ? s : (s.src || s.saddr || "?") + " → " + (s.dst || s.daddr || "?"));
     td.appendChild(el("div", "sub", "selectors: " + (sels.join(", ") || "–")
       + ` · totals in ${bytes(t.bytes_in)} / out ${bytes(t.bytes_out)}`
-      + (t.last_rekey ? ` · last rekey ${clockTime(t.last_rekey)}` : "")));
+      + (t.last_rekey && t.last_rekey.ts ? ` · last rekey ${clockTime(t.last_rekey.ts)}` : "")));
     const tbl = el("table");
     const head = el("tr");
     for (const h of ["SPI", "dir", "bytes", "packets", "added", "soft in", "hard in", "algorithms"]) head.appendChild(el("th", "", h));
@@ -234,9 +235,12 @@
   function summary(detail) {
     if (!detail || typeof detail !== "object") return "";
     const parts = [];
-    if ("from" in detail || "to" in detail) parts.push(`${detail.from} → ${detail.to}`);
+    if ("to" in detail) parts.push(`${detail.from} → ${detail.to}`);
+    else if ("from" in detail) parts.push(`was ${detail.from}`);
+    if (detail.reason && detail.text) parts.push(`${detail.reason}: ${detail.text}`);
     for (const [k, v] of Object.entries(detail)) {
       if (k === "from" || k === "to" || v === null || (Array.isArray(v) && !v.length)) continue;
+      if ((k === "reason" || k === "text") && detail.reason && detail.text) continue;
       if (k === "reasons" && Array.isArray(v)) { parts.push(v.map((r) => r.code || r).join(", ")); continue; }
       parts.push(`${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
     }
@@ -294,7 +298,16 @@
     async hello(m) {
       state.fields = m.counters_fields || state.fields;
       $("#server").textContent = m.server || "";
-      const restarted = state.lastSeq !== null && !m.resumed && m.seq < state.lastSeq;
+      const newInstance = state.instance !== null && m.instance && m.instance !== state.instance;
+      state.instance = m.instance || state.instance;
+      if (newInstance && m.resumed) {
+        // a restarted server happily resumed from our old seq: start over with a fresh snapshot
+        logNote("server restarted");
+        state.lastSeq = null;
+        state.ws.close();
+        return;
+      }
+      const restarted = newInstance || (state.lastSeq !== null && !m.resumed && m.seq < state.lastSeq);
       if (restarted) { logNote("server restarted"); state.lastSeq = null; }
       state.seq = m.seq;
       if (state.lastSeq === null) {
