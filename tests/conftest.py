@@ -1,0 +1,54 @@
+"""Shared pytest fixtures (keep small; append yours below)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+NETNS_DIR = "/var/run/netns"
+
+
+def host_netns_skip_reason() -> str | None:
+    """Why host-kernel netns tests cannot run here, or None if they can."""
+    if os.geteuid() != 0:
+        return "needs root (creates throwaway network namespaces)"
+    if shutil.which("ip") is None:
+        return "needs iproute2's `ip`"
+    return None
+
+
+def netns_exists(name: str) -> bool:
+    """True if ``ip netns`` knows a namespace called ``name``."""
+    return os.path.exists(os.path.join(NETNS_DIR, name))
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[], str]]:
+    """Factory of throwaway namespaces ``mon-test-<random>``; all are deleted at teardown."""
+    reason = host_netns_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"mon-test-{secrets.token_hex(4)}"
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=30)
+        return name
+
+    yield make
+    for name in made:
+        if netns_exists(name):
+            subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
+
+
+@pytest.fixture
+def netns(make_netns: Callable[[], str]) -> str:
+    """One throwaway namespace (deleted at teardown)."""
+    return make_netns()

@@ -1,0 +1,173 @@
+"""KernelSource unit tests against a scripted fake kernel socket (the real kernel: test_source_hostkernel.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from monitor import xfrm as X
+from monitor.decode import decode_datagram, iter_messages
+from monitor.encode import encode, encode_datagram
+from monitor.errors import NetnsNotFound, PermissionDenied, XfrmUnsupported
+from monitor.events import SA, Done, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, SADInfo, Selector, Stats
+from monitor.items import Control, Datagram, SourceItem
+from monitor.netns import parse_xfrm_stat
+from monitor.source import KernelSource
+
+
+def _sa(spi: int) -> SA:
+    return SA(Selector("0.0.0.0", "0.0.0.0"), "192.0.2.2", spi, X.IPPROTO_ESP, "192.0.2.1", LifetimeCfg(),
+              LifetimeCur(), Stats(), 0, 1, X.AF_INET, 1, 0, 0)
+
+
+class FakeKernel:
+    """Duck-typed NETLINK_XFRM socket: answers dumps with one SA and lets a test inject datagrams/ENOBUFS."""
+
+    PORTID = 4242
+
+    def __init__(self) -> None:
+        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.groups = -1
+        self.requests: list[int] = []
+        self.enobufs_next = False
+
+    # socket API used by open_xfrm_socket / KernelSource
+    def setsockopt(self, *args: object) -> None:
+        """Accept any option."""
+
+    def bind(self, addr: tuple[int, int]) -> None:
+        """Record the joined groups."""
+        self.groups = addr[1]
+
+    def setblocking(self, flag: bool) -> None:
+        """Make the readable end non-blocking."""
+        self.a.setblocking(flag)
+
+    def getsockname(self) -> tuple[int, int]:
+        """Our port id."""
+        return (self.PORTID, self.groups)
+
+    def fileno(self) -> int:
+        """The fd the event loop watches."""
+        return self.a.fileno()
+
+    def close(self) -> None:
+        """Close both ends."""
+        self.a.close()
+        self.b.close()
+
+    def recv_into(self, buf: bytearray) -> int:
+        """Deliver the next datagram, or ENOBUFS once when armed."""
+        if self.enobufs_next:
+            self.enobufs_next = False
+            self.a.recv(65536)  # the wake-up byte
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        return self.a.recv_into(buf)
+
+    def send(self, data: bytes) -> int:
+        """Answer a request like the kernel: a dump record + DONE, or NEWSADINFO."""
+        nl = iter_messages(data)[0][0]
+        self.requests.append(nl.type)
+        if nl.type == X.XFRM_MSG_GETSA:
+            # a foreign notification with the same seq must not end our dump
+            self.b.send(encode(Done(NlHeader(X.NLMSG_DONE, 0, nl.seq, 999))))
+            self.b.send(encode_datagram([SAAdded(NlHeader(X.XFRM_MSG_NEWSA, X.NLM_F_MULTI, nl.seq, self.PORTID),
+                                                 _sa(len(self.requests))),
+                                         Done(NlHeader(X.NLMSG_DONE, X.NLM_F_MULTI, nl.seq, self.PORTID))]))
+        elif nl.type == X.XFRM_MSG_GETPOLICY:
+            self.b.send(encode(Done(NlHeader(X.NLMSG_DONE, X.NLM_F_MULTI, nl.seq, self.PORTID))))
+        else:
+            self.b.send(encode(SADInfo(NlHeader(X.XFRM_MSG_NEWSADINFO, 0, nl.seq, self.PORTID), 0, 1, 8, 64)))
+        return len(data)
+
+
+async def _take(gen: AsyncIterator[SourceItem], n: int) -> list[SourceItem]:
+    out = []
+    async with asyncio.timeout(10):
+        async for item in gen:
+            out.append(item)
+            if len(out) == n:
+                break
+    return out
+
+
+async def test_dump_cycle_order_and_groups() -> None:
+    """Each cycle: GETSA, GETPOLICY, GETSADINFO, each request before its replies; default groups exclude AEVENTS."""
+    fake = FakeKernel()
+    src = KernelSource(interval=0.05, socket_factory=lambda name: fake)  # type: ignore[arg-type,return-value]
+    async with contextlib.aclosing(src.items()) as gen:
+        items = await _take(gen, 12)
+    kinds = [(i.outgoing, decode_datagram(i.data)[0].nl.type) if isinstance(i, Datagram) else i.kind
+             for i in items]
+    assert kinds[:8] == [
+        "netns_added",
+        (True, X.XFRM_MSG_GETSA), (False, X.NLMSG_DONE), (False, X.XFRM_MSG_NEWSA),
+        (True, X.XFRM_MSG_GETPOLICY), (False, X.NLMSG_DONE),
+        (True, X.XFRM_MSG_GETSADINFO), (False, X.XFRM_MSG_NEWSADINFO),
+    ]
+    assert fake.groups & (1 << (X.XFRMNLGRP_SA - 1))
+    assert fake.groups & (1 << (X.XFRMNLGRP_AEVENTS - 1)) == 0
+    assert fake.requests[:4] == [X.XFRM_MSG_GETSA, X.XFRM_MSG_GETPOLICY, X.XFRM_MSG_GETSADINFO, X.XFRM_MSG_GETSA]
+
+
+async def test_aevents_only_on_request() -> None:
+    """aevents=True joins XFRMNLGRP_AEVENTS as well."""
+    fake = FakeKernel()
+    src = KernelSource(interval=10, aevents=True, socket_factory=lambda name: fake)  # type: ignore[arg-type,return-value]
+    async with contextlib.aclosing(src.items()) as gen:
+        await _take(gen, 1)
+    assert fake.groups & (1 << (X.XFRMNLGRP_AEVENTS - 1))
+
+
+async def test_enobufs_is_counted_announced_and_resynced() -> None:
+    """ENOBUFS gives Control('enobufs'), a count, and a new SA dump long before the 60 s interval."""
+    fake = FakeKernel()
+    src = KernelSource(interval=60, socket_factory=lambda name: fake)  # type: ignore[arg-type,return-value]
+    async with contextlib.aclosing(src.items()) as gen:
+        first = await _take(gen, 9)  # added + one full cycle (7 datagrams) + xfrm_stat
+        assert [i for i in first if isinstance(i, Control) and i.kind == "xfrm_stat"], first
+        fake.enobufs_next = True
+        fake.b.send(b"x")  # make the socket readable
+        rest = await _take(gen, 3)
+    assert isinstance(rest[0], Control)
+    assert rest[0].kind == "enobufs"
+    assert src.enobufs == {"default": 1}
+    assert isinstance(rest[1], Datagram)
+    assert rest[1].outgoing
+    assert decode_datagram(rest[1].data)[0].nl.type == X.XFRM_MSG_GETSA
+
+
+@pytest.mark.parametrize(
+    ("err", "exc", "text"),
+    [
+        (errno.EPROTONOSUPPORT, XfrmUnsupported, "CONFIG_XFRM_USER"),
+        (errno.EPERM, PermissionDenied, "CAP_NET_ADMIN"),
+        (errno.ENOENT, NetnsNotFound, "does not exist"),
+    ],
+)
+async def test_socket_errors_become_clear_source_errors(err: int, exc: type[Exception], text: str) -> None:
+    """socket() failures map to XfrmUnsupported / PermissionDenied / NetnsNotFound with advice."""
+
+    def factory(name: str) -> socket.socket:
+        raise (FileNotFoundError if err == errno.ENOENT else OSError)(err, "boom")
+
+    src = KernelSource(netns=["default"], socket_factory=factory)
+    with pytest.raises(exc, match=text):
+        await anext(src.items())
+
+
+def test_parse_xfrm_stat() -> None:
+    """Counter lines become a dict; junk lines are ignored."""
+    text = "XfrmInError             \t3\nXfrmOutPolBlock         \t17\ngarbage\n"
+    assert parse_xfrm_stat(text) == {"XfrmInError": 3, "XfrmOutPolBlock": 17}
+
+
+def test_bad_interval_is_refused() -> None:
+    """A zero interval would spin; it is rejected up front."""
+    with pytest.raises(ValueError, match="interval"):
+        KernelSource(interval=0)
