@@ -50,7 +50,7 @@ from monitor.events import (
     Unknown,
 )
 
-__all__ = ["KeyMap", "encode", "encode_datagram", "encode_dump_request", "encode_sa", "pack_address"]
+__all__ = ["KeyMap", "encode", "encode_allocspi", "encode_datagram", "encode_dump_request", "encode_sa", "pack_address"]
 
 KeyMap = Mapping[int, bytes]  # XFRMA_ALG_* attribute type -> key bytes
 
@@ -385,6 +385,15 @@ def encode_dump_request(msg_type: int, seq: int, proto: int | None = None) -> by
     """A GETSA/GETPOLICY dump request: ``nlmsghdr`` then optional attributes, no struct."""
     body = b"" if proto is None else _attr(X.XFRMA_PROTO, bytes([proto]))
     return _msg(NlHeader(msg_type, X.NLM_F_REQUEST | X.NLM_F_DUMP, seq, 0), body)
+
+
+def encode_allocspi(nl: NlHeader, sa: SA, spi_min: int, spi_max: int) -> bytes:
+    """An ALLOCSPI request (the kernel replies with the new larval SA as a unicast NEWSA).
+
+    ``struct xfrm_userspi_info { struct xfrm_usersa_info info; __u32 min; __u32 max; }`` (232 bytes);
+    ``sa.spi`` is ignored, ``min == max`` asks for exactly that SPI.
+    """
+    return _msg(nl, _usersa_info(sa) + X.U32.pack(spi_min) + X.U32.pack(spi_max))
 
 
 def default_lifetime() -> tuple[LifetimeCfg, LifetimeCur]:
