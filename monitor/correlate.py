@@ -56,6 +56,7 @@ from monitor.events import (
     SAUpdated,
 )
 from monitor.health import (
+    REASONS,
     STATE_CHANGED,
     TUNNEL_DOWN,
     TUNNEL_UP,
@@ -102,7 +103,10 @@ class Correlator:
         self._seq = 0
         self._order = 0
         self._dirty: set[str] = set()
-        self._heap: list[tuple[float, int, str]] = []  # (when, 0 tunnel / 1 netns lint, key)
+        self._heap: list[tuple[float, int, str]] = []
+        # every reason's text depends only on the config: build each once
+        self._reasons = {code: reason(code, self.config) for code in REASONS}
+        self._one = {code: (r,) for code, r in self._reasons.items()}  # (when, 0 tunnel / 1 netns lint, key)
         self._handlers: dict[type, Any] = {
             SAAdded: self._ev_sa_added, SAUpdated: self._ev_sa_updated, SADeleted: self._ev_sa_deleted,
             SAExpired: self._ev_sa_expired, Acquire: self._ev_acquire, AsyncEvent: self._ev_aevent,
@@ -200,7 +204,7 @@ class Correlator:
         for t in list(ns.tunnels.values()):
             if t.state is not TunnelState.DOWN:
                 old = t.state
-                r = reason("netns_removed", self.config)
+                r = self._reason("netns_removed")
                 t.state, t.since, t.reasons = TunnelState.DOWN, now, (r,)
                 self._emit(now, STATE_CHANGED, t, {"from": str(old), "to": "down", "reasons": [r.to_json()]})
                 self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text})
@@ -243,7 +247,7 @@ class Correlator:
                 t.acq_deadline = None
                 if not self._established(t):
                     t.down_cause = "negotiation_failed"
-                    r = reason("negotiation_failed", self.config)
+                    r = self._reason("negotiation_failed")
                     self._emit(now, "negotiation_failed", t, {"acquires": t.acq_count, "text": r.text})
                     if t.state is TunnelState.DOWN:
                         t.reasons = (r,)
@@ -318,6 +322,9 @@ class Correlator:
             ns = self._ns[name] = NetnsState(name, self.config.local_addresses)
         return ns
 
+    def _reason(self, code: str) -> Reason:
+        return self._reasons[code]
+
     def _emit(self, now: float, etype: str, t: Tunnel | None, detail: dict[str, Any],
               netns: str | None = None) -> None:
         if t is not None:
@@ -375,8 +382,7 @@ class Correlator:
         t = ns.tunnels.get(key)
         if t is None:
             tid = tunnel_id(ns.name, reqid, if_id=if_id, mark=mark, lo=lo, hi=hi)
-            t = Tunnel(tid, ns.name, reqid=reqid, if_id=if_id, mark=mark, lo=_intern(lo) or lo,
-                       hi=_intern(hi) or hi, now=now)
+            t = Tunnel(tid, ns.name, reqid=reqid, if_id=if_id, mark=mark, lo=lo, hi=hi, now=now)
             if ns.quiet:  # initial load: when traffic last moved comes from XFRMA_LASTUSED
                 t.last_in_ts = t.last_out_ts = 0.0
             ns.tunnels[key] = t
@@ -388,7 +394,7 @@ class Correlator:
                 t.local_known = True
             else:
                 ns.unknown.add(t)
-            t.reasons = (reason("no_sa", self.config),)
+            t.reasons = self._one["no_sa"]
         return t
 
     def _drop_tunnel(self, ns: NetnsState, t: Tunnel) -> None:
@@ -562,8 +568,8 @@ class Correlator:
             elif sa.saddr in ns.locals:
                 self._learn_local(ns, t, sa.saddr)
         self._order += 1
-        st = SAState(sa.spi, _intern(sa.daddr) or sa.daddr, _intern(sa.saddr) or sa.saddr, sa.proto,
-                     tunnel=t, order=self._order)
+        # the decoder memoises address strings, so SAs share them already
+        st = SAState(sa.spi, sa.daddr, sa.saddr, sa.proto, tunnel=t, order=self._order)
         if sa.sa_dir in (X.XFRM_SA_DIR_IN, X.XFRM_SA_DIR_OUT):
             st.dir = sa.sa_dir
         else:
@@ -574,8 +580,8 @@ class Correlator:
         st.aead = _intern(sa.aead.name) if sa.aead else None
         st.add_time = float(sa.cur.add_time) or now
         self._lifetimes(st, sa)
-        was_established = self._established(t)
-        older = [o for o in t.sas if o.dir == st.dir]
+        was_established = bool(t.sas) and self._established(t)
+        older = any(o.dir == st.dir for o in t.sas)
         ns.sas[key] = st
         t.sas.append(st)
         last_in, last_out = t.last_in_ts, t.last_out_ts
@@ -589,10 +595,12 @@ class Correlator:
                 t.last_out_ts = max(last_out, used)
         if not announce:
             return st
-        t.acq_deadline = None if self._established(t) else t.acq_deadline
-        self._emit(now, "sa_added", t, {"spi": f"0x{sa.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
-                                        "src": sa.saddr, "dst": sa.daddr, "reqid": sa.reqid,
-                                        "enc": st.enc, "auth": st.auth, "aead": st.aead})
+        if t.acq_deadline is not None and self._established(t):
+            t.acq_deadline = None
+        if not ns.quiet:
+            self._emit(now, "sa_added", t, {"spi": f"0x{sa.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
+                                            "src": sa.saddr, "dst": sa.daddr, "reqid": sa.reqid,
+                                            "enc": st.enc, "auth": st.auth, "aead": st.aead})
         if older and was_established and not ns.quiet:
             if t.rk_start is None:  # a replacement without soft expire (libreswan): a rekey too
                 t.rk_start, t.rk_mark, t.rk_soft = now, st.order - 1, False
@@ -844,24 +852,24 @@ class Correlator:
         nin, nout = t.newest(DIR_IN), t.newest(DIR_OUT)
         if nin is None or nout is None:
             if not t.sas:
-                return Trigger.LOST, (reason(t.down_cause, cfg),)
-            missing = reason("missing_in" if nin is None else "missing_out", cfg)
+                return Trigger.LOST, self._one[t.down_cause]
+            missing = self._reason("missing_in" if nin is None else "missing_out")
             if t.down_cause != "no_sa":
-                return Trigger.LOST, (missing, reason(t.down_cause, cfg))
+                return Trigger.LOST, (missing, self._reason(t.down_cause))
             return Trigger.LOST, (missing,)
         hard = min((h for h in (nin.hard_at, nout.hard_at) if h), default=0.0)
         if hard and hard - now <= cfg.expiring_margin:
-            return Trigger.HARD_NEAR, (reason("hard_expiry_near", cfg),)
+            return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
         if t.err_until > now:
-            return Trigger.ERRORS, tuple(reason(c, cfg) for c in t.err_codes)
+            return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
         if t.rk_start is not None:
-            return Trigger.SOFT_EXPIRED, (reason("soft_expired", cfg),)
+            return Trigger.SOFT_EXPIRED, self._one["soft_expired"]
         last = max(t.last_in_ts, t.last_out_ts, t.up_since)
         if now - t.last_out_ts < cfg.one_way_after <= now - max(t.last_in_ts, t.up_since):
-            return Trigger.ONE_WAY, (reason("inbound_flat", cfg),)
+            return Trigger.ONE_WAY, self._one["inbound_flat"]
         if now - last >= cfg.idle_after:
-            return Trigger.IDLE, (reason("no_traffic", cfg),)
-        return Trigger.OK, (reason("established", cfg),)
+            return Trigger.IDLE, self._one["no_traffic"]
+        return Trigger.OK, self._one["established"]
 
     def _evaluate(self, t: Tunnel, now: float, quiet: bool = False) -> None:
         """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events."""
@@ -879,7 +887,7 @@ class Correlator:
                     t.last_in_ts = max(t.last_in_ts, now)
                     t.last_out_ts = max(t.last_out_ts, now)
                 if not quiet:
-                    self._transition(t, state, nxt, (reason("established", self.config),), now)
+                    self._transition(t, state, nxt, self._one["established"], now)
                 state = nxt
                 trig, reasons = self._trigger(t, now)
                 continue
@@ -900,7 +908,7 @@ class Correlator:
                     now: float) -> None:
         self._emit(now, STATE_CHANGED, t, {"from": str(old), "to": str(new), "reasons": [r.to_json() for r in reasons]})
         if new is TunnelState.DOWN:
-            r = reasons[-1] if reasons else reason("no_sa", self.config)
+            r = reasons[-1] if reasons else self._reason("no_sa")
             self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text, "from": str(old)})
         elif old is TunnelState.DOWN:
             self._emit(now, TUNNEL_UP, t, {"local": t.local, "remote": t.remote,

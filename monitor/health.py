@@ -65,7 +65,8 @@ class HealthConfig:
 
     def __post_init__(self) -> None:
         # TOML and JSON give lists: store them as the immutable types the fields declare
-        if isinstance(self.local_addresses, str) or isinstance(self.expected_remote_ranges, str):
+        raw: tuple[object, object] = (self.local_addresses, self.expected_remote_ranges)
+        if any(isinstance(v, str) for v in raw):
             raise ConfigError("local_addresses and expected_remote_ranges must be lists, not strings")
         object.__setattr__(self, "local_addresses", frozenset(self.local_addresses))
         object.__setattr__(self, "expected_remote_ranges", tuple(self.expected_remote_ranges))
