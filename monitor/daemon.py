@@ -221,7 +221,7 @@ class Daemon:
         if events:
             self.hub.publish_events(events)
             touched = {t for t in (_tunnel_of(e) for e in events) if t}
-            self.hub.publish_tunnels(touched, now)
+            self.hub.publish_tunnels_soon(touched, now)
         if dirty:
             self.hub.note_dirty(dirty, now)
         self._rearm()

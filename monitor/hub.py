@@ -36,6 +36,10 @@ from monitor import __version__
 
 SCHEMA = 1
 MAX_REPLIES = 8
+#: Tunnel updates published synchronously at most; bigger batches go out in chunks from flush_counters.
+SYNC_TUNNELS = 500
+#: Rows per counters frame: a big fleet's interval goes out as several frames, serialised between yields.
+COUNTERS_CHUNK = 5000
 # The row layout of ``Correlator.counters_row`` (monitor/tunnel.py ``Tunnel.counters_row``).
 COUNTER_FIELDS = ("id", "bytes_in", "bytes_out", "packets_in", "packets_out", "rate_in_bps", "rate_out_bps",
                   "state")
@@ -188,7 +192,7 @@ class Client:
             self.n_updates += 1
         self._put(key, (seq, data))
 
-    def push_counters(self, seq: int, gen: int, data: bytes | None) -> None:
+    def push_counters(self, seq: int, gen: int, data: list[bytes] | None) -> None:
         """Queue a counters frame; a client that is behind gets a catch-up marker instead."""
         key = ("c",)
         behind = key in self.q or self.delivered_gen != gen - 1
@@ -238,6 +242,7 @@ class Hub:
         self.row_gen: dict[str, int] = {}
         self.gen = 0
         self.pending: set[str] = set()
+        self.pending_full: set[str] = set()  # tunnels owed a full update, sent in chunks by flush_counters
         self.dropped_total = 0
         self.gaps_total = 0
         self.stalled_total = 0
@@ -293,12 +298,28 @@ class Hub:
                 ):
                     c.push_tunnel(tid, seq, data)
 
+    def publish_tunnels_soon(self, ids: Iterable[str], now: float) -> None:
+        """Publish full updates now if they are few, else queue them for the chunked flush."""
+        ids = list(ids)
+        if len(ids) + len(self.pending_full) <= SYNC_TUNNELS:
+            self.publish_tunnels(ids, now)
+        else:
+            self.pending_full.update(ids)
+
     def note_dirty(self, ids: Iterable[str], now: float) -> None:
-        """Remember changed tunnels for the next counters frame; new tunnels are published at once."""
-        fresh = [tid for tid in ids if tid not in self.meta]
+        """Remember changed tunnels for the next counters frame; new tunnels are published soon."""
+        ids = list(ids)
         self.pending.update(ids)
+        fresh = [tid for tid in ids if tid not in self.meta]
         if fresh:
-            self.publish_tunnels(fresh, now)
+            self.publish_tunnels_soon(fresh, now)
+
+    async def _publish_chunked(self, ids: Iterable[str], now: float) -> None:
+        todo = list(ids)
+        for i in range(0, len(todo), SYNC_TUNNELS):
+            if i:
+                await asyncio.sleep(0)
+            self.publish_tunnels(todo[i:i + SYNC_TUNNELS], now)
 
     def counters_row(self, tid: str, now: float) -> list[Any] | None:
         """One counters row in ``COUNTER_FIELDS`` order, from the correlator."""
@@ -312,6 +333,8 @@ class Hub:
 
     async def flush_counters(self, now: float) -> int:
         """Build and fan out one counters frame for the pending tunnels; returns its row count."""
+        full, self.pending_full = self.pending_full, set()
+        await self._publish_chunked(full, now)
         ids, self.pending = self.pending, set()
         rows: list[list[Any]] = []
         changed: list[str] = []
@@ -327,18 +350,21 @@ class Hub:
                 self.rows[tid] = row
                 self.row_gen[tid] = gen
                 rows.append(row)
-        if changed:
-            self.publish_tunnels(changed, now)
+        await self._publish_chunked(changed, now)
         self.gen = gen
         if not rows:
             return 0
         seq = self.view.seq
-        by_filter: dict[Filters, bytes] = {}
-        for c in self.clients:
+        by_filter: dict[Filters, list[bytes]] = {}
+        for c in list(self.clients):
             data = by_filter.get(c.filters)
             if data is None:
                 mine = rows if c.filters.empty else self._filter_rows(rows, c.filters)
-                data = by_filter[c.filters] = self._frame(mine, seq, now) if mine else b""
+                data = by_filter[c.filters] = []
+                for i in range(0, len(mine), COUNTERS_CHUNK):
+                    if i:
+                        await asyncio.sleep(0)
+                    data.append(self._frame(mine[i:i + COUNTERS_CHUNK], seq, now))
             if data:
                 c.push_counters(seq, gen, data)
             elif c.delivered_gen == gen - 1:
@@ -441,9 +467,14 @@ class Hub:
                 data = value if value is not None else self._lazy_tunnel(key[1], label)  # type: ignore[index]
             elif kind == "c":
                 if value is not None:
-                    c.delivered_gen, data = value
+                    c.delivered_gen, frames = value
+                    for data in frames:
+                        await send(data)
                 else:
-                    data = self._catch_up(c, label)
+                    await self._catch_up(c, label, send)
+                c.sent_messages += 1
+                c.progress = time.monotonic()
+                continue
             elif kind == "g":
                 c._open_gap = None if c._open_gap is value else c._open_gap
                 self.gaps_total += 1
@@ -476,13 +507,16 @@ class Hub:
                           "id": tid, "netns": netns})
         return dumps({"schema": SCHEMA, "type": "tunnel", "seq": label, "ts": now, "tunnel": t})
 
-    def _catch_up(self, c: Client, label: int) -> bytes:
+    async def _catch_up(self, c: Client, label: int, send: Send) -> None:
+        """Send the latest rows of every tunnel changed since the client's last delivered frame."""
         since = c.delivered_gen
         rows = [self.rows[t] for t, g in self.row_gen.items() if g > since and t in self.rows]
         if not c.filters.empty:
             rows = self._filter_rows(rows, c.filters)
         c.delivered_gen = self.gen
-        return self._frame(rows, label, self.clock()) if rows else b""
+        now = self.clock()
+        for i in range(0, len(rows), COUNTERS_CHUNK):
+            await send(self._frame(rows[i:i + COUNTERS_CHUNK], label, now))
 
     def detail(self, ids: Sequence[str]) -> bytes:
         """The ``detail`` reply for these tunnel ids."""

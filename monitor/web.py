@@ -342,6 +342,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await daemon.stop()
 
 
+async def _close_websockets(app: web.Application) -> None:
+    """on_shutdown: close every websocket with 1001, or shutdown waits for them (60 s)."""
+    for ws in [*app[SOCKETS]]:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(code=1001, message=b"server shutting down"), 1.0)
+
+
 def create_app(settings: Settings, source: Source | None = None, *, correlator: Any = None,
                pipeline: Any = None) -> web.Application:
     """Build the application.
@@ -380,6 +387,7 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app[SOCKETS] = sockets
     app[INSTANCE] = hub.hello["instance"]
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_close_websockets)  # before the runner waits for handlers to finish
     if prober is not None:
         app.cleanup_ctx.append(ProberService(prober, core, daemon.clock).cleanup_ctx)
     app.router.add_get("/ws", ws_handler)
