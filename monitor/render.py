@@ -68,7 +68,7 @@ def _reasons(reasons: Any) -> str:
     for i, r in enumerate(reasons):
         if isinstance(r, dict):
             code, text = r.get("code", "?"), r.get("text", "")
-            parts.append(f"{code}: {text}" if i == 0 and text else str(code))
+            parts.append(f"{code}: {str(text).rstrip('.')}" if i == 0 and text else str(code))
         else:
             parts.append(str(r))
     return "; ".join(parts)
