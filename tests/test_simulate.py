@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import defaultdict
 from typing import Any
 
@@ -240,3 +247,32 @@ def test_simulated_source_rejects_bad_arguments() -> None:
         SimulatedSource(speed=0)
     with pytest.raises(ConfigError):
         SimulatedSource(tunnels=-1)
+
+
+def test_monitor_demo_serves_the_dashboard_on_the_simulator() -> None:
+    """`monitor demo --port 0` prints the dashboard URL, serves the page and the simulated tunnels; Ctrl-C -> 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "monitor", "demo", "--port", "0", "--tunnels", "9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.match(r"Dashboard: (http://127\.0\.0\.1:\d+/)$", line.strip())
+        assert m, f"unexpected first line {line!r}"
+        url = m.group(1)
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            page = resp.read().decode()
+        assert "<script src=\"/static/app.js\"></script>" in page
+        deadline = time.monotonic() + 20
+        tunnels: list[Any] = []
+        while time.monotonic() < deadline and len(tunnels) < 9:
+            with urllib.request.urlopen(url + "api/v1/tunnels", timeout=5) as resp:
+                tunnels = json.loads(resp.read())["tunnels"]
+            time.sleep(0.2)
+        assert len(tunnels) == 9, tunnels
+        assert {t["netns"] for t in tunnels} == {"sim"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
