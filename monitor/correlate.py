@@ -651,7 +651,16 @@ class Correlator:
                 t.rk_old = ()
         self._touch(ns, t)
 
-    def _final(self, ns: NetnsState, sa: SA, now: float) -> SAState | None:
+    @staticmethod
+    def _placeholder(sa: SA, expire: bool) -> bool:
+        """A larval state (ALLOCSPI / ACQUIRE placeholder), not a tunnel SA.
+
+        EXPIRE messages never carry ``XFRMA_ALG_*`` (``build_expire()``), so for them only SPI 0
+        (an ACQUIRE placeholder) or reqid 0 (an ALLOCSPI'd SPI) tells.
+        """
+        return (sa.spi == 0 or sa.reqid == 0) if expire else sa.larval
+
+    def _final(self, ns: NetnsState, sa: SA, now: float, expire: bool = False) -> SAState | None:
         """The live SA a DELSA / hard EXPIRE record is about, with its final counters applied.
 
         An SA never seen alive is created without announcement so its counters still count; one
@@ -662,7 +671,7 @@ class Correlator:
         if st is not None:
             self._bump(ns, st, sa, now)
             return st
-        if sa.larval or key in ns.tombstones:
+        if self._placeholder(sa, expire) or key in ns.tombstones:
             return None
         return self._new_sa(ns, key, sa, now, announce=False)
 
@@ -675,14 +684,14 @@ class Correlator:
     def _ev_sa_expired(self, ns: NetnsState, ev: SAExpired, now: float) -> None:
         sa = ev.sa
         if ev.hard:
-            st = self._final(ns, sa, now)
+            st = self._final(ns, sa, now, expire=True)
             if st is not None:
                 self._remove_sa(ns, st, now, "hard_expired", hard=True)
             return
         key = (sa.spi, sa.daddr, sa.proto)
         st = ns.sas.get(key)
         if st is None:
-            if sa.larval or key in ns.tombstones:
+            if self._placeholder(sa, True) or key in ns.tombstones:
                 return
             st = self._new_sa(ns, key, sa, now)
         else:

@@ -163,7 +163,7 @@ REASONS: Final[dict[str, str]] = {
     "hard_expired": "The SA reached its hard lifetime without a replacement; the kernel deleted it.",
     "sa_deleted": "The IKE daemon deleted the SAs with no replacement (IKE delete, DPD or shutdown).",
     "flushed": "All SAs of the netns were flushed.",
-    "missing_from_dump": "The SAs disappeared while events were lost (found missing in a resync dump).",
+    "missing_from_dump": "The SAs are gone: a full dump no longer reports them (their deletion event was not seen).",
     "negotiation_failed": "Traffic triggered an ACQUIRE but no SA was negotiated within {acquire_grace:g} s.",
     "netns_removed": "The network namespace was removed.",
 }

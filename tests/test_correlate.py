@@ -181,7 +181,7 @@ def test_one_way_to_idle_with_short_idle_threshold() -> None:
     """With idle_after < one_way_after, a one-way tunnel whose outbound stops goes straight to idle."""
     g = Gw(idle_after=30, one_way_after=60)
     one_way_to_idle(g)
-    assert [(T0, "down", "up"), (T0 + 60, "up", "one-way"), (T0 + 110, "one-way", "idle")] == g.transitions()
+    assert g.transitions() == [(T0, "down", "up"), (T0 + 60, "up", "one-way"), (T0 + 110, "one-way", "idle")]
 
 
 def test_scenarios_cover_every_state_as_source_and_target() -> None:
@@ -200,7 +200,7 @@ def test_idle_reason_carries_the_aws_advice() -> None:
     text = g.json(T0 + 400)["reasons"][0]["text"]
     assert "never initiates" in text
     assert "restart" in text
-    assert "no_traffic" == g.json(T0 + 400)["reasons"][0]["code"]
+    assert g.json(T0 + 400)["reasons"][0]["code"] == "no_traffic"
 
 
 def test_one_way_hint() -> None:
@@ -208,7 +208,7 @@ def test_one_way_hint() -> None:
     g = Gw()
     _one_way(g)
     j = g.json(T0 + 60)
-    assert ["inbound_flat"] == [r["code"] for r in j["reasons"]]
+    assert [r["code"] for r in j["reasons"]] == ["inbound_flat"]
     hint_text = {h["code"]: h["text"] for h in j["hints"]}["one_way"]
     assert "selectors" in hint_text
     assert "peer" in hint_text
@@ -227,18 +227,18 @@ def test_rekey_completed_detail_and_old_sa_deletion_later_is_no_failure() -> Non
     g.ev(T0 + 3308, delsa(with_counters(i0, 600, 6)))
     g.ev(T0 + 3360, expire(o1, hard=False)._replace(sa=o0))  # a late soft EXPIRE of the deleted old SA
     done = g.of_type("rekey_completed")
-    assert 1 == len(done)
-    assert 2.5 == done[0].detail["duration"]
-    assert ["0x00001000", "0x00002000"] == done[0].detail["old_spis"]
-    assert ["0x00001001", "0x00002001"] == done[0].detail["new_spis"]
-    assert [] == g.of_type("rekey_failed")
-    assert [] == g.of_type("tunnel_down")
+    assert len(done) == 1
+    assert done[0].detail["duration"] == 2.5
+    assert done[0].detail["old_spis"] == ["0x00001000", "0x00002000"]
+    assert done[0].detail["new_spis"] == ["0x00001001", "0x00002001"]
+    assert g.of_type("rekey_failed") == []
+    assert g.of_type("tunnel_down") == []
     j = g.json(T0 + 3310)
-    assert (1, 0) == (j["rekeys"], j["rekey_failures"])
-    assert {"ts": T0 + 3302.5, "duration": 2.5, "old_spis": ["0x00001000", "0x00002000"],
-            "new_spis": ["0x00001001", "0x00002001"]} == j["last_rekey"]
-    assert (600, 700, 6, 7) == (j["bytes_in"], j["bytes_out"], j["packets_in"], j["packets_out"])
-    assert "up" == j["state"]
+    assert (j["rekeys"], j["rekey_failures"]) == (1, 0)
+    assert j["last_rekey"] == {"ts": T0 + 3302.5, "duration": 2.5, "old_spis": ["0x00001000", "0x00002000"],
+            "new_spis": ["0x00001001", "0x00002001"]}
+    assert (j["bytes_in"], j["bytes_out"], j["packets_in"], j["packets_out"]) == (600, 700, 6, 7)
+    assert j["state"] == "up"
 
 
 def test_replacement_without_soft_expire_counts_as_rekey() -> None:
@@ -250,10 +250,10 @@ def test_replacement_without_soft_expire_counts_as_rekey() -> None:
     i0, o0 = g.gens[0]
     g.ev(T0 + 28801, delsa(o0), delsa(i0))
     done = g.of_type("rekey_completed")
-    assert 1 == len(done)
+    assert len(done) == 1
     assert done[0].detail["soft_expire"] is False
-    assert [] == g.of_type("rekey_failed")
-    assert [] == g.of_type("tunnel_down")
+    assert g.of_type("rekey_failed") == []
+    assert g.of_type("tunnel_down") == []
 
 
 def test_hard_expire_counters_and_failure_reason() -> None:
@@ -261,27 +261,27 @@ def test_hard_expire_counters_and_failure_reason() -> None:
     g = Gw()
     expiring_to_down(g)
     j = g.json(T0 + 3960)
-    assert (1500, 2500, 15, 25) == (j["bytes_in"], j["bytes_out"], j["packets_in"], j["packets_out"])
-    assert 1 == j["rekey_failures"]
+    assert (j["bytes_in"], j["bytes_out"], j["packets_in"], j["packets_out"]) == (1500, 2500, 15, 25)
+    assert j["rekey_failures"] == 1
     downs = g.of_type("tunnel_down")
-    assert ["hard_expired"] == [d.detail["reason"] for d in downs]
+    assert [d.detail["reason"] for d in downs] == ["hard_expired"]
     assert "hard_expired" in [r["code"] for r in j["reasons"]]
-    assert 1 == len(g.of_type("rekey_failed"))
+    assert len(g.of_type("rekey_failed")) == 1
 
 
 def test_delete_without_rekey_is_down_but_not_a_rekey_failure() -> None:
     """An IKE delete (no rekey in progress) takes the tunnel down with reason sa_deleted; no rekey_failed."""
     g = Gw()
     up_to_down(g)
-    assert ["sa_deleted"] == [d.detail["reason"] for d in g.of_type("tunnel_down")]
-    assert [] == g.of_type("rekey_failed")
+    assert [d.detail["reason"] for d in g.of_type("tunnel_down")] == ["sa_deleted"]
+    assert g.of_type("rekey_failed") == []
 
 
 def test_delete_during_rekey_is_a_rekey_failure() -> None:
     """Deleting the SAs while a rekey is in progress fails the rekey."""
     g = Gw()
     rekeying_to_down(g)
-    assert ["sa_deleted"] == [e.detail["reason"] for e in g.of_type("rekey_failed")]
+    assert [e.detail["reason"] for e in g.of_type("rekey_failed")] == ["sa_deleted"]
 
 
 def test_acquire_without_sa_is_negotiation_failed() -> None:
@@ -292,10 +292,10 @@ def test_acquire_without_sa_is_negotiation_failed() -> None:
     g.ev(T0 + 5, acquire(seq=2))
     g.run_until(T0 + 100)
     failed = g.of_type("negotiation_failed")
-    assert [T0 + 30] == [e.ts for e in failed]
-    assert 2 == len(g.of_type("acquire"))
+    assert [e.ts for e in failed] == [T0 + 30]
+    assert len(g.of_type("acquire")) == 2
     j = g.json(T0 + 100)
-    assert ["negotiation_failed"] == [r["code"] for r in j["reasons"]]
+    assert [r["code"] for r in j["reasons"]] == ["negotiation_failed"]
     assert "repeated_acquire" in [h["code"] for h in j["hints"]]
 
 
@@ -306,8 +306,8 @@ def test_acquire_followed_by_sa_is_fine() -> None:
     g.ev(T0, acquire())
     g.install(T0 + 2)
     g.run_until(T0 + 100)
-    assert [] == g.of_type("negotiation_failed")
-    assert "up" == g.json(T0 + 100)["state"]
+    assert g.of_type("negotiation_failed") == []
+    assert g.json(T0 + 100)["state"] == "up"
 
 
 def test_policies_without_sa_are_a_down_tunnel_that_never_vanishes() -> None:
@@ -316,9 +316,9 @@ def test_policies_without_sa_are_a_down_tunnel_that_never_vanishes() -> None:
     g.policies(T0)
     g.run_until(T0 + 10 * 86400)
     j = g.json(T0 + 10 * 86400)
-    assert "down" == j["state"]
-    assert ["no_sa"] == [r["code"] for r in j["reasons"]]
-    assert [{"src": "10.1.0.0/16", "dst": "10.192.0.0/12", "proto": 0, "sport": 0, "dport": 0}] == j["selectors"]
+    assert j["state"] == "down"
+    assert [r["code"] for r in j["reasons"]] == ["no_sa"]
+    assert j["selectors"] == [{"src": "10.1.0.0/16", "dst": "10.192.0.0/12", "proto": 0, "sport": 0, "dport": 0}]
 
 
 def test_down_tunnel_without_policies_is_forgotten() -> None:
@@ -332,7 +332,7 @@ def test_down_tunnel_without_policies_is_forgotten() -> None:
     g.run_until(T0 + 605)
     assert tid in g.c.tunnel_ids()
     g.run_until(T0 + 615)
-    assert [] == g.c.tunnel_ids()
+    assert g.c.tunnel_ids() == []
     assert g.c.tunnel_json(tid, T0 + 615) is None
     assert tid in g.c.take_dirty()
 
@@ -342,9 +342,9 @@ def test_larval_sas_are_not_tunnel_sas() -> None:
     g = Gw()
     larval = make_sa(0x1000, inbound=True, larval=True, add_time=T0)
     g.ev(T0, newsa(larval))
-    assert [] == g.c.tunnel_ids()
+    assert g.c.tunnel_ids() == []
     g.install(T0 + 1)
-    assert 2 == len(g.json(T0 + 1)["sas"])
+    assert len(g.json(T0 + 1)["sas"]) == 2
 
 
 def test_events_have_strictly_increasing_seq_and_public_json() -> None:
@@ -374,7 +374,7 @@ def test_mark_and_if_id_separate_tunnels_with_same_reqid_and_peer() -> None:
     g.install(T0, gen=0, if_id=5)
     g.install(T0, gen=1, if_id=6)
     ids = g.c.tunnel_ids()
-    assert 2 == len(ids)
+    assert len(ids) == 2
     assert all("/" not in i for i in ids)
     assert {"gw:1:192.0.2.1-198.51.100.7:if5", "gw:1:192.0.2.1-198.51.100.7:if6"} == set(ids)
 
@@ -398,9 +398,9 @@ def test_direction_from_policies_when_no_sa_dir() -> None:
     o = make_sa(0x2000, inbound=False, sa_dir=False, add_time=T0, nbytes=300)
     g.ev(T0, newsa(i), newsa(o))
     j = g.json(T0)
-    assert ("192.0.2.1", "198.51.100.7") == (j["local"], j["remote"])
-    assert (100, 300) == (j["bytes_in"], j["bytes_out"])
-    assert {"0x00001000": "in", "0x00002000": "out"} == {s["spi"]: s["direction"] for s in j["sas"]}
+    assert (j["local"], j["remote"]) == ("192.0.2.1", "198.51.100.7")
+    assert (j["bytes_in"], j["bytes_out"]) == (100, 300)
+    assert {s["spi"]: s["direction"] for s in j["sas"]} == {"0x00001000": "in", "0x00002000": "out"}
     assert "direction_unknown" not in [h["code"] for h in j["hints"]]
 
 
@@ -417,8 +417,8 @@ def test_direction_guess_is_corrected_when_a_policy_arrives() -> None:
     from correlate_builders import make_policy, newpolicy
     g.ev(T0 + 1, newpolicy(make_policy(1, local="203.0.113.9", peer="192.0.2.50")))
     j = g.json(T0 + 1)
-    assert ("203.0.113.9", "192.0.2.50") == (j["local"], j["remote"])
-    assert (100, 300) == (j["bytes_in"], j["bytes_out"])
+    assert (j["local"], j["remote"]) == ("203.0.113.9", "192.0.2.50")
+    assert (j["bytes_in"], j["bytes_out"]) == (100, 300)
     assert "direction_unknown" not in [h["code"] for h in j["hints"]]
 
 
@@ -428,8 +428,8 @@ def test_configured_local_addresses_give_direction() -> None:
     i = make_sa(0x1000, inbound=True, sa_dir=False, add_time=T0, nbytes=100, local="203.0.113.9", peer="192.0.2.50")
     g.ev(T0, newsa(i))
     j = g.json(T0)
-    assert "203.0.113.9" == j["local"]
-    assert 100 == j["bytes_in"]
+    assert j["local"] == "203.0.113.9"
+    assert j["bytes_in"] == 100
 
 
 def test_flush_takes_everything_down() -> None:
@@ -439,8 +439,8 @@ def test_flush_takes_everything_down() -> None:
     g = Gw()
     _up(g)
     g.ev(T0 + 5, SAFlushed(NlHeader(X.XFRM_MSG_FLUSHSA), 255))
-    assert ["flushed"] == [d.detail["reason"] for d in g.of_type("tunnel_down")]
-    assert [] == g.json(T0 + 5)["sas"]
+    assert [d.detail["reason"] for d in g.of_type("tunnel_down")] == ["flushed"]
+    assert g.json(T0 + 5)["sas"] == []
 
 
 def test_netns_removed() -> None:
@@ -451,10 +451,10 @@ def test_netns_removed() -> None:
     g.c.take_dirty()
     g.c.on_netns_removed("gw", T0 + 9)
     g.events.extend(g.c.drain_events())
-    assert ["netns_removed"] == [d.detail["reason"] for d in g.of_type("tunnel_down")]
+    assert [d.detail["reason"] for d in g.of_type("tunnel_down")] == ["netns_removed"]
     assert g.c.tunnel_json(tid, T0 + 9) is None
     assert {tid} == g.c.take_dirty()
-    assert [] == g.c.netns_names()
+    assert g.c.netns_names() == []
 
 
 def test_nat_mapping_event_and_hint() -> None:
@@ -466,7 +466,7 @@ def test_nat_mapping_event_and_hint() -> None:
     g.ev(T0 + 1, NatMapping(NlHeader(X.XFRM_MSG_MAPPING), SAId(i.daddr, i.spi, 2, 50), 1,
                             "198.51.100.7", "198.51.100.8", 4500, 4501))
     ev = g.of_type("nat_mapping_changed")
-    assert ["198.51.100.7:4500 -> 198.51.100.8:4501"] == [f"{e.detail['old']} -> {e.detail['new']}" for e in ev]
+    assert [f"{e.detail['old']} -> {e.detail['new']}" for e in ev] == ["198.51.100.7:4500 -> 198.51.100.8:4501"]
     assert "nat_mapping" in [h["code"] for h in g.json(T0 + 2)["hints"]]
     g.run_until(T0 + 200)
     assert "nat_mapping" not in [h["code"] for h in g.json(T0 + 200)["hints"]]
@@ -479,7 +479,7 @@ def test_updsa_with_request_built_counters_never_lowers() -> None:
     g.traffic(T0 + 10, 0, 5000, 5000)
     i, _ = g.gens[0]
     g.ev(T0 + 11, updsa(i))  # counters 0
-    assert (5000, 5000) == (g.json(T0 + 11)["bytes_in"], g.json(T0 + 11)["bytes_out"])
+    assert (g.json(T0 + 11)["bytes_in"], g.json(T0 + 11)["bytes_out"]) == (5000, 5000)
 
 
 def test_replay_and_integrity_error_events() -> None:
@@ -489,10 +489,10 @@ def test_replay_and_integrity_error_events() -> None:
     i, o = g.gens[0]
     g.dump(T0 + 10, with_counters(i, 10, 1, replay=2, integrity=1), o)
     g.dump(T0 + 20, with_counters(i, 10, 1, replay=5, integrity=1), o)
-    assert [2, 3] == [e.detail["delta"] for e in g.of_type("replay_errors")]
-    assert [1] == [e.detail["delta"] for e in g.of_type("integrity_errors")]
+    assert [e.detail["delta"] for e in g.of_type("replay_errors")] == [2, 3]
+    assert [e.detail["delta"] for e in g.of_type("integrity_errors")] == [1]
     j = g.json(T0 + 20)
-    assert (5, 1) == (j["replay_errors"], j["integrity_errors"])
+    assert (j["replay_errors"], j["integrity_errors"]) == (5, 1)
     assert {"replay_errors", "integrity_errors"} == {r["code"] for r in j["reasons"]}
 
 
@@ -501,7 +501,7 @@ def test_soft_expire_of_unknown_sa_is_learned() -> None:
     g = Gw()
     sa = make_sa(0x1000, inbound=True, add_time=T0, nbytes=42)
     g.ev(T0 + 1, expire(sa, hard=False))
-    assert 42 == g.json(T0 + 1)["bytes_in"]
+    assert g.json(T0 + 1)["bytes_in"] == 42
 
 
 def test_state_values_are_the_issue_states() -> None:
@@ -517,4 +517,4 @@ def test_dump_record_fast_path_handles_new_sa() -> None:
     i = make_sa(0x1000, inbound=True, add_time=T0)
     o = make_sa(0x2000, inbound=False, add_time=T0)
     g.dump(T0 + 10, i, o)
-    assert ["sa_added", "sa_added", "state_changed", "tunnel_up"] == g.types()
+    assert g.types() == ["sa_added", "sa_added", "state_changed", "tunnel_up"]

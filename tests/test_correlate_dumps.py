@@ -20,14 +20,14 @@ def test_initial_load_is_quiet_and_ends_with_one_resync_event() -> None:
         sas.append(make_sa(0x1000 + reqid, inbound=True, reqid=reqid, add_time=T0 - 500, nbytes=10 * reqid))
         sas.append(make_sa(0x2000 + reqid, inbound=False, reqid=reqid, add_time=T0 - 400, nbytes=20 * reqid))
     g.dump(T0, *sas)
-    assert ["resync"] == g.types()
-    assert {"reason": "initial", "kind": "sa", "tunnels": 3, "sas": 6, "policies": 0, "removed": 0} == \
-        g.events[0].detail
+    assert g.types() == ["resync"]
+    assert g.events[0].detail == \
+        {"reason": "initial", "kind": "sa", "tunnels": 3, "sas": 6, "policies": 0, "removed": 0}
     for tid in g.c.tunnel_ids():
         j = g.c.tunnel_json(tid, T0)
         assert j is not None
-        assert "up" == j["state"]
-        assert T0 - 500 == j["since"]  # up since its oldest live SA was installed
+        assert j["state"] == "up"
+        assert j["since"] == T0 - 500  # up since its oldest live SA was installed
 
 
 def test_initial_load_uses_lastused_for_idle() -> None:
@@ -36,20 +36,20 @@ def test_initial_load_uses_lastused_for_idle() -> None:
     i = make_sa(0x1000, inbound=True, add_time=T0 - 5000, nbytes=10, lastused=int(T0 - 1000))
     o = make_sa(0x2000, inbound=False, add_time=T0 - 5000, nbytes=10, lastused=int(T0 - 900))
     g.dump(T0, i, o)
-    assert "idle" == g.json(T0)["state"]
+    assert g.json(T0)["state"] == "idle"
 
 
 def test_sa_missing_from_dump_is_removed_with_its_last_counters() -> None:
     """An SA the dump does not report (and no event re-added) is removed; its counters stay counted."""
     g = Gw()
     _busy(g)
-    i, o = g.gens[0]
+    i, _ = g.gens[0]
     g.dump(T0 + 20, with_counters(i, 1500, 15))  # the out SA vanished unnoticed
     j = g.json(T0 + 20)
-    assert ["0x00001000"] == [s["spi"] for s in j["sas"]]
-    assert (1500, 1000) == (j["bytes_in"], j["bytes_out"])
-    assert ["missing_from_dump"] == [e.detail["reason"] for e in g.of_type("sa_deleted")]
-    assert "down" == j["state"]
+    assert [s["spi"] for s in j["sas"]] == ["0x00001000"]
+    assert (j["bytes_in"], j["bytes_out"]) == (1500, 1000)
+    assert [e.detail["reason"] for e in g.of_type("sa_deleted")] == ["missing_from_dump"]
+    assert j["state"] == "down"
 
 
 def test_sa_added_by_event_during_dump_is_kept() -> None:
@@ -76,8 +76,8 @@ def test_stale_dump_record_does_not_resurrect_a_deleted_sa() -> None:
                   T0 + 20.2)
     g.c.on_dump_end(g.ns, "sa", T0 + 20.2)
     j = g.json(T0 + 21)
-    assert ["0x00001000"] == [s["spi"] for s in j["sas"]]
-    assert 1200 == j["bytes_out"]
+    assert [s["spi"] for s in j["sas"]] == ["0x00001000"]
+    assert j["bytes_out"] == 1200
 
 
 def test_resync_without_changes_emits_no_state_events() -> None:
@@ -88,9 +88,9 @@ def test_resync_without_changes_emits_no_state_events() -> None:
     g.c.on_resync(g.ns, T0 + 30)
     i, o = g.gens[0]
     g.dump(T0 + 31, with_counters(i, 1000, 10), with_counters(o, 1000, 10))
-    assert ["resync"] == g.types()
-    assert "resync" == g.events[0].detail["reason"]
-    assert "up" == g.json(T0 + 31)["state"]
+    assert g.types() == ["resync"]
+    assert g.events[0].detail["reason"] == "resync"
+    assert g.json(T0 + 31)["state"] == "up"
 
 
 def test_resync_after_unseen_rekey_counts_it_and_does_not_flap() -> None:
@@ -106,10 +106,10 @@ def test_resync_after_unseen_rekey_counts_it_and_does_not_flap() -> None:
     assert "tunnel_up" not in types
     assert "state_changed" not in types
     j = g.json(T0 + 40)
-    assert 1 == j["rekeys"]
+    assert j["rekeys"] == 1
     assert {"0x00001001", "0x00002001"} == {s["spi"] for s in j["sas"]}
-    assert (1050, 1060) == (j["bytes_in"], j["bytes_out"])
-    assert "up" == j["state"]
+    assert (j["bytes_in"], j["bytes_out"]) == (1050, 1060)
+    assert j["state"] == "up"
 
 
 def test_resync_reports_a_real_down_once() -> None:
@@ -119,8 +119,8 @@ def test_resync_reports_a_real_down_once() -> None:
     g.events.clear()
     g.c.on_resync(g.ns, T0 + 30)
     g.dump(T0 + 40)
-    assert 1 == len(g.of_type("tunnel_down"))
-    assert [T0 + 40] == [e.ts for e in g.of_type("tunnel_down")]
+    assert len(g.of_type("tunnel_down")) == 1
+    assert [e.ts for e in g.of_type("tunnel_down")] == [T0 + 40]
 
 
 def test_resync_aborts_a_dump_in_flight() -> None:
@@ -130,7 +130,7 @@ def test_resync_aborts_a_dump_in_flight() -> None:
     g.c.on_dump_begin(g.ns, "sa", T0 + 20)
     g.c.on_resync(g.ns, T0 + 20.5)
     g.c.on_dump_end(g.ns, "sa", T0 + 21)
-    assert 2 == len(g.json(T0 + 21)["sas"])
+    assert len(g.json(T0 + 21)["sas"]) == 2
 
 
 def test_dump_error_removes_nothing() -> None:
@@ -139,7 +139,7 @@ def test_dump_error_removes_nothing() -> None:
     _busy(g)
     g.c.on_dump_begin(g.ns, "sa", T0 + 20)
     g.c.on_dump_end(g.ns, "sa", T0 + 21, ok=False)
-    assert 2 == len(g.json(T0 + 21)["sas"])
+    assert len(g.json(T0 + 21)["sas"]) == 2
 
 
 def test_rates_are_dump_to_dump_deltas() -> None:
@@ -148,10 +148,10 @@ def test_rates_are_dump_to_dump_deltas() -> None:
     _busy(g)
     g.traffic(T0 + 20, 0, 6000, 3000)
     j = g.json(T0 + 20)
-    assert (500.0, 200.0, 5.0, 2.0) == (j["rate_in_bps"], j["rate_out_bps"], j["rate_in_pps"], j["rate_out_pps"])
+    assert (j["rate_in_bps"], j["rate_out_bps"], j["rate_in_pps"], j["rate_out_pps"]) == (500.0, 200.0, 5.0, 2.0)
     g.traffic(T0 + 30, 0, 6000, 3000)
     j = g.json(T0 + 30)
-    assert (0.0, 0.0) == (j["rate_in_bps"], j["rate_out_bps"])
+    assert (j["rate_in_bps"], j["rate_out_bps"]) == (0.0, 0.0)
 
 
 def test_unchanged_periodic_dump_marks_nothing_dirty_and_emits_nothing() -> None:
@@ -163,7 +163,7 @@ def test_unchanged_periodic_dump_marks_nothing_dirty_and_emits_nothing() -> None
     g.events.clear()
     g.traffic(T0 + 30, 0, 1000, 1000)
     assert set() == g.c.take_dirty()
-    assert [] == g.events
+    assert g.events == []
 
 
 def test_changed_counters_mark_the_tunnel_dirty() -> None:
@@ -185,7 +185,7 @@ def test_policy_dump_reconciles_policies() -> None:
     g.c.on_events(g.ns, [newpolicy(make_policy(d), dump_seq=9) for d in (0, 1)], T0 + 1)
     g.c.on_dump_end(g.ns, "policy", T0 + 1)
     g.events.extend(g.c.drain_events())
-    assert [2] == [e.detail["dir"] for e in g.of_type("policy_removed")]
+    assert [e.detail["dir"] for e in g.of_type("policy_removed")] == [2]
 
 
 def test_xfrm_stat_out_no_states_blames_down_tunnels() -> None:
@@ -193,15 +193,15 @@ def test_xfrm_stat_out_no_states_blames_down_tunnels() -> None:
     g = Gw(hint_ttl=600)
     g.policies(T0)
     g.c.on_xfrm_stat(g.ns, {"XfrmOutNoStates": 5, "XfrmInNoStates": 0}, T0 + 1)
-    assert [] == g.json(T0 + 1)["hints"]  # the first reading is a baseline
+    assert g.json(T0 + 1)["hints"] == []  # the first reading is a baseline
     g.c.on_xfrm_stat(g.ns, {"XfrmOutNoStates": 9, "XfrmInNoStates": 0}, T0 + 11)
-    assert ["XfrmOutNoStates"] == [h["code"] for h in g.json(T0 + 11)["hints"]]
+    assert [h["code"] for h in g.json(T0 + 11)["hints"]] == ["XfrmOutNoStates"]
     ns = g.c.netns_json(g.ns, T0 + 11)
     assert ns is not None
-    assert ["XfrmOutNoStates"] == [h["code"] for h in ns["hints"]]
+    assert [h["code"] for h in ns["hints"]] == ["XfrmOutNoStates"]
     assert "(+4)" in ns["hints"][0]["text"]
     g.run_until(T0 + 700)
-    assert [] == g.json(T0 + 700)["hints"]
+    assert g.json(T0 + 700)["hints"] == []
 
 
 def test_xfrm_stat_in_no_states_blames_recently_rekeyed_tunnel() -> None:
@@ -216,4 +216,4 @@ def test_xfrm_stat_in_no_states_blames_recently_rekeyed_tunnel() -> None:
     g.c.on_xfrm_stat(g.ns, {"XfrmInNoStates": 3}, T0 + 3310)
     with_hint = [t for t in g.c.tunnel_ids()
                  if "XfrmInNoStates" in [h["code"] for h in (g.c.tunnel_json(t, T0 + 3310) or {"hints": []})["hints"]]]
-    assert ["gw:1:192.0.2.1-198.51.100.7"] == with_hint
+    assert with_hint == ["gw:1:192.0.2.1-198.51.100.7"]

@@ -20,28 +20,28 @@ def test_overlapping_selectors_are_found() -> None:
         SelectorEntry("d", (0, 0), "10.9.0.0/16", "10.192.0.0/12"),  # local disjoint
     ]
     found = find_overlaps(entries)
-    assert [("a", "b")] == [(o.a, o.b) for o in found]
-    assert "10.1.2.0/24 -> 10.200.0.0/16" == found[0].a_sel
+    assert [(o.a, o.b) for o in found] == [("a", "b")]
+    assert found[0].a_sel == "10.1.2.0/24 -> 10.200.0.0/16"
 
 
 def test_different_if_id_or_mark_do_not_overlap() -> None:
     """Route-based tunnels (0.0.0.0/0 selectors on distinct xfrm interfaces) are no conflict."""
     entries = [SelectorEntry("a", (1, 0), "0.0.0.0/0", "0.0.0.0/0"),
                SelectorEntry("b", (2, 0), "0.0.0.0/0", "0.0.0.0/0")]
-    assert [] == find_overlaps(entries)
+    assert find_overlaps(entries) == []
 
 
 def test_same_tunnel_never_overlaps_itself() -> None:
     """Several selectors of one tunnel may overlap each other without a finding."""
     entries = [SelectorEntry("a", (0, 0), "10.0.0.0/8", "10.192.0.0/12"),
                SelectorEntry("a", (0, 0), "10.1.0.0/16", "10.192.0.0/16")]
-    assert [] == find_overlaps(entries)
+    assert find_overlaps(entries) == []
 
 
 def test_overlap_limit() -> None:
     """With many overlapping tunnels the report is capped."""
     entries = [SelectorEntry(f"t{i:03d}", (0, 0), "10.0.0.0/8", "10.192.0.0/12") for i in range(100)]
-    assert 50 == len(find_overlaps(entries, limit=50))
+    assert len(find_overlaps(entries, limit=50)) == 50
 
 
 def test_uncovered_ranges_of_the_faq() -> None:
@@ -50,8 +50,8 @@ def test_uncovered_ranges_of_the_faq() -> None:
     missing = uncovered_ranges(FAQ_RANGES, remote)
     assert "10.192.0.0/12" not in missing  # the two /13s merge into it
     assert "100.64.0.0/10" not in missing
-    assert ["10.112.0.0/12", "10.176.0.0/12", "10.4.0.0/14", "10.56.0.0/13", "10.136.0.0/13", "10.208.0.0/13",
-            "10.224.0.0/13"] == missing
+    assert missing == ["10.112.0.0/12", "10.176.0.0/12", "10.4.0.0/14", "10.56.0.0/13", "10.136.0.0/13",
+                       "10.208.0.0/13", "10.224.0.0/13"]
 
 
 def test_correlator_attaches_overlap_and_coverage_hints() -> None:
@@ -65,13 +65,13 @@ def test_correlator_attaches_overlap_and_coverage_hints() -> None:
         j = g.c.tunnel_json(tid, T0 + 10)
         assert j is not None
         codes = [h["code"] for h in j["hints"]]
-        assert ["selector_overlap"] == codes
+        assert codes == ["selector_overlap"]
         other = next(t for t in g.c.tunnel_ids() if t != tid)
         assert other in j["hints"][0]["text"]
     ns = g.c.netns_json("gw", T0 + 10)
     assert ns is not None
-    assert ["Expected remote range 100.64.0.0/10 is not covered by any policy."] == \
-        [h["text"] for h in ns["hints"] if h["code"] == "uncovered_remote_range"]
+    assert [h["text"] for h in ns["hints"] if h["code"] == "uncovered_remote_range"] == \
+        ["Expected remote range 100.64.0.0/10 is not covered by any policy."]
 
 
 def test_overlap_hint_goes_away_with_the_policy() -> None:
@@ -85,7 +85,7 @@ def test_overlap_hint_goes_away_with_the_policy() -> None:
     g.run_until(T0 + 30)
     j = g.c.tunnel_json("gw:1:192.0.2.1-198.51.100.7", T0 + 30)
     assert j is not None
-    assert [] == j["hints"]
+    assert j["hints"] == []
 
 
 def test_lint_runs_at_policy_dump_end() -> None:

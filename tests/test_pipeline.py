@@ -31,9 +31,9 @@ def test_events_reach_the_correlator_through_the_real_codec() -> None:
     """Notifications encoded as the kernel sends them come out as an up tunnel with tunnel_up."""
     p, c = _pipe()
     _up(p)
-    assert ["gw:1:192.0.2.1-198.51.100.7"] == c.tunnel_ids()
+    assert c.tunnel_ids() == ["gw:1:192.0.2.1-198.51.100.7"]
     assert "tunnel_up" in [e.type for e in c.drain_events()]
-    assert (1, 2) == (p.stats.datagrams, p.stats.events)
+    assert (p.stats.datagrams, p.stats.events) == (1, 2)
 
 
 def test_dump_request_and_done_reconcile() -> None:
@@ -45,10 +45,10 @@ def test_dump_request_and_done_reconcile() -> None:
         p.feed(d, d.ts + 0.5 if not d.outgoing else d.ts)
     j = c.tunnel_json(c.tunnel_ids()[0], T0 + 11)
     assert j is not None
-    assert ["0x00001000"] == [s["spi"] for s in j["sas"]]
-    assert 500 == j["bytes_in"]
+    assert [s["spi"] for s in j["sas"]] == ["0x00001000"]
+    assert j["bytes_in"] == 500
     st = p.stats.netns["gw"]
-    assert (1, 0.5, T0 + 10.5) == (st.dumps, st.last_dump_duration, st.last_dump_end)
+    assert (st.dumps, st.last_dump_duration, st.last_dump_end) == (1, 0.5, T0 + 10.5)
 
 
 def test_done_with_another_seq_does_not_end_our_dump() -> None:
@@ -58,8 +58,8 @@ def test_done_with_another_seq_does_not_end_our_dump() -> None:
     p.feed(Datagram("gw", encode_dump_request(X.XFRM_MSG_GETSA, 7), T0 + 1, outgoing=True), T0 + 1)
     for d in dump_datagrams("gw", 8, [], T0 + 2)[1:]:
         p.feed(d, T0 + 2)
-    assert 2 == len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"])
-    assert "gw" not in p.stats.netns or 0 == p.stats.netns["gw"].dumps
+    assert len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"]) == 2
+    assert "gw" not in p.stats.netns or p.stats.netns["gw"].dumps == 0
 
 
 def test_policy_dump() -> None:
@@ -71,9 +71,9 @@ def test_policy_dump() -> None:
         p.feed(d, T0 + 1)
     j = c.tunnel_json(c.tunnel_ids()[0], T0 + 1)
     assert j is not None
-    assert 1 == len(j["selectors"])
+    assert len(j["selectors"]) == 1
     removed = [e for e in c.drain_events() if e.type == "policy_removed"]
-    assert [0, 2] == sorted(e.detail["dir"] for e in removed)
+    assert sorted(e.detail["dir"] for e in removed) == [0, 2]
     assert p.stats.netns["gw"].last_policy_dump_end == T0 + 1
 
 
@@ -84,9 +84,9 @@ def test_error_reply_ends_dump_without_removing() -> None:
     p.feed(Datagram("gw", encode_dump_request(X.XFRM_MSG_GETSA, 9), T0 + 1, outgoing=True), T0 + 1)
     err = NetlinkError(NlHeader(X.NLMSG_ERROR, 0, 9, 1), -16, NlHeader(X.XFRM_MSG_GETSA, X.NLM_F_DUMP, 9, 0))
     p.feed(Datagram("gw", encode_datagram([err]), T0 + 2), T0 + 2)
-    assert 2 == len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"])
+    assert len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"]) == 2
     st = p.stats.netns["gw"]
-    assert (0, 1) == (st.dumps, st.dump_errors)
+    assert (st.dumps, st.dump_errors) == (0, 1)
     assert "errno 16" in (st.last_error or "")
 
 
@@ -94,8 +94,8 @@ def test_outgoing_non_dump_requests_are_ignored() -> None:
     """An outgoing request that is not a dump (e.g. an IKE daemon's NEWSA in an nlmon capture) changes nothing."""
     p, c = _pipe()
     p.feed(Datagram("gw", encode_datagram([newsa(make_sa(0x1000, inbound=True))]), T0, outgoing=True), T0)
-    assert [] == c.tunnel_ids()
-    assert (1, 0, 0) == (p.stats.datagrams, p.stats.events, p.stats.malformed)
+    assert c.tunnel_ids() == []
+    assert (p.stats.datagrams, p.stats.events, p.stats.malformed) == (1, 0, 0)
 
 
 def test_malformed_datagram_is_counted_and_feeding_goes_on() -> None:
@@ -104,11 +104,11 @@ def test_malformed_datagram_is_counted_and_feeding_goes_on() -> None:
     p.feed(Datagram("gw", b"\x05\x00\x00", T0), T0)
     p.feed(Datagram("gw", b"\xff\x00\x00\x00" + bytes(12), T0), T0)
     p.feed(Datagram("gw", b"\x01", T0, outgoing=True), T0)
-    assert 3 == p.malformed
+    assert p.malformed == 3
     assert p.last_error is not None
     assert p.last_error.startswith("gw: ")
     _up(p)
-    assert 1 == len(c.tunnel_ids())
+    assert len(c.tunnel_ids()) == 1
 
 
 def test_controls() -> None:
@@ -116,20 +116,20 @@ def test_controls() -> None:
     p, c = _pipe()
     _up(p)
     p.feed(Control("gw", "enobufs", T0 + 1), T0 + 1)
-    assert (1, 1) == (p.stats.enobufs, p.stats.resyncs)
+    assert (p.stats.enobufs, p.stats.resyncs) == (1, 1)
     i = make_sa(0x1000, inbound=True, add_time=T0)
     o = make_sa(0x2000, inbound=False, add_time=T0)
     c.drain_events()
     for d in dump_datagrams("gw", 3, [newsa(i, dump_seq=3), newsa(o, dump_seq=3)], T0 + 2):
         p.feed(d, T0 + 2)
-    assert ["resync"] == [e.type for e in c.drain_events()]
+    assert [e.type for e in c.drain_events()] == ["resync"]
     p.feed(Control("gw", "xfrm_stat", T0 + 3, counters={"XfrmInNoPols": 1}), T0 + 3)
     p.feed(Control("gw", "xfrm_stat", T0 + 4, counters={"XfrmInNoPols": 2}), T0 + 4)
-    assert ["XfrmInNoPols"] == [h["code"] for h in (c.netns_json("gw", T0 + 4) or {})["hints"]]
+    assert [h["code"] for h in (c.netns_json("gw", T0 + 4) or {})["hints"]] == ["XfrmInNoPols"]
     p.feed(Control("gw", "source_error", T0 + 5, message="permission denied"), T0 + 5)
-    assert (1, "gw: permission denied") == (p.stats.source_errors, p.stats.last_source_error)
+    assert (p.stats.source_errors, p.stats.last_source_error) == (1, "gw: permission denied")
     p.feed(Control("gw", "netns_removed", T0 + 6), T0 + 6)
-    assert [] == c.tunnel_ids()
+    assert c.tunnel_ids() == []
     assert json.dumps(p.stats.to_json())
 
 
@@ -160,4 +160,4 @@ def test_counters_survive_through_the_codec() -> None:
     p.feed(Datagram("gw", encode_datagram([delsa(o)]), T0 + 5), T0 + 5)
     j = c.tunnel_json(c.tunnel_ids()[0], T0 + 5)
     assert j is not None
-    assert (12345, 67) == (j["bytes_out"], j["packets_out"])
+    assert (j["bytes_out"], j["packets_out"]) == (12345, 67)

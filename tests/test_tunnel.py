@@ -64,7 +64,7 @@ def test_tunnel_id_is_url_path_safe() -> None:
     tid = tunnel_id("/run/netns/a b?#", 7, if_id=0, mark=0, lo="2001:db8::1", hi="2001:db8::2")
     assert not set("/?# ") & set(tid)
     assert tid.endswith(":7:2001:db8::1-2001:db8::2")
-    assert "host:1:a-b:if3:m2a" == tunnel_id("", 1, if_id=3, mark=42, lo="a", hi="b")
+    assert tunnel_id("", 1, if_id=3, mark=42, lo="a", hi="b") == "host:1:a-b:if3:m2a"
 
 
 def test_diagram_mentions_every_state_and_non_self_transition() -> None:
@@ -91,14 +91,14 @@ def test_cli_prints_the_diagram() -> None:
     out = subprocess.run([sys.executable, "-m", "monitor.tunnel", "--diagram"], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert mermaid_diagram() == out
-    assert 2 == main([])
+    assert main([]) == 2
 
 
 def test_write_replaces_only_the_generated_block(tmp_path: Path) -> None:
     """``--write FILE`` rewrites the block between the markers and keeps the rest."""
     f = tmp_path / "doc.md"
     f.write_text(f"before\n{DIAGRAM_BEGIN}\nold\n{DIAGRAM_END}\nafter\n", encoding="utf-8")
-    assert 0 == main(["--write", str(f)])
+    assert main(["--write", str(f)]) == 0
     text = f.read_text(encoding="utf-8")
     assert text.startswith("before\n")
     assert text.endswith(f"{DIAGRAM_END}\nafter\n")
