@@ -19,6 +19,11 @@ only when ``pkttype`` is 4 *and* the first message has ``NLM_F_REQUEST`` (the ke
 on what it sends). Our writer puts 4 on our requests and 0 (PACKET_HOST) on what we received, so
 both rules agree on our own files.
 
+Namespaces. A record's 8 address bytes (``halen`` stays 0, so tools ignore them) carry a netns
+index, 0 for ``"default"``. The first time another namespace is written, one extra record names it:
+protocol ``NETNS_TAG`` (0x4E53, "NS", not a netlink family, so XFRM readers skip it), address =
+its index, payload = the UTF-8 name. Files of the default namespace alone have no such records.
+
 Key material: ``PcapWriter.write`` passes every datagram through ``monitor.scrub.scrub_keys``;
 there is no way to write unscrubbed bytes with this module.
 """
@@ -42,6 +47,7 @@ ARPHRD_NETLINK = 824
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
 SNAPLEN = 262144  # what tcpdump uses; no netlink datagram we read is longer
+NETNS_TAG = 0x4E53  # our netns-name records (see the module docstring)
 
 _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
@@ -56,6 +62,7 @@ class CaptureRecord(NamedTuple):
     ts: float
     outgoing: bool
     data: bytes
+    netns: str = "default"
 
 
 def _is_request(data: bytes) -> bool:
@@ -98,6 +105,7 @@ def _read(f: BinaryIO, name: str) -> Iterator[CaptureRecord]:
         raise CaptureFormatError(f"{name}: link type {linktype}, expected {LINKTYPE_NETLINK} (NETLINK, nlmon)")
     rec = struct.Struct(order + "IIII")
     offset = 24
+    names: dict[bytes, str] = {bytes(8): "default"}
     while True:
         hdr = f.read(16)
         if not hdr:
@@ -113,11 +121,14 @@ def _read(f: BinaryIO, name: str) -> Iterator[CaptureRecord]:
         if incl < _COOKED.size:
             raise CaptureFormatError(f"{name}: record at offset {offset} is shorter than the 16-byte netlink header")
         offset += 16 + incl
-        pkttype, _hatype, _halen, _addr, proto = _COOKED.unpack_from(pkt)
+        pkttype, _hatype, _halen, addr, proto = _COOKED.unpack_from(pkt)
+        if proto == NETNS_TAG:
+            names[addr] = pkt[_COOKED.size:].decode("utf-8", "replace")
         if proto != X.NETLINK_XFRM:
             continue
         data = pkt[_COOKED.size:]
-        yield CaptureRecord(sec + frac / divisor, pkttype == PACKET_OUTGOING and _is_request(data), data)
+        netns = names.get(addr) or f"netns-{int.from_bytes(addr, 'big')}"
+        yield CaptureRecord(sec + frac / divisor, pkttype == PACKET_OUTGOING and _is_request(data), data, netns)
 
 
 class PcapWriter:
@@ -131,23 +142,30 @@ class PcapWriter:
         self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()/__exit__
         self._f.write(_FILE_HDR_LE.pack(_MAGIC_US, 2, 4, 0, 0, SNAPLEN, LINKTYPE_NETLINK))
         self.count = 0
+        self._netns: dict[str, bytes] = {"default": bytes(8)}
 
-    def write(self, ts: float, data: bytes, outgoing: bool = False) -> None:
+    def _record(self, ts: float, pkttype: int, addr: bytes, proto: int, payload: bytes) -> None:
+        sec = int(ts)
+        usec = min(round((ts - sec) * 1e6), 999_999)
+        size = _COOKED.size + len(payload)
+        self._f.write(_REC_HDR_LE.pack(sec, usec, size, size))
+        self._f.write(_COOKED.pack(pkttype, ARPHRD_NETLINK, 0, addr, proto))
+        self._f.write(payload)
+
+    def write(self, ts: float, data: bytes, outgoing: bool = False, netns: str = "default") -> None:
         """Append one datagram, after zeroing every key byte in it.
 
         Args:
             ts: wall-clock seconds.
             data: the netlink bytes of one datagram.
             outgoing: True for a request we sent to the kernel.
+            netns: the namespace it belongs to (named once in the file, then referred to by index).
         """
-        clean = scrub_keys(data)
-        sec = int(ts)
-        usec = min(round((ts - sec) * 1e6), 999_999)
-        size = _COOKED.size + len(clean)
-        pkttype = PACKET_OUTGOING if outgoing else PACKET_HOST
-        self._f.write(_REC_HDR_LE.pack(sec, usec, size, size))
-        self._f.write(_COOKED.pack(pkttype, ARPHRD_NETLINK, 0, bytes(8), X.NETLINK_XFRM))
-        self._f.write(clean)
+        addr = self._netns.get(netns)
+        if addr is None:
+            addr = self._netns[netns] = len(self._netns).to_bytes(8, "big")
+            self._record(ts, PACKET_HOST, addr, NETNS_TAG, netns.encode())
+        self._record(ts, PACKET_OUTGOING if outgoing else PACKET_HOST, addr, X.NETLINK_XFRM, scrub_keys(data))
         self.count += 1
 
     def flush(self) -> None:
@@ -175,5 +193,5 @@ def scrub_capture(src: str | Path, dst: str | Path) -> int:
     """
     with PcapWriter(dst) as w:
         for r in read_pcap(src):
-            w.write(r.ts, r.data, r.outgoing)
+            w.write(r.ts, r.data, r.outgoing, r.netns)
         return w.count

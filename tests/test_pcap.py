@@ -205,3 +205,16 @@ def test_real_nlmon_capture_decodes(tmp_path: Path) -> None:
     out = tmp_path / "copy.pcap"
     assert len(records) == scrub_capture(REAL_NLMON, out)
     assert events == [ev for r in read_pcap(out) for ev in decode_datagram(r.data)]
+
+
+def test_netns_names_survive_a_round_trip(tmp_path: Path) -> None:
+    """Records keep their namespace; a default-only file has no extra records at all."""
+    req = encode_dump_request(X.XFRM_MSG_GETSA, 1)
+    multi, single = tmp_path / "multi.pcap", tmp_path / "single.pcap"
+    with PcapWriter(multi) as w:
+        for ns in ("default", "site-b", "default", "site-c", "site-b"):
+            w.write(1.0, req, True, ns)
+    assert [r.netns for r in read_pcap(multi)] == ["default", "site-b", "default", "site-c", "site-b"]
+    with PcapWriter(single) as w:
+        w.write(1.0, req, True)
+    assert single.stat().st_size == 24 + 16 + 16 + len(req)
