@@ -87,7 +87,7 @@ def sample(t: Mapping[str, Any]) -> TunnelSample:
     )
 
 
-async def gather(view: TunnelView, now: float, chunk: int = 1000) -> list[TunnelSample]:
+async def gather(view: TunnelView, now: float, chunk: int = 250) -> list[TunnelSample]:
     """Sample every tunnel, yielding to the loop every ``chunk`` tunnels."""
     out: list[TunnelSample] = []
     for i, tid in enumerate(list(view.tunnel_ids())):
