@@ -25,8 +25,8 @@ class SimServer:
     """``monitor serve`` on the simulator, started and stopped like a user would (a process, SIGTERM)."""
 
     def __init__(self, port: int, log: Path, *, speed: float = 20.0, tunnels: int = 24, seed: int = 1,
-                 token: str | None = None) -> None:
-        self.port, self.log_path, self.token = port, log, token
+                 token: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.port, self.log_path, self.token, self.extra_env = port, log, token, env or {}
         self.args = [sys.executable, "-m", "monitor", "serve", "--source", "simulate", "--host", "127.0.0.1",
                      "--port", str(port), "--speed", str(speed), "--tunnels", str(tunnels), "--seed", str(seed)]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,6 +41,7 @@ class SimServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
         if self.token:
             env["MONITOR_TOKEN"] = self.token
+        env.update(self.extra_env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

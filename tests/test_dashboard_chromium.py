@@ -187,3 +187,25 @@ async def test_dashboard_renders_updates_filters_and_reconnects(
         server.stop()
         if restarted is not None:
             restarted.stop()
+
+
+async def test_dashboard_assembles_chunked_snapshots_and_caps_rows(
+        browser: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    """600 tunnels sent in 120 snapshot chunks of 5: every tunnel arrives, 500 rows are drawn, all counted."""
+    devtools, _ = browser
+    port = free_port()
+    server = SimServer(port, tmp_path / "serve.log", speed=5.0, tunnels=600,
+                       env={"MONITOR_SNAPSHOT_CHUNK": "5"}).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            page = await open_page(session, devtools, f"http://127.0.0.1:{port}/")
+            await page.wait("all 600 tunnels",
+                            "window.monitorDashboard && window.monitorDashboard.tunnels.size === 600", timeout=60)
+            await page.wait("500 drawn rows", f"{ROWS} === 500")
+            assert "600 tunnels" in await page.js("document.querySelector('#summary').textContent")
+            assert "showing 500 of 600" in await page.js("document.querySelector('#shown').textContent")
+            assert not page.exceptions, page.exceptions
+            page.reader.cancel()
+            await page.ws.close()
+    finally:
+        server.stop()
