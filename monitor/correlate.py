@@ -475,6 +475,8 @@ class Correlator:
             t.last_out_ts = max(t.last_out_ts, now)
         ns.changed.add(t)
         self._dirty.add(t.id)
+        if t.state is not TunnelState.UP:  # idle / one-way may end with this traffic
+            ns.pending.add(t)
 
     def _bump(self, ns: NetnsState, st: SAState, sa: SA, now: float) -> None:
         """Apply an SA record's counters, drop counters and last-use time to the SA and its tunnel."""
@@ -503,8 +505,9 @@ class Correlator:
                 self._emit(now, code, t, {"spi": f"0x{st.spi:08x}", "delta": new - old,
                                           "total": t.replay_errors if code == "replay_errors" else t.integrity_errors})
         if not ns.quiet:
-            t.err_until = now + self.config.errors_window
+            # codes seen within the current window accumulate; a new window starts afresh
             t.err_codes = tuple(sorted(set(t.err_codes) | set(codes))) if t.err_until > now else tuple(codes)
+            t.err_until = now + self.config.errors_window
             self._touch(ns, t)
         self._dirty.add(t.id)
 

@@ -518,3 +518,28 @@ def test_dump_record_fast_path_handles_new_sa() -> None:
     o = make_sa(0x2000, inbound=False, add_time=T0)
     g.dump(T0 + 10, i, o)
     assert g.types() == ["sa_added", "sa_added", "state_changed", "tunnel_up"]
+
+
+def test_errors_reasons_reset_after_the_window() -> None:
+    """Replay errors in one window and integrity errors in a later one: the later errors state names only
+    integrity errors."""
+    g = Gw(errors_window=100)
+    _up(g)
+    i, o = g.gens[0]
+    g.dump(T0 + 10, with_counters(i, 10, 1, replay=2), o)
+    g.run_until(T0 + 200)
+    assert g.json(T0 + 200)["state"] != "errors"
+    g.dump(T0 + 210, with_counters(i, 20, 2, replay=2, integrity=1), o)
+    assert [r["code"] for r in g.json(T0 + 210)["reasons"]] == ["integrity_errors"]
+
+
+def test_traffic_seen_between_dumps_ends_idle() -> None:
+    """Counters moving through an event (NEWAE) end the idle state without waiting for a dump."""
+    from monitor import xfrm as X
+    from monitor.events import AsyncEvent, LifetimeCur, NlHeader, SAId
+    g = Gw()
+    up_to_idle(g)
+    i, _ = g.gens[0]
+    g.ev(T0 + 420, AsyncEvent(NlHeader(X.XFRM_MSG_NEWAE), SAId(i.daddr, i.spi, 2, 50), i.saddr, 0, 1,
+                              lifetime=LifetimeCur(500, 5, 0, 0)))
+    assert g.transitions()[-1] == (T0 + 420, "idle", "up")
