@@ -82,8 +82,12 @@ def _raw_socket(name: str, netns_dir: str = NETNS_DIR) -> socket.socket:
     if name == DEFAULT:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, X.NETLINK_XFRM)
     path = _path(name, netns_dir)
-    from pyroute2 import netns as pr_netns  # noqa: PLC0415 - slow import, only needed for named netns
+    from pyroute2 import config as pr_config  # noqa: PLC0415 - slow import, only needed for named netns
+    from pyroute2 import netns as pr_netns  # noqa: PLC0415
 
+    # The forked child inherits asyncio's SIGTERM/SIGINT handlers and their wakeup fd; pyroute2 ends it
+    # with SIGTERM, which would then reach *our* loop as a SIGTERM. Make the child reset them first.
+    pr_config.disable_mp_signal = True
     # create_socket forks a child that setns()es into the namespace and passes the fd back.
     sock: socket.socket = pr_netns.create_socket(
         netns=path, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW, proto=X.NETLINK_XFRM, flags=0

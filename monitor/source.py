@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Literal
 
 from monitor import netns as N
@@ -126,7 +126,7 @@ class KernelSource:
 
     # --- public -----------------------------------------------------------------------------
 
-    async def items(self) -> AsyncIterator[SourceItem]:
+    async def items(self) -> AsyncGenerator[SourceItem, None]:
         """Open every namespace, then yield datagrams and control notes until cancelled.
 
         Raises:

@@ -1,0 +1,205 @@
+"""ReplaySource, `monitor replay` / `monitor decode`, and `monitor record` on the host kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import secrets
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from monitor import xfrm as X
+from monitor.cli import main
+from monitor.commands.replay import replay
+from monitor.decode import decode_datagram
+from monitor.encode import encode, encode_dump_request
+from monitor.errors import CaptureFormatError
+from monitor.events import SA, Algo, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, Selector, Stats
+from monitor.items import Datagram
+from monitor.pcap import PcapWriter, read_pcap
+from monitor.replay import ReplaySource
+from tests.conftest import netns_exists
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL = ROOT / "tests" / "data" / "strongswan-rekey-nlmon.pcap"
+
+
+def _sa(spi: int) -> SA:
+    return SA(Selector("0.0.0.0", "0.0.0.0"), "192.0.2.2", spi, X.IPPROTO_ESP, "192.0.2.1", LifetimeCfg(),
+              LifetimeCur(), Stats(), 0, 3, X.AF_INET, 1, 32, 0, enc=Algo("cbc(aes)", 256),
+              auth_trunc=Algo("hmac(sha256)", 256, 128))
+
+
+def _capture(path: Path, gaps: list[float]) -> list[bytes]:
+    """A capture of one request and len(gaps) SA notifications, ``gaps`` seconds apart."""
+    data = [encode_dump_request(X.XFRM_MSG_GETSA, 1)]
+    data += [encode(SAAdded(NlHeader(X.XFRM_MSG_NEWSA), _sa(0x100 + i))) for i in range(len(gaps))]
+    ts = 1_700_000_000.0
+    with PcapWriter(path) as w:
+        w.write(ts, data[0], True, "site-a")
+        for d, gap in zip(data[1:], gaps, strict=True):
+            ts += gap
+            w.write(ts, d, False, "site-a")
+    return data
+
+
+async def _play(path: Path, speed: float | None) -> tuple[list[Datagram], float]:
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    got = [i async for i in ReplaySource(path, speed).items()]
+    assert all(isinstance(i, Datagram) for i in got)
+    return got, loop.time() - t  # type: ignore[return-value]
+
+
+async def test_replay_keeps_bytes_direction_netns_and_time(tmp_path: Path) -> None:
+    """Items come back exactly as recorded (bytes, direction, netns, timestamps)."""
+    path = tmp_path / "c.pcap"
+    data = _capture(path, [0.001, 0.001])
+    got, _ = await _play(path, None)
+    assert [i.data for i in got] == data
+    assert [i.outgoing for i in got] == [True, False, False]
+    assert {i.netns for i in got} == {"site-a"}
+    assert got[2].ts - got[0].ts == pytest.approx(0.002, abs=1e-5)
+
+
+async def test_replay_pacing(tmp_path: Path) -> None:
+    """speed=1 keeps the 0.6 s span, speed=4 takes about a quarter, fast mode does not wait."""
+    path = tmp_path / "p.pcap"
+    _capture(path, [0.3, 0.3])
+    _, real = await _play(path, 1.0)
+    _, quick = await _play(path, 4.0)
+    _, fast = await _play(path, None)
+    assert real >= 0.59
+    assert 0.14 <= quick < 0.5
+    assert fast < 0.1
+
+
+async def test_replay_of_a_bad_file_raises(tmp_path: Path) -> None:
+    """A file that is not a netlink pcap raises CaptureFormatError from items()."""
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(b"not a capture at all, definitely not")
+    with pytest.raises(CaptureFormatError):
+        await _play(path, None)
+
+
+async def test_json_replay_of_an_unscrubbed_capture_has_no_key_bytes(tmp_path: Path) -> None:
+    """Even a raw (unscrubbed, nlmon-style) capture with keys replays to JSON without any key material."""
+    key_c, key_a = hashlib.sha256(b"c").digest(), hashlib.sha256(b"a").digest()
+    msg = encode(SAAdded(NlHeader(X.XFRM_MSG_NEWSA), _sa(0xABC)), keys={X.XFRMA_ALG_CRYPT: key_c,
+                                                                        X.XFRMA_ALG_AUTH_TRUNC: key_a})
+    rec = struct.pack(">HHH8sH", 4, 824, 0, bytes(8), 6) + msg
+    raw = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 253)
+    raw += struct.pack("<IIII", 1, 0, len(rec), len(rec)) + rec
+    path = tmp_path / "raw.pcap"
+    path.write_bytes(raw)
+    assert key_c in path.read_bytes()
+    out = io.StringIO()
+    assert await replay(str(path), None, True, out) == 0
+    lines = out.getvalue().splitlines()
+    obj = orjson.loads(lines[0])
+    assert (obj["type"], obj["sa"]["spi"], obj["sa"]["enc"]["name"]) == ("SAAdded", 0xABC, "cbc(aes)")
+    text = out.getvalue()
+    for key in (key_c, key_a):
+        assert key.hex() not in text
+        assert key[:8].decode("latin-1") not in text
+        assert str(list(key[:4]))[1:-1] not in text
+
+
+def test_replay_and_decode_commands_on_the_real_capture(capsys: pytest.CaptureFixture[str]) -> None:
+    """`monitor replay --fast` prints one line per message; `monitor decode --summary` counts the same."""
+    if not REAL.exists():
+        pytest.skip(f"{REAL.name} is not committed yet")
+    n_msgs = sum(len(decode_datagram(r.data)) for r in read_pcap(REAL))
+    assert main(["replay", "--fast", str(REAL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == n_msgs
+    assert any("<-kernel SAAdded spi=0x" in line for line in lines)
+    assert main(["decode", "--summary", str(REAL)]) == 0
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[-1].startswith(f"{len(list(read_pcap(REAL)))} datagrams, {n_msgs} messages, 0 malformed")
+
+
+def test_replay_command_reports_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-pcap file gives exit code 2 and a one-line error."""
+    bad = tmp_path / "x.pcap"
+    bad.write_bytes(b"\x00" * 40)
+    assert main(["replay", "--fast", str(bad)]) == 2
+    assert "not a pcap file" in capsys.readouterr().err
+
+
+# --- monitor record on the host kernel -------------------------------------------------------------
+
+
+def _monitor(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monitor", *args]
+
+
+@pytest.mark.hostkernel
+def test_record_writes_a_replayable_capture(netns: str, tmp_path: Path) -> None:
+    """record --duration captures requests, dump replies and events in a netns; replay decodes them."""
+    subprocess.run(["ip", "-n", netns, "xfrm", "state", "allocspi", "src", "192.0.2.1", "dst", "192.0.2.2",
+                    "proto", "esp", "mode", "tunnel", "reqid", "4", "min", "0x4444", "max", "0x4444"],
+                   check=True, timeout=30, capture_output=True)
+    out = tmp_path / "rec.pcap"
+    proc = subprocess.Popen(_monitor("record", "--out", str(out), "--duration", "2", "--netns", netns,
+                                     "--interval", "0.3"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.stat().st_size > 24):
+        assert time.monotonic() < deadline, "record wrote nothing"
+        time.sleep(0.05)
+    subprocess.run(["ip", "-n", netns, "xfrm", "policy", "add", "src", "198.51.100.0/24", "dst", "203.0.113.0/24",
+                    "dir", "out"], check=True, timeout=30)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert stdout.startswith("recorded "), stdout
+    records = list(read_pcap(out))
+    assert {r.netns for r in records} == {netns}
+    events = [(r.outgoing, ev) for r in records for ev in decode_datagram(r.data)]
+    assert any(o and ev.nl.type == X.XFRM_MSG_GETSA for o, ev in events)
+    assert any(not o and isinstance(ev, SAAdded) and ev.sa.spi == 0x4444 for o, ev in events)
+    assert any(not o and ev.nl.type == X.XFRM_MSG_NEWPOLICY and not ev.nl.flags & X.NLM_F_MULTI for o, ev in events)
+    n_req = sum(r.outgoing for r in records)
+    assert f"and {n_req} requests" in stdout
+
+
+@pytest.mark.hostkernel
+def test_record_stops_cleanly_on_sigint(netns: str, tmp_path: Path) -> None:
+    """Without --duration, SIGINT ends the recording with exit 0, a summary and a complete file."""
+    out = tmp_path / "sig.pcap"
+    proc = subprocess.Popen(_monitor("record", "--out", str(out), "--netns", netns, "--interval", "0.2"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.stat().st_size > 200):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "record wrote nothing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "recorded" in stdout
+    assert len(list(read_pcap(out))) >= 2
+
+
+@pytest.mark.hostkernel
+def test_record_with_a_missing_netns_fails_cleanly(tmp_path: Path) -> None:
+    """--netns with a typo: exit 2, a clear message, no file, and no namespace created."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    name = f"mon-test-typo-{secrets.token_hex(3)}"
+    out = tmp_path / "none.pcap"
+    proc = subprocess.run(_monitor("record", "--out", str(out), "--duration", "1", "--netns", name), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+    assert not out.exists()
+    assert not netns_exists(name)
