@@ -80,9 +80,15 @@ _STR: dict[str, str] = {}
 
 
 def _intern(s: str | None) -> str | None:
+    """Share equal strings (algorithm names, common selectors); the cache is bounded."""
     if s is None:
         return None
-    return _STR.setdefault(s, s)
+    got = _STR.get(s)
+    if got is not None:
+        return got
+    if len(_STR) < 65536:
+        _STR[s] = s
+    return s
 
 
 def _spis(sas: Iterable[SAState | None]) -> list[str]:
@@ -775,9 +781,9 @@ class Correlator:
             self._remove_policy(ns, old, now)
             old = None
         if old is None:
-            info = PolicyInfo(p.index, p.dir, src=f"{sel.saddr}/{sel.prefixlen_s}",
-                              dst=f"{sel.daddr}/{sel.prefixlen_d}", proto=sel.proto, sport=sel.sport,
-                              dport=sel.dport, tunnel=t)
+            info = PolicyInfo(p.index, p.dir, src=_intern(f"{sel.saddr}/{sel.prefixlen_s}") or "",
+                              dst=_intern(f"{sel.daddr}/{sel.prefixlen_d}") or "", proto=sel.proto,
+                              sport=sel.sport, dport=sel.dport, tunnel=t)
             ns.policies[p.index] = info
             t.policies.append(info)
             ns.lint_dirty = True

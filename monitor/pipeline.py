@@ -88,6 +88,26 @@ class PipelineStats:
         }
 
 
+def _unfiltered(data: bytes, start: int, end: int) -> bool:
+    """True if a GETSA dump request asks for every SA.
+
+    ``xfrm_dump_sa()`` filters only by ``XFRMA_PROTO`` (0 or IPSEC_PROTO_ANY 255 mean all) and
+    ``XFRMA_ADDRESS_FILTER``; the attributes follow the ``nlmsghdr`` directly.
+    """
+    off = start
+    while off + 4 <= end:
+        length, atype = X.NLATTR.unpack_from(data, off)
+        if length < 4:
+            return True
+        atype &= X.NLA_TYPE_MASK
+        if atype == X.XFRMA_ADDRESS_FILTER:
+            return False
+        if atype == X.XFRMA_PROTO and length >= 5 and data[off + 4] not in (0, 255):
+            return False
+        off += X.align4(length)
+    return True
+
+
 class Pipeline:
     """Feeds source items through the decoder into a ``Correlator``."""
 
@@ -136,10 +156,12 @@ class Pipeline:
         except MalformedMessage as exc:
             self._malformed(item, exc)
             return
-        for nl, _, _ in messages:
+        for nl, start, end in messages:
             kind = _DUMP_KINDS.get(nl.type)
             if kind is None or (nl.flags & X.NLM_F_DUMP) != X.NLM_F_DUMP:
                 continue
+            if kind == "sa" and not _unfiltered(item.data, start, end):
+                continue  # a filtered dump cannot tell which SAs are gone
             pending = self._dumps.setdefault(item.netns, {})
             for seq, (other, _) in list(pending.items()):
                 if other == kind:  # a new dump of the same kind supersedes an unfinished one

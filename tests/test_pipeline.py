@@ -161,3 +161,18 @@ def test_counters_survive_through_the_codec() -> None:
     j = c.tunnel_json(c.tunnel_ids()[0], T0 + 5)
     assert j is not None
     assert (j["bytes_out"], j["packets_out"]) == (12345, 67)
+
+
+def test_filtered_dump_does_not_reconcile() -> None:
+    """A GETSA dump filtered to one protocol (XFRMA_PROTO = AH) is not a full dump: nothing is removed."""
+    p, c = _pipe()
+    _up(p)
+    p.feed(Datagram("gw", encode_dump_request(X.XFRM_MSG_GETSA, 11, proto=X.IPPROTO_AH), T0 + 1, outgoing=True),
+           T0 + 1)
+    for d in dump_datagrams("gw", 11, [], T0 + 2)[1:]:
+        p.feed(d, T0 + 2)
+    assert len((c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"]) == 2
+    p.feed(Datagram("gw", encode_dump_request(X.XFRM_MSG_GETSA, 12, proto=255), T0 + 3, outgoing=True), T0 + 3)
+    for d in dump_datagrams("gw", 12, [], T0 + 4)[1:]:
+        p.feed(d, T0 + 4)
+    assert (c.tunnel_json(c.tunnel_ids()[0], T0 + 4) or {})["sas"] == []
