@@ -140,3 +140,14 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path = RESULTS_DIR)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
+
+
+def raise_nofile(want: int = 65536) -> int:
+    """Raise this process's open-file soft limit towards ``want`` (up to the hard limit); returns it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return max(new, soft)
