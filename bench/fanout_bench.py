@@ -119,8 +119,9 @@ async def _serve(port: int, tunnels: int) -> None:
             due = int(rate * el) - sent
             if due > 0:
                 now = time.time()
-                evs: list[dict[str, Any]] = [{"seq": seq + sent + k + 1, "ts": now, "type": "bench", "tunnel": None, "netns": "bench",
-                        "detail": {}} for k in range(due)]
+                evs: list[dict[str, Any]] = [
+                    {"seq": seq + sent + k + 1, "ts": now, "type": "bench", "tunnel": None, "netns": "bench",
+                     "detail": {}} for k in range(due)]
                 hub.publish_events(evs)
                 sent += due
                 behind = max(behind, due / rate)
