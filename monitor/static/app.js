@@ -143,7 +143,7 @@
     const st = el("td");
     st.appendChild(el("span", "state s-" + (SEVERITY[t.state] !== undefined ? t.state : "unknown"), t.state));
     tr.appendChild(st);
-    const who = el("td");
+    const who = el("td", "who");
     who.appendChild(el("div", "id", t.id));
     who.appendChild(el("div", "sub", `${t.local} ⇄ ${t.remote} · reqid ${t.reqid} · ${t.netns}`));
     tr.appendChild(who);
@@ -238,9 +238,10 @@
     if ("to" in detail) parts.push(`${detail.from} → ${detail.to}`);
     else if ("from" in detail) parts.push(`was ${detail.from}`);
     if (detail.reason && detail.text) parts.push(`${detail.reason}: ${detail.text}`);
+    else if (detail.text) parts.push(detail.text);
     for (const [k, v] of Object.entries(detail)) {
       if (k === "from" || k === "to" || v === null || (Array.isArray(v) && !v.length)) continue;
-      if ((k === "reason" || k === "text") && detail.reason && detail.text) continue;
+      if (k === "text" || (k === "reason" && detail.text)) continue;
       if (k === "reasons" && Array.isArray(v)) { parts.push(v.map((r) => r.code || r).join(", ")); continue; }
       parts.push(`${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
     }
