@@ -149,11 +149,10 @@ def read_replay(path: str, health: Mapping[str, Any] | None = None) -> tuple[lis
     """Feed a whole capture through the pipeline (``now`` = each record's time); snapshot at its end."""
     correlator, pipeline = _core(health)
     now = 0.0
-    netns = os.path.splitext(os.path.basename(path))[0] or "replay"
     for rec in read_pcap(path):
         now = max(now, rec.ts)
         _run_timers(correlator, now)
-        pipeline.feed(Datagram(netns, rec.data, rec.ts, rec.outgoing), now)
+        pipeline.feed(Datagram(rec.netns, rec.data, rec.ts, rec.outgoing), now)
     _run_timers(correlator, now)
     return correlator.snapshot(now), now
 
