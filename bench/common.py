@@ -28,11 +28,13 @@ __all__ = [
     "cpu_seconds",
     "dump_items",
     "fleet_sa",
+    "loadavg",
     "machine_description",
     "patch_counters",
     "percentile",
     "pin_one_cpu",
     "rss_bytes",
+    "run_queue_wait",
     "summary",
     "write_result",
 ]
@@ -108,6 +110,23 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait(pid: int | None = None) -> float:
+    """Seconds ``pid``'s main thread has spent runnable but waiting for a CPU (``/proc/PID/schedstat``).
+
+    On a shared machine this is the noise indicator: time a benchmark lost to other processes.
+    """
+    try:
+        with open(f"/proc/{pid or 'self'}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def pin_one_cpu() -> int | None:
     """Pin this process to the last CPU (the decode benchmark does the same); returns it, or None."""
     if not hasattr(os, "sched_setaffinity"):
@@ -135,6 +154,7 @@ def summary(values: Sequence[float]) -> dict[str, float | int | None]:
 def write_result(name: str, result: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
     """Write ``result`` (with the machine description added) to ``out_dir/name.json``."""
     result.setdefault("machine", machine_description())
+    result["machine"].setdefault("loadavg_at_end", loadavg())
     result.setdefault("written", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"

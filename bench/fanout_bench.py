@@ -5,8 +5,9 @@
     python -m bench.fanout_bench --only a,c
 
 Three processes: this orchestrator (mostly sleeping), the **server** (``--serve``: ``create_app`` with
-an idle source, optionally a correlator preloaded with N tunnels, pinned to CPU 0) and the **clients**
-(``bench.ws_clients``, pinned to CPU 1). The server's CPU and RSS are read from its own process
+an idle source, optionally a correlator preloaded with N tunnels) and the **clients**
+(``bench.ws_clients``, pinned to CPU 1 with ``--pin``; unpinned by default, because on a shared 2-core
+machine a pinned process cannot escape a busy core). The server's CPU and RSS are read from its own process
 (``/proc/PID/stat``, ``/proc/PID/status``), separately from the load generator's.
 
 Bench-only event injection: the server process adds ``POST /bench/inject?rate=R&duration=D`` and
@@ -41,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_seconds, raise_nofile, rss_bytes, summary, write_result
+from bench.common import cpu_seconds, loadavg, raise_nofile, rss_bytes, run_queue_wait, summary, write_result
 
 __all__ = ["SCENARIOS", "run", "run_scenario"]
 
@@ -110,7 +111,7 @@ async def _serve(port: int, tunnels: int) -> None:
         seq = hub.view.seq
         rss_samples = [rss_bytes()]
         del lags[:]
-        c0, t0 = cpu_seconds(), time.perf_counter()
+        c0, t0, w0 = cpu_seconds(), time.perf_counter(), run_queue_wait()
         sent, next_rss, behind = 0, 0.1, 0.0
         while True:
             el = time.perf_counter() - t0
@@ -131,11 +132,13 @@ async def _serve(port: int, tunnels: int) -> None:
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds() - c0
+        waited = run_queue_wait() - w0
         hub.publish_events([{"seq": seq + sent + 1, "ts": time.time(), "type": "bench_end", "tunnel": None,
                              "netns": "bench", "detail": {}}])
         lag_ms = [x * 1000 for x in lags]
         return {"sent": sent, "seconds": elapsed, "achieved_rate": sent / elapsed, "cpu_s": cpu,
-                "cpu_fraction": cpu / elapsed, "rss_max": max(rss_samples), "rss_start": rss_samples[0],
+                "cpu_fraction": cpu / elapsed, "run_queue_wait_s": waited, "rss_max": max(rss_samples),
+                "rss_start": rss_samples[0],
                 "max_batch_s": behind, "loop_lag_ms": summary(lag_ms), "clients": len(hub.clients),
                 "dropped_total": hub.dropped_total, "gaps_total": hub.gaps_total}
 
@@ -195,13 +198,14 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pat
 
 
 def run_scenario(name: str, clients: int, stalled: int, rate: float, seconds: float, tunnels: int,
-                 snapshot_after: float | None, workdir: Path) -> dict[str, Any]:
+                 snapshot_after: float | None, workdir: Path, pin_cpus: bool = False) -> dict[str, Any]:
     """One scenario with a fresh server process and a fresh client process."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = workdir / f"server-{name}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    pin = ["taskset", "-c", str(SERVER_CPU)] if (os.cpu_count() or 1) > 1 and _has("taskset") else []
+    load0 = loadavg()
+    pin = ["taskset", "-c", str(SERVER_CPU)] if pin_cpus and (os.cpu_count() or 1) > 1 and _has("taskset") else []
     with open(log, "wb") as lf:
         server = subprocess.Popen([*pin, sys.executable, "-m", "bench.fanout_bench", "--serve", "--port", str(port),
                                    "--tunnels", str(tunnels)], stdout=lf, stderr=subprocess.STDOUT, env=env)
@@ -249,9 +253,11 @@ def run_scenario(name: str, clients: int, stalled: int, rate: float, seconds: fl
             server.wait()
     return {
         "clients": clients, "stalled": stalled, "rate": rate, "seconds": seconds, "tunnels": tunnels,
+        "loadavg_before": load0, "pinned": pin_cpus,
         "server": {"rss_idle": rss_idle, "rss_connected": rss_conn, "rss_max_injecting": srv["rss_max"],
                    "rss_per_client": (rss_conn - rss_idle) / max(1, clients + stalled),
                    "cpu_fraction_injecting": srv["cpu_fraction"], "cpu_s_whole_run": cpu_total,
+                   "run_queue_wait_s": srv["run_queue_wait_s"],
                    "achieved_rate": srv["achieved_rate"], "sent": srv["sent"],
                    "loop_lag_ms": srv["loop_lag_ms"], "loop_lag_until_result_ms": srv["lag_after_ms"],
                    "dropped_total": srv["dropped_total"], "gaps_total": srv["gaps_total"]},
@@ -307,7 +313,8 @@ def judge(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(mode: str = "full", only: Sequence[str] = ("a", "b", "c", "d"),
-        sizes: dict[str, tuple[int, int, float, float, int, float | None]] | None = None) -> dict[str, Any]:
+        sizes: dict[str, tuple[int, int, float, float, int, float | None]] | None = None,
+        pin_cpus: bool = False) -> dict[str, Any]:
     """Run the chosen scenarios; returns the result dict with targets judged."""
     table = sizes or SCENARIOS[mode]
     res: dict[str, Any] = {"mode": mode, "scenarios": {}}
@@ -316,7 +323,7 @@ def run(mode: str = "full", only: Sequence[str] = ("a", "b", "c", "d"),
             clients, stalled, rate, seconds, tunnels, snap = table[name]
             try:
                 res["scenarios"][name] = run_scenario(name, clients, stalled, rate, seconds, tunnels, snap,
-                                                      Path(tmp))
+                                                      Path(tmp), pin_cpus)
             except Exception as exc:  # a failed scenario is reported, the others still run
                 res["scenarios"][name] = {"error": f"{type(exc).__name__}: {exc}"}
     res["scenarios_ok"] = {k: v for k, v in res["scenarios"].items() if "error" not in v}
@@ -357,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="a,b,c,d")
+    parser.add_argument("--pin", action="store_true", help="pin the server to CPU 0 and the clients to CPU 1")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--tunnels", type=int, default=0, help=argparse.SUPPRESS)
@@ -372,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     mode = "quick" if args.quick else "full"
     result: dict[str, Any] = {"benchmark": "fanout", "params": {"mode": mode, "sizes": SCENARIOS[mode]}}
-    result["fanout"] = run(mode, [s for s in args.only.split(",") if s])
+    result["fanout"] = run(mode, [s for s in args.only.split(",") if s], pin_cpus=args.pin)
     path = write_result("fanout", result)
     print(format_table(result))
     print(json.dumps(result["fanout"]["targets"], indent=1))

@@ -37,7 +37,17 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from bench.common import NOW0, dump_items, dump_records, fleet_sa, pack_records, pin_one_cpu, summary, write_result
+from bench.common import (
+    NOW0,
+    dump_items,
+    dump_records,
+    fleet_sa,
+    pack_records,
+    pin_one_cpu,
+    run_queue_wait,
+    summary,
+    write_result,
+)
 from monitor import xfrm as X
 from monitor.correlate import Correlator
 from monitor.daemon import Daemon
@@ -224,11 +234,13 @@ async def _through_daemon(fleet_dump: list[bytes], storm: list[Datagram], speed:
     probe.start()
     t0 = time.perf_counter()
     c0 = time.process_time()
+    w0 = run_queue_wait()
     await daemon.start()
     await source.done.wait()
     daemon.publish()
     t1 = time.perf_counter()
     cpu = time.process_time() - c0
+    waited = run_queue_wait() - w0
     await asyncio.sleep(0.05)
     await probe.stop()
     await daemon.stop()
@@ -240,6 +252,7 @@ async def _through_daemon(fleet_dump: list[bytes], storm: list[Datagram], speed:
         "health_events": health,
         "seconds": elapsed,
         "cpu_seconds": cpu,
+        "run_queue_wait_s": waited,
         "storm_span_s": (storm[-1].ts - storm[0].ts) if storm else 0.0,
         "netlink_events_per_s": len(storm) / elapsed if elapsed else None,
         "health_events_per_s": health / elapsed if elapsed else None,
