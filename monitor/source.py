@@ -230,8 +230,9 @@ class KernelSource:
             self._queue.put_nowait(Datagram(w.name, data, time.time(), False))
             if w.pending is not None:
                 self._check_reply(w, data)
-        if self._queue.qsize() >= _HIGH_WATER:
-            self._pause()
+            if self._queue.qsize() >= _HIGH_WATER:
+                self._pause()
+                return
 
     def _overrun(self, w: _Watch) -> None:
         self.enobufs[w.name] = self.enobufs.get(w.name, 0) + 1
