@@ -242,6 +242,7 @@ class Correlator:
                 ns = self._ns.get(key)
                 if ns is not None and ns.lint_at == when:
                     ns.lint_at = _INF
+                    ns.lint_dirty = False
                     self._lint(ns, now)
                 continue
             t = self._tunnels.get(key)

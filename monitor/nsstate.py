@@ -123,9 +123,11 @@ def run_lint(ns: NetnsState, cfg: HealthConfig, now: float) -> list[Tunnel]:
     entries = []
     remote: list[str] = []
     for info in ns.policies.values():
-        sel = info.selector_json()
-        entries.append(SelectorEntry(info.tunnel.id, (info.tunnel.if_id, info.tunnel.mark), sel["src"], sel["dst"]))
-        remote.append(sel["dst"])
+        t = info.tunnel
+        # as seen from the local side: an out policy's (src, dst); in/fwd policies mirror it
+        src, dst = (info.src, info.dst) if info.dir == 1 else (info.dst, info.src)
+        entries.append(SelectorEntry(t.id, (t.if_id, t.mark), src, dst))
+        remote.append(dst)
     overlaps = find_overlaps(entries)
     new: dict[str, list[str]] = {}
     for o in overlaps:
