@@ -242,9 +242,13 @@ def run_scenario(name: str, clients: int, stalled: int, rate: float, seconds: fl
         cpu_total = cpu_seconds(server.pid) - cpu0
         cl = json.loads(out.read_text())
     finally:
-        if client_proc is not None and client_proc.poll() is None:
-            client_proc.kill()
-            client_proc.wait()
+        if client_proc is not None:
+            if client_proc.poll() is None:
+                client_proc.kill()
+                client_proc.wait()
+            for pipe in (client_proc.stdin, client_proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         server.terminate()
         try:
             server.wait(15)
