@@ -1,0 +1,273 @@
+"""The correlator's engine (pure): shared state, health events, tunnels, and state evaluation.
+
+``Engine`` holds what every part of the correlator shares (the tunnel and netns tables, the event
+list with its global ``seq``, the dirty set, the deadline heap) and the health evaluation: evidence
+-> ``Trigger`` -> ``monitor.tunnel.TRANSITIONS`` -> state, reasons and events. ``monitor.lifecycle``
+adds the SA and policy event handlers on top, and ``monitor.correlate.Correlator`` the public API.
+See ``monitor.correlate`` for the rules.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from monitor import xfrm as X
+from monitor.health import (
+    REASONS,
+    STATE_CHANGED,
+    TUNNEL_DOWN,
+    TUNNEL_UP,
+    HealthConfig,
+    HealthEvent,
+    Reason,
+    hint,
+    reason,
+)
+from monitor.nsstate import NetnsState
+from monitor.tunnel import DIR_IN, DIR_OUT, TRANSITIONS, SAState, Trigger, Tunnel, TunnelState, tunnel_id
+
+__all__ = ["ANY_PROTO", "INF", "NLM_MULTI", "ZERO_ADDRESSES", "DumpKind", "Engine", "intern_str", "spi_list"]
+
+DumpKind = Literal["sa", "policy"]
+ZERO_ADDRESSES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (unspecified template addresses)
+ANY_PROTO = frozenset({0, 255})  # IPSEC_PROTO_ANY
+NLM_MULTI = X.NLM_F_MULTI
+INF = float("inf")
+_STR: dict[str, str] = {}
+
+
+def intern_str(s: str | None) -> str | None:
+    """Share equal strings (algorithm names, common selectors); the cache is bounded."""
+    if s is None:
+        return None
+    got = _STR.get(s)
+    if got is not None:
+        return got
+    if len(_STR) < 65536:
+        _STR[s] = s
+    return s
+
+
+def spi_list(sas: Iterable[SAState | None]) -> list[str]:
+    """SPIs as ``0x%08x`` strings, skipping None."""
+    return [f"0x{sa.spi:08x}" for sa in sas if sa is not None]
+
+
+
+class Engine:
+    """Shared state, plumbing, tunnel table and health evaluation of the correlator."""
+
+    def __init__(self, config: HealthConfig | None = None) -> None:
+        """Args:
+        config: thresholds; the defaults of ``HealthConfig`` when omitted.
+        """
+        self.config = config if config is not None else HealthConfig()
+        self._tunnels: dict[str, Tunnel] = {}
+        self._ns: dict[str, NetnsState] = {}
+        self._events: list[HealthEvent] = []
+        self._seq = 0
+        self._order = 0
+        self._dirty: set[str] = set()
+        self._heap: list[tuple[float, int, str]] = []  # (when, 0 tunnel / 1 netns lint, key)
+        # every reason's text depends only on the config: build each once
+        self._reasons = {code: reason(code, self.config) for code in REASONS}
+        self._one = {code: (r,) for code, r in self._reasons.items()}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _netns(self, name: str, now: float) -> NetnsState:
+        ns = self._ns.get(name)
+        if ns is None:
+            ns = self._ns[name] = NetnsState(name, self.config.local_addresses)
+        return ns
+
+    def _reason(self, code: str) -> Reason:
+        return self._reasons[code]
+
+    def _emit(self, now: float, etype: str, t: Tunnel | None, detail: dict[str, Any],
+              netns: str | None = None) -> None:
+        if t is not None:
+            ns = self._ns.get(t.netns)
+            if ns is not None and ns.quiet:
+                return
+        self._seq += 1
+        self._events.append(HealthEvent(self._seq, now, etype, t.id if t is not None else None,
+                                        t.netns if t is not None else (netns or ""), detail))
+
+    def _touch(self, ns: NetnsState, t: Tunnel) -> None:
+        ns.pending.add(t)
+        self._dirty.add(t.id)
+
+    # ------------------------------------------------------------------ tunnels
+
+    def _tunnel(self, ns: NetnsState, reqid: int, *, if_id: int, mark: int, a: str, b: str, now: float) -> Tunnel:
+        lo, hi = (a, b) if a <= b else (b, a)
+        key = (reqid, if_id, mark, lo, hi)
+        t = ns.tunnels.get(key)
+        if t is None:
+            tid = tunnel_id(ns.name, reqid, if_id=if_id, mark=mark, lo=lo, hi=hi)
+            t = Tunnel(tid, ns.name, reqid=reqid, if_id=if_id, mark=mark, lo=lo, hi=hi, now=now)
+            if ns.quiet:  # initial load: when traffic last moved comes from XFRMA_LASTUSED
+                t.last_in_ts = t.last_out_ts = 0.0
+            ns.tunnels[key] = t
+            self._tunnels[tid] = t
+            self._dirty.add(tid)
+            if hi in ns.locals and lo not in ns.locals:
+                t.local, t.local_known = t.hi, True
+            elif lo in ns.locals:
+                t.local_known = True
+            else:
+                ns.unknown.add(t)
+            t.reasons = self._one["no_sa"]
+        return t
+
+    def _drop_tunnel(self, ns: NetnsState, t: Tunnel) -> None:
+        for sa in t.sas:
+            ns.sas.pop((sa.spi, sa.daddr, sa.proto), None)
+        for p in t.policies:
+            ns.policies.pop(p.index, None)
+        ns.tunnels.pop((t.reqid, t.if_id, t.mark, t.lo, t.hi), None)
+        ns.unknown.discard(t)
+        ns.pending.discard(t)
+        self._tunnels.pop(t.id, None)
+        self._dirty.add(t.id)
+
+    def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
+        if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):
+            return
+        if not t.local_known or t.local != local:
+            self._set_local(t, local)
+            ns.unknown.discard(t)
+        if local not in ns.locals:
+            ns.locals.add(local)
+            for other in [u for u in ns.unknown if local in (u.lo, u.hi)]:
+                self._set_local(other, local)
+                ns.unknown.discard(other)
+
+    def _set_local(self, t: Tunnel, local: str) -> None:
+        flipped = t.local != local
+        t.local, t.local_known = (t.lo if local == t.lo else t.hi), True
+        if not flipped or t.lo == t.hi:
+            return
+        # the guess was wrong: every SA's direction and the totals swap
+        for sa in t.sas:
+            sa.dir = DIR_IN if sa.daddr == t.local else DIR_OUT
+        t.bytes_in, t.bytes_out = t.bytes_out, t.bytes_in
+        t.packets_in, t.packets_out = t.packets_out, t.packets_in
+        t.d_bi, t.d_bo, t.d_pi, t.d_po = t.d_bo, t.d_bi, t.d_po, t.d_pi
+        t.last_in_ts, t.last_out_ts = t.last_out_ts, t.last_in_ts
+        self._dirty.add(t.id)
+
+    @staticmethod
+    def _established(t: Tunnel) -> bool:
+        has_in = has_out = False
+        for sa in t.sas:
+            if sa.dir == DIR_IN:
+                has_in = True
+            else:
+                has_out = True
+        return has_in and has_out
+
+    # ------------------------------------------------------------------ health evaluation
+
+    def _trigger(self, t: Tunnel, now: float) -> tuple[Trigger, tuple[Reason, ...]]:  # noqa: PLR0911 (one per trigger)
+        cfg = self.config
+        nin, nout = t.newest(DIR_IN), t.newest(DIR_OUT)
+        if nin is None or nout is None:
+            if not t.sas:
+                return Trigger.LOST, self._one[t.down_cause]
+            missing = self._reason("missing_in" if nin is None else "missing_out")
+            if t.down_cause != "no_sa":
+                return Trigger.LOST, (missing, self._reason(t.down_cause))
+            return Trigger.LOST, (missing,)
+        hard = min((h for h in (nin.hard_at, nout.hard_at) if h), default=0.0)
+        if hard and hard - now <= cfg.expiring_margin:
+            return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
+        if t.err_until > now:
+            return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
+        if t.rk_start is not None:
+            return Trigger.SOFT_EXPIRED, self._one["soft_expired"]
+        last = max(t.last_in_ts, t.last_out_ts, t.up_since)
+        if now - t.last_out_ts < cfg.one_way_after <= now - max(t.last_in_ts, t.up_since):
+            return Trigger.ONE_WAY, self._one["inbound_flat"]
+        if now - last >= cfg.idle_after:
+            return Trigger.IDLE, self._one["no_traffic"]
+        return Trigger.OK, self._one["established"]
+
+    def _evaluate(self, t: Tunnel, now: float, quiet: bool = False) -> None:
+        """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events."""
+        trig, reasons = self._trigger(t, now)
+        old = state = t.state
+        for _ in range(3):
+            nxt = TRANSITIONS[state][trig]
+            if nxt is state:
+                break
+            if state is TunnelState.DOWN:  # coming up: always through ``up`` (tunnel_up)
+                if quiet:  # initial load: up since its oldest live SA was installed
+                    t.up_since = min((sa.add_time for sa in t.sas if sa.add_time), default=now)
+                else:
+                    t.up_since = now
+                    t.last_in_ts = max(t.last_in_ts, now)
+                    t.last_out_ts = max(t.last_out_ts, now)
+                if not quiet:
+                    self._transition(t, state, nxt, self._one["established"], now)
+                state = nxt
+                trig, reasons = self._trigger(t, now)
+                continue
+            if not quiet:
+                self._transition(t, state, nxt, reasons, now)
+            state = nxt
+        if state is not old:
+            t.state = state
+            t.since = t.up_since if quiet and old is TunnelState.DOWN else now
+            self._dirty.add(t.id)
+        if reasons != t.reasons:
+            t.reasons = reasons
+            self._dirty.add(t.id)
+        if state is not TunnelState.DOWN:
+            t.down_cause = "no_sa"
+
+    def _transition(self, t: Tunnel, old: TunnelState, new: TunnelState, reasons: tuple[Reason, ...],
+                    now: float) -> None:
+        self._emit(now, STATE_CHANGED, t, {"from": str(old), "to": str(new), "reasons": [r.to_json() for r in reasons]})
+        if new is TunnelState.DOWN:
+            r = reasons[-1] if reasons else self._reason("no_sa")
+            self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text, "from": str(old)})
+        elif old is TunnelState.DOWN:
+            self._emit(now, TUNNEL_UP, t, {"local": t.local, "remote": t.remote,
+                                           "spis": spi_list((t.newest(DIR_IN), t.newest(DIR_OUT)))})
+
+    def _schedule(self, t: Tunnel, now: float) -> None:
+        cfg = self.config
+        cands: list[float] = []
+        if t.sas:
+            hard = t.hard_expires_at()
+            if hard:
+                cands.append(hard - cfg.expiring_margin)
+            cands.append(t.err_until)
+            cands.append(t.last_out_ts + cfg.one_way_after)
+            cands.append(max(t.last_in_ts, t.up_since) + cfg.one_way_after)
+            cands.append(max(t.last_in_ts, t.last_out_ts, t.up_since) + cfg.idle_after)
+        elif not t.policies:
+            cands.append(t.since + cfg.forget_after)
+        if t.acq_deadline is not None:
+            cands.append(t.acq_deadline)
+        if t.hints:
+            cands.extend(until for _, until in t.hints.values())
+        when = min((c for c in cands if c > now), default=INF)
+        if when < t.timer_at:
+            t.timer_at = when
+            heapq.heappush(self._heap, (when, 0, t.id))
+
+    def _derived_hints(self, t: Tunnel) -> list[Reason]:
+        out = []
+        if t.state is TunnelState.ONE_WAY:
+            out.append(hint("one_way"))
+        if not t.local_known and t.lo != t.hi:
+            out.append(hint("direction_unknown"))
+        if t.acq_count > 1 and not self._established(t):
+            out.append(hint("repeated_acquire", count=t.acq_count))
+        return out
+

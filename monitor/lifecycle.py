@@ -1,0 +1,411 @@
+"""SA and policy event handlers of the correlator (pure): SA generations, counters, rekeys, policies.
+
+See ``monitor.correlate`` for the rules these handlers implement.
+"""
+
+from __future__ import annotations
+
+from monitor import xfrm as X
+from monitor.engine import ANY_PROTO, NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str, spi_list
+from monitor.events import (
+    SA,
+    Acquire,
+    AsyncEvent,
+    NatMapping,
+    Policy,
+    PolicyAdded,
+    PolicyDeleted,
+    PolicyExpired,
+    PolicyFlushed,
+    PolicyUpdated,
+    SAAdded,
+    SADeleted,
+    SAExpired,
+    SAFlushed,
+    SAUpdated,
+)
+from monitor.health import (
+    hint,
+)
+from monitor.nsstate import NetnsState
+from monitor.tunnel import DIR_IN, DIR_OUT, PolicyInfo, SAState, Tunnel, TunnelState
+
+__all__ = ["Lifecycle"]
+
+class Lifecycle(Engine):
+    """Applies decoded XFRM events to SAs, policies and tunnels."""
+
+    # ------------------------------------------------------------------ SAs
+
+    def _count(self, ns: NetnsState, st: SAState, nbytes: int, npackets: int, now: float) -> None:
+        """Raise the SA's counters to ``nbytes``/``npackets`` (never lower); add the increase to the tunnel."""
+        db = nbytes - st.bytes
+        dp = npackets - st.packets
+        if db <= 0 and dp <= 0:
+            return
+        t = st.tunnel
+        if db < 0:
+            db = 0
+        else:
+            st.bytes = nbytes
+        if dp < 0:
+            dp = 0
+        else:
+            st.packets = npackets
+        if st.dir == DIR_IN:
+            t.bytes_in += db
+            t.packets_in += dp
+            t.d_bi += db
+            t.d_pi += dp
+            t.last_in_ts = max(t.last_in_ts, now)
+        else:
+            t.bytes_out += db
+            t.packets_out += dp
+            t.d_bo += db
+            t.d_po += dp
+            t.last_out_ts = max(t.last_out_ts, now)
+        ns.changed.add(t)
+        self._dirty.add(t.id)
+        if t.state is not TunnelState.UP:  # idle / one-way may end with this traffic
+            ns.pending.add(t)
+
+    def _bump(self, ns: NetnsState, st: SAState, sa: SA, now: float) -> None:
+        """Apply an SA record's counters, drop counters and last-use time to the SA and its tunnel."""
+        cur = sa.cur
+        if cur.bytes > st.bytes or cur.packets > st.packets:
+            self._count(ns, st, cur.bytes, cur.packets, now)
+        stats = sa.stats
+        replay = stats.replay + stats.replay_window
+        if replay > st.replay or stats.integrity_failed > st.integrity:
+            self._errors(ns, st, replay, stats.integrity_failed, now)
+        if sa.lastused is not None and sa.lastused > st.lastused:
+            st.lastused = sa.lastused
+
+    def _errors(self, ns: NetnsState, st: SAState, replay: int, integrity: int, now: float) -> None:
+        t = st.tunnel
+        codes = []
+        for code, new, old in (("replay_errors", replay, st.replay), ("integrity_errors", integrity, st.integrity)):
+            if new > old:
+                if code == "replay_errors":
+                    t.replay_errors += new - old
+                    st.replay = new
+                else:
+                    t.integrity_errors += new - old
+                    st.integrity = new
+                codes.append(code)
+                self._emit(now, code, t, {"spi": f"0x{st.spi:08x}", "delta": new - old,
+                                          "total": t.replay_errors if code == "replay_errors" else t.integrity_errors})
+        if not ns.quiet:
+            # codes seen within the current window accumulate; a new window starts afresh
+            t.err_codes = tuple(sorted(set(t.err_codes) | set(codes))) if t.err_until > now else tuple(codes)
+            t.err_until = now + self.config.errors_window
+            self._touch(ns, t)
+        self._dirty.add(t.id)
+
+    def _ev_sa_added(self, ns: NetnsState, ev: SAAdded, now: float) -> None:
+        sa = ev.sa
+        if ev.nl.flags & NLM_MULTI:
+            # dump record fast path: update in place
+            st = ns.sas.get((sa.spi, sa.daddr, sa.proto))
+            if st is not None:
+                self._bump(ns, st, sa, now)
+                if st.gen != ns.gen:
+                    st.gen = ns.gen
+                    ns.seen += 1
+                return
+            self._upsert(ns, sa, now, record=True)
+        else:
+            self._upsert(ns, sa, now, record=False)
+
+    def _ev_sa_updated(self, ns: NetnsState, ev: SAUpdated, now: float) -> None:
+        self._upsert(ns, ev.sa, now, record=bool(ev.nl.flags & NLM_MULTI))
+
+    def _upsert(self, ns: NetnsState, sa: SA, now: float, record: bool) -> SAState | None:
+        if sa.larval:
+            return None
+        key = (sa.spi, sa.daddr, sa.proto)
+        st = ns.sas.get(key)
+        if st is None:
+            died = ns.tombstones.get(key)
+            if died is not None:
+                if record and (ns.sa_dump_begin is None or died >= ns.sa_dump_begin):
+                    return None  # a stale record of an SA deleted after the dump began
+                del ns.tombstones[key]
+            st = self._new_sa(ns, key, sa, now)
+        else:
+            self._bump(ns, st, sa, now)
+            self._lifetimes(st, sa)
+        if ns.sa_dump_begin is not None and st.gen != ns.gen:
+            st.gen = ns.gen
+            ns.seen += 1
+        return st
+
+    @staticmethod
+    def _lifetimes(st: SAState, sa: SA) -> None:
+        add = float(sa.cur.add_time) or st.add_time
+        st.add_time = add
+        lft = sa.lft
+        st.soft_at = add + lft.soft_add_expires_seconds if lft.soft_add_expires_seconds and add else 0.0
+        st.hard_at = add + lft.hard_add_expires_seconds if lft.hard_add_expires_seconds and add else 0.0
+
+    def _new_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float,
+                announce: bool = True) -> SAState:
+        t = self._tunnel(ns, sa.reqid, if_id=sa.if_id or 0, mark=sa.mark.value if sa.mark else 0,
+                         a=sa.saddr, b=sa.daddr, now=now)
+        if sa.sa_dir == X.XFRM_SA_DIR_IN:
+            self._learn_local(ns, t, sa.daddr)
+        elif sa.sa_dir == X.XFRM_SA_DIR_OUT:
+            self._learn_local(ns, t, sa.saddr)
+        elif not t.local_known:
+            if sa.daddr in ns.locals:
+                self._learn_local(ns, t, sa.daddr)
+            elif sa.saddr in ns.locals:
+                self._learn_local(ns, t, sa.saddr)
+        self._order += 1
+        # the decoder memoises address strings, so SAs share them already
+        st = SAState(sa.spi, sa.daddr, sa.saddr, sa.proto, tunnel=t, order=self._order)
+        if sa.sa_dir in (X.XFRM_SA_DIR_IN, X.XFRM_SA_DIR_OUT):
+            st.dir = sa.sa_dir
+        else:
+            st.dir = DIR_IN if sa.daddr == t.local else DIR_OUT
+        st.enc = intern_str(sa.enc.name) if sa.enc else None
+        auth = sa.auth_trunc or sa.auth
+        st.auth = intern_str(auth.name) if auth else None
+        st.aead = intern_str(sa.aead.name) if sa.aead else None
+        st.add_time = float(sa.cur.add_time) or now
+        self._lifetimes(st, sa)
+        was_established = bool(t.sas) and self._established(t)
+        older = any(o.dir == st.dir for o in t.sas)
+        ns.sas[key] = st
+        t.sas.append(st)
+        last_in, last_out = t.last_in_ts, t.last_out_ts
+        self._bump(ns, st, sa, now)
+        if ns.quiet:  # initial load: history unknown; XFRMA_LASTUSED (if any) says when traffic last moved
+            used = float(sa.lastused) if sa.lastused else now
+            t.last_in_ts, t.last_out_ts = last_in, last_out
+            if st.dir == DIR_IN:
+                t.last_in_ts = max(last_in, used)
+            else:
+                t.last_out_ts = max(last_out, used)
+        if not announce:
+            return st
+        if t.acq_deadline is not None and self._established(t):
+            t.acq_deadline = None
+        if not ns.quiet:
+            self._emit(now, "sa_added", t, {"spi": f"0x{sa.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
+                                            "src": sa.saddr, "dst": sa.daddr, "reqid": sa.reqid,
+                                            "enc": st.enc, "auth": st.auth, "aead": st.aead})
+        if older and was_established and not ns.quiet:
+            if t.rk_start is None:  # a replacement without soft expire (libreswan): a rekey too
+                t.rk_start, t.rk_mark, t.rk_soft = now, st.order - 1, False
+                t.rk_old = tuple(o.spi for o in (t.newest(DIR_IN), t.newest(DIR_OUT)) if o is not None and o is not st)
+            self._check_rekey(t, now)
+        elif t.rk_start is not None:
+            self._check_rekey(t, now)
+        self._touch(ns, t)
+        return st
+
+    def _check_rekey(self, t: Tunnel, now: float) -> None:
+        nin, nout = t.newest(DIR_IN), t.newest(DIR_OUT)
+        if t.rk_start is None or nin is None or nout is None or nin.order <= t.rk_mark or nout.order <= t.rk_mark:
+            return
+        old_spis = [f"0x{s:08x}" for s in t.rk_old]
+        new_spis = spi_list((nin, nout))
+        duration = round(now - t.rk_start, 6)
+        t.rekeys += 1
+        t.last_rekey = {"ts": now, "duration": duration, "old_spis": old_spis, "new_spis": new_spis}
+        self._emit(now, "rekey_completed", t, {"duration": duration, "old_spis": old_spis, "new_spis": new_spis,
+                                               "soft_expire": t.rk_soft, "rekeys": t.rekeys})
+        t.rk_start = None
+        t.rk_old = ()
+
+    def _remove_sa(self, ns: NetnsState, st: SAState, now: float, cause: str, hard: bool = False) -> None:
+        """Retire an SA (its counters stay in the tunnel totals) and judge what its loss means."""
+        t = st.tunnel
+        key = (st.spi, st.daddr, st.proto)
+        ns.sas.pop(key, None)
+        ns.tombstones[key] = now
+        was_up = self._established(t)
+        if st in t.sas:
+            t.sas.remove(st)
+        detail = {"spi": f"0x{st.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
+                  "bytes": st.bytes, "packets": st.packets, "reason": cause}
+        if hard:
+            self._emit(now, "sa_expired", t, {**detail, "hard": True})
+        else:
+            self._emit(now, "sa_deleted", t, detail)
+        if not any(o.dir == st.dir for o in t.sas):
+            # the direction is gone with no successor
+            t.down_cause = cause
+            if t.rk_start is not None or (hard and was_up):  # one failure per lost rekey, not per SA
+                t.rekey_failures += 1
+                self._emit(now, "rekey_failed", t, {"reason": cause, "spi": f"0x{st.spi:08x}",
+                                                    "started": t.rk_start, "rekey_failures": t.rekey_failures})
+                t.rk_start = None
+                t.rk_old = ()
+        self._touch(ns, t)
+
+    @staticmethod
+    def _placeholder(sa: SA, expire: bool) -> bool:
+        """A larval state (ALLOCSPI / ACQUIRE placeholder), not a tunnel SA.
+
+        EXPIRE messages never carry ``XFRMA_ALG_*`` (``build_expire()``), so for them only SPI 0
+        (an ACQUIRE placeholder) or reqid 0 (an ALLOCSPI'd SPI) tells.
+        """
+        return (sa.spi == 0 or sa.reqid == 0) if expire else sa.larval
+
+    def _final(self, ns: NetnsState, sa: SA, now: float, expire: bool = False) -> SAState | None:
+        """The live SA a DELSA / hard EXPIRE record is about, with its final counters applied.
+
+        An SA never seen alive is created without announcement so its counters still count; one
+        already retired (tombstoned) is ignored, so nothing is counted twice.
+        """
+        key = (sa.spi, sa.daddr, sa.proto)
+        st = ns.sas.get(key)
+        if st is not None:
+            self._bump(ns, st, sa, now)
+            return st
+        if self._placeholder(sa, expire) or key in ns.tombstones:
+            return None
+        return self._new_sa(ns, key, sa, now, announce=False)
+
+    def _ev_sa_deleted(self, ns: NetnsState, ev: SADeleted, now: float) -> None:
+        sa = ev.sa
+        st = self._final(ns, sa, now) if sa is not None else ns.sas.get((ev.id.spi, ev.id.daddr, ev.id.proto))
+        if st is not None:
+            self._remove_sa(ns, st, now, "sa_deleted")
+
+    def _ev_sa_expired(self, ns: NetnsState, ev: SAExpired, now: float) -> None:
+        sa = ev.sa
+        if ev.hard:
+            st = self._final(ns, sa, now, expire=True)
+            if st is not None:
+                self._remove_sa(ns, st, now, "hard_expired", hard=True)
+            return
+        key = (sa.spi, sa.daddr, sa.proto)
+        st = ns.sas.get(key)
+        if st is None:
+            if self._placeholder(sa, True) or key in ns.tombstones:
+                return
+            st = self._new_sa(ns, key, sa, now)
+        else:
+            self._bump(ns, st, sa, now)
+        t = st.tunnel
+        st.soft_expired = True
+        self._emit(now, "sa_expired", t, {"spi": f"0x{st.spi:08x}", "hard": False,
+                                          "direction": "in" if st.dir == DIR_IN else "out"})
+        if t.rk_start is None and t.newest(st.dir) is st:
+            t.rk_start, t.rk_mark, t.rk_soft = now, self._order, True
+            t.rk_old = tuple(o.spi for o in (t.newest(DIR_IN), t.newest(DIR_OUT)) if o is not None)
+            deadline = st.hard_at or None
+            self._emit(now, "rekey_started", t, {"spi": f"0x{st.spi:08x}", "deadline": deadline,
+                                                 "hard_expires_in": round(deadline - now, 3) if deadline else None,
+                                                 "old_spis": [f"0x{s:08x}" for s in t.rk_old]})
+        self._touch(ns, t)
+
+    def _ev_aevent(self, ns: NetnsState, ev: AsyncEvent, now: float) -> None:
+        st = ns.sas.get((ev.id.spi, ev.id.daddr, ev.id.proto))
+        if st is None or ev.lifetime is None:
+            return
+        self._count(ns, st, ev.lifetime.bytes, ev.lifetime.packets, now)
+
+    def _ev_sa_flushed(self, ns: NetnsState, ev: SAFlushed, now: float) -> None:
+        for st in list(ns.sas.values()):
+            if ev.proto in ANY_PROTO or st.proto == ev.proto:
+                self._remove_sa(ns, st, now, "flushed")
+
+    def _ev_acquire(self, ns: NetnsState, ev: Acquire, now: float) -> None:
+        tmpl = next((tp for tp in ev.templates if tp.proto in (X.IPPROTO_ESP, X.IPPROTO_AH)),
+                    ev.templates[0] if ev.templates else None)
+        reqid = tmpl.reqid if tmpl is not None else 0
+        local, remote = ev.saddr, ev.daddr
+        if tmpl is not None and tmpl.saddr not in ZERO_ADDRESSES and tmpl.daddr not in ZERO_ADDRESSES:
+            local, remote = tmpl.saddr, tmpl.daddr
+        if local in ZERO_ADDRESSES or remote in ZERO_ADDRESSES:
+            local, remote = ev.sel.saddr, ev.sel.daddr
+        mark = ev.mark.value if ev.mark else (ev.policy.mark.value if ev.policy.mark else 0)
+        t = self._tunnel(ns, reqid, if_id=ev.if_id or 0, mark=mark, a=local, b=remote, now=now)
+        self._learn_local(ns, t, local)
+        t.acq_count += 1
+        if t.acq_deadline is None and not self._established(t):
+            t.acq_deadline = now + self.config.acquire_grace
+        self._emit(now, "acquire", t, {"count": t.acq_count, "src": ev.sel.saddr, "dst": ev.sel.daddr,
+                                       "proto": ev.sel.proto, "seq": ev.seq})
+        self._touch(ns, t)
+
+    def _ev_mapping(self, ns: NetnsState, ev: NatMapping, now: float) -> None:
+        st = ns.sas.get((ev.id.spi, ev.id.daddr, ev.id.proto))
+        if st is None:
+            return
+        t = st.tunnel
+        self._emit(now, "nat_mapping_changed", t, {"spi": f"0x{st.spi:08x}", "old": f"{ev.old_saddr}:{ev.old_sport}",
+                                                   "new": f"{ev.new_saddr}:{ev.new_sport}"})
+        if t.hints is None:
+            t.hints = {}
+        t.hints["nat_mapping"] = (hint("nat_mapping"), now + self.config.hint_ttl)
+        self._touch(ns, t)
+
+    # ------------------------------------------------------------------ policies
+
+    def _ev_policy(self, ns: NetnsState, ev: PolicyAdded | PolicyUpdated, now: float) -> None:
+        self._policy_upsert(ns, ev.policy, now, record=bool(ev.nl.flags & NLM_MULTI))
+
+    def _policy_upsert(self, ns: NetnsState, p: Policy, now: float, record: bool) -> None:
+        tmpl = next((tp for tp in p.templates if tp.proto in (X.IPPROTO_ESP, X.IPPROTO_AH)),
+                    p.templates[0] if p.templates else None)
+        if tmpl is None:
+            return  # not an IPsec policy (allow/block/bypass): no tunnel
+        a, b = tmpl.saddr, tmpl.daddr  # the SA's source and destination
+        if a in ZERO_ADDRESSES or b in ZERO_ADDRESSES:  # transport mode: the SA runs between the selector's hosts
+            a, b = p.sel.saddr, p.sel.daddr
+        t = self._tunnel(ns, tmpl.reqid, if_id=p.if_id or 0, mark=p.mark.value if p.mark else 0, a=a, b=b, now=now)
+        self._learn_local(ns, t, a if p.dir == 1 else b)
+        sel = p.sel
+        old = ns.policies.get(p.index)
+        if old is not None and old.tunnel is not t:
+            self._remove_policy(ns, old, now)
+            old = None
+        if old is None:
+            info = PolicyInfo(p.index, p.dir, src=intern_str(f"{sel.saddr}/{sel.prefixlen_s}") or "",
+                              dst=intern_str(f"{sel.daddr}/{sel.prefixlen_d}") or "", proto=sel.proto,
+                              sport=sel.sport, dport=sel.dport, tunnel=t)
+            ns.policies[p.index] = info
+            t.policies.append(info)
+            ns.lint_dirty = True
+            self._emit(now, "policy_added", t, {"index": p.index, "dir": p.dir, **info.selector_json()})
+            self._touch(ns, t)
+        else:
+            info = old
+        if ns.pol_dump_begin is not None and info.gen != ns.pgen:
+            info.gen = ns.pgen
+            ns.pseen += 1
+
+    def _remove_policy(self, ns: NetnsState, info: PolicyInfo, now: float) -> None:
+        ns.policies.pop(info.index, None)
+        t = info.tunnel
+        if info in t.policies:
+            t.policies.remove(info)
+        ns.lint_dirty = True
+        self._emit(now, "policy_removed", t, {"index": info.index, "dir": info.dir, **info.selector_json()})
+        self._touch(ns, t)
+
+    def _ev_policy_deleted(self, ns: NetnsState, ev: PolicyDeleted, now: float) -> None:
+        index = ev.policy.index if ev.policy is not None and ev.policy.index else ev.id.index
+        info = ns.policies.get(index)
+        if info is None:  # deleted by selector: find it by selector and direction
+            sel = ev.id.sel
+            src, dst = f"{sel.saddr}/{sel.prefixlen_s}", f"{sel.daddr}/{sel.prefixlen_d}"
+            info = next((i for i in ns.policies.values() if i.dir == ev.id.dir and i.src == src and i.dst == dst), None)
+        if info is not None:
+            self._remove_policy(ns, info, now)
+
+    def _ev_policy_expired(self, ns: NetnsState, ev: PolicyExpired, now: float) -> None:
+        if ev.hard:
+            info = ns.policies.get(ev.policy.index)
+            if info is not None:
+                self._remove_policy(ns, info, now)
+
+    def _ev_policy_flushed(self, ns: NetnsState, ev: PolicyFlushed, now: float) -> None:
+        for info in list(ns.policies.values()):
+            self._remove_policy(ns, info, now)
+
