@@ -176,7 +176,11 @@ class SA(NamedTuple):
 
     @property
     def larval(self) -> bool:
-        """True for ALLOCSPI/ACQUIRE placeholders: they carry no algorithm attributes."""
+        """True for ALLOCSPI/ACQUIRE placeholders: they carry no algorithm attributes.
+
+        Only meaningful for NEWSA/UPDSA/DELSA records: the kernel's EXPIRE carries no algorithm
+        attributes for any SA, so use ``spi == 0`` or ``reqid == 0`` there.
+        """
         return self.enc is None and self.aead is None and self.auth is None and self.auth_trunc is None
 
 
