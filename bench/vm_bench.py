@@ -1,6 +1,6 @@
 """Against the C tool: ``ip xfrm monitor`` and our ``KernelSource`` on the same burst, in the VM.
 
-    python -m bench.vm_bench            # N = 2000 SAs (6,000 events), writes bench/results/vm.json
+    python -m bench.vm_bench            # N = 1000 SAs (3,000 events), writes bench/results/vm.json
     python -m bench.vm_bench --quick    # N = 300
 
 Boots Debian's kernel under QEMU (``tests/vm/vm.py: run_in_vm``; TCG, no KVM, so everything in the
@@ -50,6 +50,8 @@ async def consume(expect: int, ready: Path | None, timeout: float = 300.0) -> di
     counts = {"add": 0, "update": 0, "delete": 0}
     n = 0
     first = last = None
+    recv_first = recv_last = None
+    per_second: dict[int, int] = {}
     enobufs = 0
     deadline = time.monotonic() + timeout
     it = source.items()
@@ -71,18 +73,22 @@ async def consume(expect: int, ready: Path | None, timeout: float = 300.0) -> di
                     n += 1
                     first = first or now
                     last = now
+                    recv_first = recv_first or item.ts
+                    recv_last = item.ts
+                    per_second[int(item.ts)] = per_second.get(int(item.ts), 0) + 1
         pipeline.feed(item, now)
         if not ready_written and ready is not None:
             ready.write_text("ready\n")  # the socket joined its groups before the first item (our GETSA)
             ready_written = True
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     await it.aclose()
-    return {"events": n, "counts": counts, "first": first, "last": last, "enobufs": enobufs,
+    return {"events": n, "counts": counts, "first": first, "last": last, "recv_first": recv_first,
+            "recv_last": recv_last, "received_per_second": per_second, "enobufs": enobufs,
             "malformed": pipeline.stats.malformed, "decoded_events": pipeline.stats.events,
             "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)}
 
 
-def run(n: int = 2000, timeout: float = 900.0) -> dict[str, Any]:
+def run(n: int = 1000, timeout: float = 900.0) -> dict[str, Any]:
     """Boot the VM, run the guest script, and compare the two consumers."""
     try:
         from tests.vm.vm import PROJECT_DIR, run_in_vm, vm_available
@@ -106,15 +112,20 @@ def run(n: int = 2000, timeout: float = 900.0) -> dict[str, Any]:
         log = (rw / "guest.log").read_text(errors="replace")[-1500:] if (rw / "guest.log").exists() else ""
         return {"error": f"guest script: {done}; {log}", "artifacts": str(rw)}
     g = json.loads((rw / "result.json").read_text())
-    ours = json.loads((rw / "ours.json").read_text()) if (rw / "ours.json").exists() else {"events": 0}
+    ours: dict[str, Any] = json.loads((rw / "ours.json").read_text()) if (rw / "ours.json").exists() else {}
     start = g["burst_start"]
     ip_s = (g["ip"]["done"] - start) if g["ip"]["done"] else None
     ours_s = (ours["last"] - start) if ours.get("last") else None
     res: dict[str, Any] = {
         "n": n, "expected": g["expected"], "vm_seconds": vm_s, "guest_kernel": g["kernel"],
         "batch_seconds": g["batch_end"] - start,
-        "ip": {"events": g["ip"]["events"], "seconds": ip_s, "cpu_s": g["ip"]["cpu_s"]},
+        "ip": {"events": g["ip"]["events"], "seconds": ip_s, "cpu_s": g["ip"]["cpu_s"],
+               "first_event_s": (g["ip"]["first"] - start) if g["ip"].get("first") else None},
         "ours": {"events": ours.get("events", 0), "seconds": ours_s, "cpu_s": ours.get("cpu_s"),
+                 "first_event_s": (ours["first"] - start) if ours.get("first") else None,
+                 "first_recv_s": (ours["recv_first"] - start) if ours.get("recv_first") else None,
+                 "received_per_second": {str(int(k) - int(start)): v
+                                         for k, v in (ours.get("received_per_second") or {}).items()},
                  "enobufs": ours.get("enobufs"), "counts": ours.get("counts"), "malformed": ours.get("malformed")},
         "artifacts": str(rw),
     }
@@ -158,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert args.out is not None
         args.out.write_text(json.dumps(res) + "\n")
         return 0
-    n = args.n or (300 if args.quick else 2000)
+    n = args.n or (300 if args.quick else 1000)
     result: dict[str, Any] = {"benchmark": "vm", "params": {"n": n, "quick": args.quick}, "vm": run(n, args.timeout)}
     path = write_result("vm", result)
     print(format_table(result))

@@ -59,22 +59,25 @@ sleep 1
 
 count_ip() { grep -cE '^(Deleted |Updated |Expired )?src [0-9]' "$WORK/ipmon.txt" || true; }
 
+# poll ip's output in the background (every 50 ms): when its first and its last expected event appear
+( for _ in $(seq 1 6000); do
+    c=$(count_ip)
+    if [ "$c" -gt 0 ] && [ ! -e "$WORK/ip.first" ]; then date +%s.%N > "$WORK/ip.first"; fi
+    if [ "$c" -ge "$EXPECT" ]; then date +%s.%N > "$WORK/ip.done"; break; fi
+    sleep 0.05
+  done ) &
+POLL=$!
+
 T0=$(date +%s.%N)
 echo "$T0" > "$RW/burst.start"
 ip -batch "$BATCH" >> "$LOG" 2>&1 || log "ip -batch failed (exit $?)"
 T1=$(date +%s.%N)
 log "ip -batch finished"
-
-# wait for ip xfrm monitor to print everything (poll every 10 ms, up to 120 s after the burst)
-IP_DONE=""
-for _ in $(seq 1 12000); do
-  c=$(count_ip)
-  if [ "$c" -ge "$EXPECT" ]; then IP_DONE=$(date +%s.%N); break; fi
-  sleep 0.01
-done
+wait "$POLL"
+IP_DONE=$(cat "$WORK/ip.done" 2>/dev/null || echo null)
+IP_FIRST=$(cat "$WORK/ip.first" 2>/dev/null || echo null)
 IP_COUNT=$(count_ip)
 IP_CPU=$(awk '{print ($14 + $15) / 100}' "/proc/$IPMON/stat" 2>/dev/null || echo null)
-[ -z "$IP_DONE" ] && IP_DONE=null
 # our consumer exits by itself once it has EXPECT events (or times out)
 for _ in $(seq 1 1200); do kill -0 "$OURS" 2>/dev/null || break; sleep 0.1; done
 kill "$OURS" 2>/dev/null
@@ -83,7 +86,7 @@ wait 2>/dev/null
 
 cat > "$RW/result.json" <<EOF
 {"n": $N, "expected": $EXPECT, "burst_start": $T0, "batch_end": $T1,
- "ip": {"events": $IP_COUNT, "done": $IP_DONE, "cpu_s": $IP_CPU},
+ "ip": {"events": $IP_COUNT, "first": $IP_FIRST, "done": $IP_DONE, "cpu_s": $IP_CPU},
  "kernel": "$(uname -r)", "guest_cpus": $(nproc)}
 EOF
 trap - EXIT
