@@ -169,6 +169,27 @@ def _open_icmp(v6: bool) -> tuple[socket.socket, bool]:
         ) from None
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _recvfrom(sock: socket.socket, size: int) -> tuple[bytes, Any]:
+    """``loop.sock_recvfrom`` for a non-blocking socket; uvloop (``monitor serve``'s loop) lacks it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return sock.recvfrom(size)
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+
+
 class ProbeSender:
     """Sends one probe and waits for its answer. Returns ``("answer", t)``, ``("lost", t)`` or ``("error", msg)``."""
 
@@ -196,11 +217,11 @@ class ProbeSender:
                 sock.bind((str(probe.source), 0))
             payload = b"ipsec-monitor\0\0\0"[: probe.payload].ljust(probe.payload, b"\0")
             ident = self.ident if raw else (sock.getsockname()[1] & 0xFFFF)
-            await loop.sock_sendto(sock, echo_request(v6, ident, probe.seq, payload), (str(probe.target), 0))
+            sock.sendto(echo_request(v6, ident, probe.seq, payload), (str(probe.target), 0))  # never blocks long
             deadline = loop.time() + timeout
             while (left := deadline - loop.time()) > 0:
                 try:
-                    data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), left)
+                    data, addr = await asyncio.wait_for(_recvfrom(sock, 65535), left)
                 except TimeoutError:
                     break
                 got = parse_echo_reply(data, v6, raw)

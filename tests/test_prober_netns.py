@@ -87,6 +87,15 @@ async def test_icmp_probe_answered_via_ping_socket(veth_pair: tuple[str, str]) -
     assert kind == "answer"
 
 
+def test_icmp_probe_answered_under_uvloop(veth_pair: tuple[str, str]) -> None:
+    """``monitor serve`` runs on uvloop, which lacks loop.sock_sendto/sock_recvfrom: the ICMP probe must work there."""
+    import uvloop
+
+    a, _ = veth_pair
+    kind, _t = uvloop.run(ProbeSender().send(probe(a, "192.0.2.2", seq=9), timeout=3.0))
+    assert kind == "answer"
+
+
 async def test_udp_probe_to_closed_port_counts_as_answered(veth_pair: tuple[str, str]) -> None:
     """A UDP probe to a closed port comes back as ICMP port unreachable: the path works, it is answered."""
     a, _ = veth_pair
