@@ -47,6 +47,9 @@ _STATE = COUNTER_FIELDS.index("state")
 STATES = ("up", "idle", "one-way", "rekeying", "expiring", "down", "errors")
 
 Send = Callable[[bytes], Awaitable[None]]
+SendMany = Callable[[list[bytes]], Awaitable[None]]
+#: Most messages handed to one ``send_many`` call (one transport write of that many frames).
+MAX_BATCH = 256
 
 
 class TunnelView(Protocol):
@@ -393,8 +396,14 @@ class Hub:
 
     # -- one client's session ------------------------------------------------------------------
 
-    async def serve(self, c: Client, send: Send, *, since: int | None, snapshot: bool | None) -> None:
-        """Run a client's session: hello, resume or snapshot, then its queue, until cancelled."""
+    async def serve(self, c: Client, send: Send, *, since: int | None, snapshot: bool | None,
+                    send_many: SendMany | None = None) -> None:
+        """Run a client's session: hello, resume or snapshot, then its queue, until cancelled.
+
+        ``send_many`` (optional) sends several ready messages at once, in order; when given, runs of
+        queued events, tunnel updates and replies go out through it (one transport write per run instead
+        of one per message: the fan-out profile in bench/RESULTS.md showed the per-frame write dominating).
+        """
         seq = c.attach_seq
         resumed = False
         replay: list[bytes] = []
@@ -421,7 +430,7 @@ class Hub:
             await send(data)
         if want_snapshot:
             await self.send_snapshot(c, send, seq)
-        await self._drain(c, send)
+        await self._drain(c, send, send_many)
 
     async def send_snapshot(self, c: Client, send: Send, seq: int) -> None:
         """Send all (filtered) tunnels in chunks, yielding to the loop between them."""
@@ -451,12 +460,40 @@ class Hub:
         await send(dumps({"schema": SCHEMA, "type": "snapshot", "seq": seq, "ts": now,
                           "chunk": n, "last": True, "tunnels": chunk}))
 
-    async def _drain(self, c: Client, send: Send) -> None:
+    @staticmethod
+    def _ready_run(c: Client) -> list[bytes]:
+        """Pop the leading run of queue entries that are ready bytes (events, built tunnels, replies)."""
+        out: list[bytes] = []
+        q = c.q
+        while q and len(out) < MAX_BATCH:
+            key = next(iter(q))
+            kind = key[0]
+            value = q[key][1]
+            if kind == "e":
+                c.n_events -= 1
+            elif kind == "t" and value is not None:
+                c.n_updates -= 1
+            elif kind == "d":
+                c.n_replies -= 1
+            else:
+                break
+            del q[key]
+            out.append(value)
+        return out
+
+    async def _drain(self, c: Client, send: Send, send_many: SendMany | None = None) -> None:
         while True:
             if not c.q:
                 c.wake.clear()
                 await c.wake.wait()
                 continue
+            if send_many is not None:
+                run = self._ready_run(c)
+                if run:
+                    await send_many(run)
+                    c.sent_messages += len(run)
+                    c.progress = time.monotonic()
+                    continue
             key, (label, value) = c.q.popitem(last=False)
             kind = key[0]  # type: ignore[index]
             if kind == "e":

@@ -165,7 +165,21 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     async def send(data: bytes) -> None:
         await ws.send_frame(data, WSMsgType.TEXT)
 
-    writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot))
+    async def send_many(datas: list[bytes]) -> None:
+        # Several text frames in ONE transport write (bench/RESULTS.md, fan-out profile: one write per
+        # frame was half the server's time). Uncompressed server frames are just header + payload.
+        if len(datas) == 1 or transport is None:
+            for data in datas:
+                await send(data)
+            return
+        if ws.closed or transport.is_closing():
+            raise ConnectionResetError("websocket is closing")
+        transport.write(b"".join([text_frame(d) for d in datas]))
+        proto = request.protocol
+        if proto is not None and proto.writing_paused:  # flow control, as aiohttp's own writer does
+            await proto._drain_helper()
+
+    writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot, send_many=send_many))
     reader = asyncio.create_task(_read_ops(ws, hub, client))
     stalled = False
 
@@ -196,6 +210,16 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), settings.close_grace)
     return ws
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed, final websocket text frame (RFC 6455 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 async def _read_ops(ws: web.WebSocketResponse, hub: Hub, client: Any) -> None:

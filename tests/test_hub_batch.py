@@ -1,0 +1,119 @@
+"""Batched sending (``Hub.serve(..., send_many=...)``) and its websocket framing (``monitor.web.text_frame``).
+
+The hub hands runs of ready messages to ``send_many`` so the server writes many frames per transport
+write (the change made because of the fan-out profile in bench/RESULTS.md). What a client receives
+must not change: same messages, same order, gaps and snapshots still through the one-by-one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp.test_utils import TestServer
+
+from monitor.config import Settings
+from monitor.hub import MAX_BATCH, Filters, Hub
+from monitor.web import HUB, create_app, text_frame
+from tests.test_web_fakes import FakeCorrelator, FakePipeline, QueueSource
+
+
+class Recorder:
+    """Records every message, and which path (single or batch) carried it."""
+
+    def __init__(self) -> None:
+        self.msgs: list[dict[str, Any]] = []
+        self.batches: list[int] = []
+        self.singles = 0
+
+    async def send(self, data: bytes) -> None:
+        self.singles += 1
+        self.msgs.append(orjson.loads(data))
+
+    async def send_many(self, datas: list[bytes]) -> None:
+        self.batches.append(len(datas))
+        self.msgs.extend(orjson.loads(d) for d in datas)
+
+
+async def _until(cond: Any, what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _event(seq: int) -> dict[str, Any]:
+    return {"seq": seq, "ts": 1.0, "type": "bench", "tunnel": None, "netns": "x", "detail": {}}
+
+
+async def test_events_go_out_in_batches_in_order() -> None:
+    """600 queued events arrive complete and in seq order, in batches of at most MAX_BATCH."""
+    hub = Hub(FakeCorrelator(), clock=lambda: 1e9, client_queue=10_000)
+    c = hub.attach(Filters())
+    hub.publish_events([_event(i) for i in range(1, 601)])
+    rec = Recorder()
+    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    await _until(lambda: sum(1 for m in rec.msgs if m["type"] == "event") == 600, "600 events")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    seqs = [m["seq"] for m in rec.msgs if m["type"] == "event"]
+    assert seqs == list(range(1, 601))
+    assert rec.batches, "send_many was never used"
+    assert max(rec.batches) <= MAX_BATCH
+    assert sum(rec.batches) == 600
+    assert c.n_events == 0
+
+
+async def test_gap_interrupts_a_batch_and_keeps_its_place() -> None:
+    """A full queue's gap marker is sent one by one, between the events before and after it."""
+    hub = Hub(FakeCorrelator(), clock=lambda: 1e9, client_queue=5)
+    c = hub.attach(Filters())
+    hub.publish_events([_event(i) for i in range(1, 11)])  # 5 queued, 6..10 dropped into one gap
+    rec = Recorder()
+    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    await _until(lambda: any(m["type"] == "gap" for m in rec.msgs), "the gap")
+    hub.publish_events([_event(11)])
+    await _until(lambda: any(m.get("seq") == 11 and m["type"] == "event" for m in rec.msgs), "event 11")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    kinds = [(m["type"], m["seq"]) for m in rec.msgs if m["type"] in ("event", "gap")]
+    assert kinds == [("event", 1), ("event", 2), ("event", 3), ("event", 4), ("event", 5), ("gap", 10),
+                     ("event", 11)]
+    gap = next(m for m in rec.msgs if m["type"] == "gap")
+    assert (gap["from_seq"], gap["to_seq"], gap["dropped"]) == (6, 10, 5)
+
+
+def test_text_frame_lengths() -> None:
+    """Frame headers for the three payload length encodings of RFC 6455 5.2."""
+    for n, head_len in ((0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)):
+        payload = b"x" * n
+        frame = text_frame(payload)
+        assert frame[0] == 0x81
+        assert frame[head_len:] == payload
+        assert len(frame) == head_len + n
+    assert text_frame(b"x" * 300)[1:4] == b"\x7e\x01\x2c"
+
+
+async def test_real_client_reads_batched_frames() -> None:
+    """A real aiohttp websocket client parses the server's batched frames: every event, in order."""
+    core = FakeCorrelator()
+    app = create_app(Settings(port=0), QueueSource(), correlator=core, pipeline=FakePipeline(core))
+    async with TestServer(app) as server, aiohttp.ClientSession() as session, \
+            session.ws_connect(server.make_url("/ws?snapshot=0")) as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["type"] == "hello"
+        hub = app[HUB]
+        await _until(lambda: len(hub.clients) == 1, "the client to attach")
+        hub.publish_events([_event(i) for i in range(1, 1001)])
+        seqs: list[int] = []
+        while len(seqs) < 1000:
+            msg = await ws.receive_json(timeout=5)
+            if msg["type"] == "event":
+                seqs.append(msg["seq"])
+        assert seqs == list(range(1, 1001))
