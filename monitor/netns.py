@@ -42,9 +42,9 @@ SocketFactory = Callable[[str], socket.socket]  # netns name -> unbound NETLINK_
 
 GRANT_HINT = (
     "every XFRM netlink operation, even a read, needs CAP_NET_ADMIN in the namespace: run as root, "
-    "or grant only that capability, e.g. `sudo setpriv --inh-caps=+net_admin --ambient-caps=+net_admin "
-    "monitor ...` or systemd `AmbientCapabilities=CAP_NET_ADMIN` (named namespaces also need "
-    "CAP_SYS_ADMIN to enter them)"
+    "or grant only that capability to a service user, e.g. `sudo setpriv --reuid=USER --regid=GROUP "
+    "--clear-groups --inh-caps=+net_admin --ambient-caps=+net_admin monitor ...` or systemd "
+    "`AmbientCapabilities=CAP_NET_ADMIN` (named namespaces also need CAP_SYS_ADMIN to enter them)"
 )
 
 _NAME = re.compile(r"^[^/\0]+$")

@@ -9,7 +9,9 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from monitor import xfrm as X
 from monitor.errors import NetnsNotFound
 from monitor.events import PolicyAdded, PolicyDeleted, SAAdded
 from monitor.items import Datagram
+from monitor.pcap import read_pcap
 from monitor.source import KernelSource
 from tests.conftest import netns_exists
 from tests.source_helpers import Collector, RawXfrm
@@ -124,6 +127,27 @@ def test_without_cap_net_admin_permission_is_denied() -> None:
     )
     assert proc.stdout.startswith("DENIED"), (proc.stdout, proc.stderr)
     assert "CAP_NET_ADMIN" in proc.stdout
+
+
+def test_cap_net_admin_alone_is_enough() -> None:
+    """The advice in the PermissionDenied message works: uid 65534 with only ambient CAP_NET_ADMIN can record."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to uid 65534")
+    with tempfile.TemporaryDirectory(prefix="mon-caps-") as d:  # pytest's tmp_path is private to root
+        os.chmod(d, 0o777)
+        _record_as_nobody(Path(d) / "caps.pcap")
+
+
+def _record_as_nobody(out: Path) -> None:
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+net_admin",
+         "--ambient-caps=+net_admin", sys.executable, "-m", "monitor", "record", "--out", str(out),
+         "--duration", "0.6", "--interval", "0.2"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded" in proc.stdout
+    assert any(not r.outgoing for r in read_pcap(out))
 
 
 async def test_raw_helper_sees_its_own_sas(netns: str) -> None:
