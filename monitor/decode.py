@@ -13,23 +13,26 @@ length) raises ``MalformedMessage``; no other exception can escape ``decode_data
 
 Key bytes inside ``XFRMA_ALG_*`` attributes are never read: only the 64-byte name and the key
 length are unpacked, so no key byte is ever copied into a Python object.
+
+SA messages (NEWSA, UPDSA, DELSA, EXPIRE; every dump record) are built by ``monitor.decode_sa``,
+the measured hot path: raw-bytes memo tables for selectors, lifetimes, algorithms and addresses,
+and per-layout compiled attribute readers. Its theory of operation and the profile that led to it
+are in that module and in ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
 
 from monitor import xfrm as X
+from monitor.decode_sa import _REPLAY, _name, _new, _replay_esn, _sa, format_address
 from monitor.errors import MalformedMessage
 from monitor.events import (
-    SA,
     Acquire,
     Algo,
     AsyncEvent,
     Done,
-    Encap,
     Event,
     LifetimeCfg,
     LifetimeCur,
@@ -37,7 +40,6 @@ from monitor.events import (
     NatMapping,
     NetlinkError,
     NlHeader,
-    Offload,
     Policy,
     PolicyAdded,
     PolicyDeleted,
@@ -56,7 +58,6 @@ from monitor.events import (
     SAId,
     SAUpdated,
     Selector,
-    Stats,
     Template,
     Unknown,
 )
@@ -68,53 +69,12 @@ _Handler = Callable[[bytes, NlHeader, int, int], Event]
 
 _NLMSGHDR = X.NLMSGHDR.unpack_from
 _NLATTR = X.NLATTR.unpack_from
-_USERSA = X.USERSA_INFO.unpack_from
 _SELECTOR = X.SELECTOR.unpack_from
 _SEL_PORTS = X.SEL_PORTS.unpack_from
 _BE32 = X.BE32.unpack_from
 _U32 = X.U32.unpack_from
 _ALGO_HDR = X.ALGO_HDR.unpack_from
 _ALGO_HDR2 = X.ALGO_HDR2.unpack_from
-
-# Address strings repeat across thousands of SAs; memoising inet_ntop is a large win.
-_V4: dict[bytes, str] = {}
-_V6: dict[bytes, str] = {}
-_NAMES: dict[bytes, str] = {}
-_CACHE_MAX = 65536
-# Attributes decoded unconditionally in _sa(); anything else takes the slower, complete path.
-_COMMON_SA_ATTRS = frozenset(
-    {
-        X.XFRMA_ALG_CRYPT, X.XFRMA_ALG_AUTH, X.XFRMA_ALG_AUTH_TRUNC, X.XFRMA_ALG_AEAD, X.XFRMA_ALG_COMP,
-        X.XFRMA_REPLAY_VAL, X.XFRMA_REPLAY_ESN_VAL, X.XFRMA_LASTUSED, X.XFRMA_ENCAP, X.XFRMA_MARK,
-        X.XFRMA_IF_ID, X.XFRMA_SA_DIR, X.XFRMA_OFFLOAD_DEV, X.XFRMA_SA, X.XFRMA_SRCADDR,
-    }
-)
-
-
-def format_address(raw: bytes, family: int) -> str:
-    """Render a 16-byte ``xfrm_address_t`` for ``family`` (AF_INET uses the first 4 bytes)."""
-    if family == X.AF_INET6:
-        s = _V6.get(raw)
-        if s is None:
-            s = socket.inet_ntop(socket.AF_INET6, raw)
-            if len(_V6) < _CACHE_MAX:
-                _V6[raw] = s
-        return s
-    s = _V4.get(raw)
-    if s is None:
-        s = socket.inet_ntop(socket.AF_INET, raw[:4])
-        if len(_V4) < _CACHE_MAX:
-            _V4[raw] = s
-    return s
-
-
-def _name(raw: bytes) -> str:
-    s = _NAMES.get(raw)
-    if s is None:
-        s = raw.split(b"\0", 1)[0].decode("latin-1")
-        if len(_NAMES) < _CACHE_MAX:
-            _NAMES[raw] = s
-    return s
 
 
 def iter_messages(data: bytes) -> list[tuple[NlHeader, int, int]]:
@@ -149,18 +109,37 @@ def decode_datagram(data: bytes) -> list[Event]:
     Raises:
         MalformedMessage: the bytes do not follow the kernel's layout.
     """
+    if type(data) is not bytes:  # bytearray / memoryview from recv_into: the caches need hashable slices
+        data = bytes(data)
     events: list[Event] = []
-    for nl, start, end in iter_messages(data):
-        handler = _HANDLERS.get(nl.type)
+    append = events.append
+    off = 0
+    size = len(data)
+    while off < size:
+        if size - off < 16:
+            raise MalformedMessage(f"truncated nlmsghdr: {size - off} bytes at offset {off}")
+        length, mtype, flags, seq, pid = _NLMSGHDR(data, off)
+        if length < 16 or off + length > size:
+            raise MalformedMessage(f"nlmsg_len {length} at offset {off} is outside the {size}-byte datagram")
+        nl: NlHeader = _new(NlHeader, (mtype, flags, seq, pid))
+        start = off + 16
+        end = off + length
         try:
-            if handler is None:
-                events.append(Unknown(nl, bytes(data[start:end])))
+            if mtype == X.XFRM_MSG_NEWSA:  # the hot path: dumps and SA notifications, inlined
+                if length < 240:
+                    raise MalformedMessage(f"xfrm_usersa_info: payload of {length - 16} bytes, need 224")
+                append(_new(SAAdded, (nl, _sa(data, start, start + 224, end))))
             else:
-                events.append(handler(data, nl, start, end))
+                handler = _HANDLERS.get(mtype)
+                if handler is None:
+                    append(Unknown(nl, data[start:end]))
+                else:
+                    append(handler(data, nl, start, end))
         except (struct.error, IndexError, ValueError) as exc:
             if isinstance(exc, MalformedMessage):
                 raise
-            raise MalformedMessage(f"{X.MSG_NAMES.get(nl.type, nl.type)}: {exc}") from None
+            raise MalformedMessage(f"{X.MSG_NAMES.get(mtype, mtype)}: {exc}") from None
+        off += (length + 3) & ~3
     return events
 
 
@@ -223,14 +202,14 @@ def _replay(data: bytes, attrs: _AttrMap) -> tuple[Replay | None, ReplayEsn | No
     a = attrs.get(X.XFRMA_REPLAY_VAL)
     if a is not None:
         _need(a[1], 12, "xfrm_replay_state")
-        replay = Replay(*X.REPLAY.unpack_from(data, a[0]))
+        replay = _new(Replay, _REPLAY(data, a[0]))
     a = attrs.get(X.XFRMA_REPLAY_ESN_VAL)
     if a is not None:
         _need(a[1], 24, "xfrm_replay_state_esn")
-        bmp_len, oseq, seq, oseq_hi, seq_hi, window = X.REPLAY_ESN.unpack_from(data, a[0])
-        _need(a[1], 24 + 4 * bmp_len, "xfrm_replay_state_esn bitmap")
-        bmp = struct.unpack_from(f"={bmp_len}I", data, a[0] + 24)
-        esn = ReplayEsn(oseq, seq, oseq_hi, seq_hi, window, bmp)
+        esn = _replay_esn(data, a[0], a[1])
+        if esn is None:
+            need = 24 + 4 * _U32(data, a[0])[0]
+            raise MalformedMessage(f"xfrm_replay_state_esn bitmap: {a[1]}-byte payload, need {need}")
     return replay, esn
 
 
@@ -293,135 +272,11 @@ def _policy_type(data: bytes, attrs: _AttrMap) -> int | None:
     return int(X.USERPOLICY_TYPE.unpack_from(data, a[0])[0])
 
 
-# --- SAs ---------------------------------------------------------------------------------------
-
-
-def _sa(data: bytes, off: int, attrs: _AttrMap) -> SA:
-    """Build an ``SA`` from a ``struct xfrm_usersa_info`` at ``off`` and its attributes."""
-    (
-        daddr,
-        proto,
-        saddr,
-        l0,
-        l1,
-        l2,
-        l3,
-        l4,
-        l5,
-        l6,
-        l7,
-        c_bytes,
-        c_packets,
-        c_add,
-        c_use,
-        st_window,
-        st_replay,
-        st_integrity,
-        seq,
-        reqid,
-        family,
-        mode,
-        replay_window,
-        flags,
-    ) = _USERSA(data, off)
-    enc = auth = auth_trunc = aead = comp = encap = replay = esn = None
-    lastused = mark = if_id = sa_dir = offload = set_mark = set_mark_mask = extra = None
-    tfcpad = mtimer = nat_ka = pcpu = None
-    if attrs:
-        get = attrs.get
-        a = get(X.XFRMA_ALG_CRYPT)
-        if a is not None:
-            enc = _algo(data, a, False)
-        a = get(X.XFRMA_ALG_AUTH)
-        if a is not None:
-            auth = _algo(data, a, False)
-        a = get(X.XFRMA_ALG_AUTH_TRUNC)
-        if a is not None:
-            auth_trunc = _algo(data, a, True)
-        a = get(X.XFRMA_ALG_AEAD)
-        if a is not None:
-            aead = _algo(data, a, True)
-        a = get(X.XFRMA_ALG_COMP)
-        if a is not None:
-            comp = _algo(data, a, False)
-        a = get(X.XFRMA_REPLAY_VAL)
-        if a is not None:
-            _need(a[1], 12, "xfrm_replay_state")
-            replay = Replay(*X.REPLAY.unpack_from(data, a[0]))
-        if X.XFRMA_REPLAY_ESN_VAL in attrs:
-            esn = _replay(data, attrs)[1]
-        a = get(X.XFRMA_LASTUSED)
-        if a is not None:
-            _need(a[1], 8, "lastused")
-            lastused = X.U64.unpack_from(data, a[0])[0]
-        a = get(X.XFRMA_ENCAP)
-        if a is not None:
-            _need(a[1], 24, "xfrm_encap_tmpl")
-            etype, esport, edport, eoa = X.ENCAP_TMPL.unpack_from(data, a[0])
-            encap = Encap(etype, int.from_bytes(esport, "big"), int.from_bytes(edport, "big"),
-                          format_address(eoa, family))
-        if X.XFRMA_MARK in attrs:
-            mark = _mark(data, attrs)
-        if X.XFRMA_IF_ID in attrs:
-            if_id = _u32(data, attrs, X.XFRMA_IF_ID)
-        a = get(X.XFRMA_SA_DIR)
-        if a is not None:
-            _need(a[1], 1, "sa_dir")
-            sa_dir = data[a[0]]
-        a = get(X.XFRMA_OFFLOAD_DEV)
-        if a is not None:
-            _need(a[1], 8, "xfrm_user_offload")
-            offload = Offload(*X.USER_OFFLOAD.unpack_from(data, a[0]))
-        if not _COMMON_SA_ATTRS.issuperset(attrs):  # rarer attributes: only when present
-            set_mark = _u32(data, attrs, X.XFRMA_SET_MARK)
-            set_mark_mask = _u32(data, attrs, X.XFRMA_SET_MARK_MASK)
-            extra = _u32(data, attrs, X.XFRMA_SA_EXTRA_FLAGS)
-            tfcpad = _u32(data, attrs, X.XFRMA_TFCPAD)
-            mtimer = _u32(data, attrs, X.XFRMA_MTIMER_THRESH)
-            nat_ka = _u32(data, attrs, X.XFRMA_NAT_KEEPALIVE_INTERVAL)
-            pcpu = _u32(data, attrs, X.XFRMA_SA_PCPU)
-    return SA(
-        _selector(data, off, family),
-        format_address(daddr, family),
-        _BE32(data, off + 72)[0],
-        proto,
-        format_address(saddr, family),
-        LifetimeCfg(l0, l1, l2, l3, l4, l5, l6, l7),
-        LifetimeCur(c_bytes, c_packets, c_add, c_use),
-        Stats(st_window, st_replay, st_integrity),
-        seq,
-        reqid,
-        family,
-        mode,
-        replay_window,
-        flags,
-        enc,
-        auth,
-        auth_trunc,
-        aead,
-        comp,
-        encap,
-        replay,
-        esn,
-        lastused,
-        mark,
-        if_id,
-        sa_dir,
-        offload,
-        set_mark,
-        set_mark_mask,
-        extra,
-        tfcpad,
-        mtimer,
-        nat_ka,
-        pcpu,
-    )
-
-
 def _new_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
     _need(end - start, 224, "xfrm_usersa_info")
-    sa = _sa(data, start, _attrs(data, start + 224, end))
-    return SAUpdated(nl, sa) if nl.type == X.XFRM_MSG_UPDSA else SAAdded(nl, sa)
+    sa = _sa(data, start, start + 224, end)
+    ev: Event = _new(SAUpdated if nl[0] == X.XFRM_MSG_UPDSA else SAAdded, (nl, sa))
+    return ev
 
 
 def _sa_id(data: bytes, off: int) -> SAId:
@@ -436,7 +291,7 @@ def _del_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
     a = attrs.get(X.XFRMA_SA)
     if a is not None:
         _need(a[1], 224, "XFRMA_SA")
-        sa = _sa(data, a[0], attrs)
+        sa = _sa(data, a[0], start + 24, end)
     srcaddr = None
     a = attrs.get(X.XFRMA_SRCADDR)
     if a is not None:
@@ -447,7 +302,7 @@ def _del_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
 
 def _expire(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
     _need(end - start, X.USER_EXPIRE_SIZE, "xfrm_user_expire")
-    sa = _sa(data, start, _attrs(data, start + X.USER_EXPIRE_SIZE, end))
+    sa = _sa(data, start, start + X.USER_EXPIRE_SIZE, end)
     return SAExpired(nl, sa, bool(data[start + 224]))
 
 

@@ -229,3 +229,67 @@ def test_algos_are_name_and_bits_only() -> None:
         for value in _walk(ev):
             assert not isinstance(value, bytes | bytearray | memoryview), (type(ev).__name__, value)
     assert all(isinstance(ev.sa, SA) for ev in events)  # type: ignore[union-attr]
+
+
+# --- the SA fast path (monitor.decode_sa): compiled attribute layouts ----------------------------
+
+
+@pytest.fixture
+def fresh_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[object]]:
+    """Empty layout tables, so a test sees the first (walked) and second (compiled) decode."""
+    from monitor import decode_sa
+
+    layouts: dict[int, list[object]] = {}
+    monkeypatch.setattr(decode_sa, "_LAYOUTS", layouts)
+    monkeypatch.setattr(decode_sa, "_layouts_count", [0])
+    return layouts
+
+
+@pytest.mark.parametrize("name", ["newsa_gcm", "newsa_cbc", "updsa_ipv6_extras", "delsa_larval", "expire_soft"])
+def test_compiled_layout_gives_the_same_event(name: str, fresh_layouts: dict[int, list[object]]) -> None:
+    """The first SA of a shape is walked and its layout compiled; the next one takes the compiled
+    path; both give the hand-written event."""
+    data, expected = G.GOLDEN[name]()
+    assert [expected] == decode_datagram(data)
+    assert fresh_layouts, "a layout should have been compiled"
+    assert [expected, expected] == decode_datagram(data + data)
+
+
+def test_compiled_layout_still_rejects_key_overrun(fresh_layouts: dict[int, list[object]]) -> None:
+    """A message with a known layout but a key length larger than its attribute is still malformed."""
+    data, _ = G.newsa_cbc()
+    decode_datagram(data)
+    assert fresh_layouts
+    bad = bytearray(data)
+    at = data.index(b"cbc(aes)") + 64  # alg_key_len of XFRMA_ALG_CRYPT
+    struct.pack_into("=I", bad, at, 4096)
+    with pytest.raises(MalformedMessage, match="key"):
+        decode_datagram(bytes(bad))
+
+
+def test_compiled_layout_with_other_esn_bitmap_length(fresh_layouts: dict[int, list[object]]) -> None:
+    """Same attribute sizes, different bmp_len: the compiled reader defers to the walk, which is exact."""
+    base = G._sa4_info(flags=128)
+    two = G.nlmsg(G.NEWSA, base + G.nla(G.REPLAY_ESN_VAL, G.replay_esn([7, 8], 1, 2, 3, 4, 64)))
+    one = G.nlmsg(G.NEWSA, base + G.nla(G.REPLAY_ESN_VAL, G.replay_esn([9], 5, 6, 7, 8, 32) + bytes(4)))
+    first = decode_datagram(two)[0]
+    second = decode_datagram(one)[0]
+    assert isinstance(first, SAAdded)
+    assert isinstance(second, SAAdded)
+    assert first.sa.replay_esn.bmp == (7, 8)  # type: ignore[union-attr]
+    assert second.sa.replay_esn.bmp == (9,)  # type: ignore[union-attr]
+    assert second.sa.replay_esn.oseq == 5  # type: ignore[union-attr]
+    assert [first] == decode_datagram(two)
+
+
+def test_repeated_attribute_last_one_wins(fresh_layouts: dict[int, list[object]]) -> None:
+    """Of two attributes of one type the last counts (as the kernel's nla_parse), even when the first
+    is too short; a too-short last one is malformed."""
+    base = G._sa4_info()
+    good_last = G.nlmsg(G.NEWSA, base + G.nla(G.IF_ID, b"\1\0") + G.nla(G.IF_ID, struct.pack("=I", 77)))
+    for _ in range(2):  # walked, then (if compiled) fast
+        ev = decode_datagram(good_last)[0]
+        assert ev.sa.if_id == 77  # type: ignore[union-attr]
+    bad_last = G.nlmsg(G.NEWSA, base + G.nla(G.IF_ID, struct.pack("=I", 77)) + G.nla(G.IF_ID, b"\1\0"))
+    with pytest.raises(MalformedMessage):
+        decode_datagram(bad_last)
