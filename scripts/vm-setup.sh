@@ -20,7 +20,7 @@ esac
 KROOT="$CACHE/kroot"
 VNG="$CACHE/vng"
 PKGS=(qemu-system-x86 kmod busybox-static strongswan-charon strongswan-swanctl
-      libstrongswan-standard-plugins iputils-ping tcpdump iproute2 python3-venv)
+      libstrongswan-standard-plugins iputils-ping tcpdump iproute2 python3-venv curl jq)
 APT=(apt-get -y -q -o DPkg::Lock::Timeout=900)
 
 log() { echo "vm-setup: $*" >&2; }

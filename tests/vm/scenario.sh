@@ -51,6 +51,7 @@ mountpoint -q "$WORK" || mount -t tmpfs tmpfs "$WORK" || fail "mount tmpfs $WORK
 
 PING_PID=
 REC_PID=
+SERVE_PID=
 TCPDUMP_PID=
 CHARON_A_PID=
 CHARON_B_PID=
@@ -65,8 +66,15 @@ stop_pid() {  # stop_pid PID SIGNAL SECONDS: signal, wait up to SECONDS, then SI
   kill -9 "$pid" 2>/dev/null
   return 0
 }
+stop_serve() {
+  [ -n "$SERVE_PID" ] || return 0
+  stop_pid "$SERVE_PID" INT 10
+  wait "$SERVE_PID" 2>/dev/null; log "monitor serve exited with status $?"
+  SERVE_PID=
+}
 cleanup() {
   stop_pid "$PING_PID" INT 3; PING_PID=
+  stop_serve
   if [ -n "$REC_PID" ]; then
     stop_pid "$REC_PID" INT 15
     wait "$REC_PID" 2>/dev/null; log "recorder exited with status $?"
@@ -106,6 +114,21 @@ modprobe -a esp4 xfrm_user nlmon veth || fail "modprobe esp4 xfrm_user nlmon vet
 
 ip netns add a || fail "netns add a"
 ip netns add b || fail "netns add b"
+# ---------------------------------------------------------------- our own recorder, if the package has one
+# Started as soon as ns a exists: Python's start-up under TCG takes 10-40 s (imports over 9p), so it runs
+# while the network, nlmon and tcpdump are set up. No separate "does it exist" probe: each Python start costs
+# seconds. Before charon starts, the scenario waits until the recorder is either listening (an XFRM netlink
+# socket bound to multicast groups exists in ns a: nothing else opens one before charon starts) or has
+# exited (e.g. no "record" command yet: argparse exits 2).
+if [ -n "$PROJ" ] && [ -f "$PROJ/monitor/cli.py" ]; then
+  (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor record \
+      --out "$RW/monitor-a.pcap" --interval 1) > "$RW/monitor-a.log" 2>&1 &
+  REC_PID=$!
+  log "recorder starting (pid $REC_PID): $PY -m monitor record --out $RW/monitor-a.pcap --interval 1"
+else
+  log "no $PROJ/monitor/cli.py; recorder not started"
+fi
+
 ip link add veth-a netns a type veth peer name veth-b netns b || fail "veth"
 ip -n a addr add 192.0.2.1/24 dev veth-a
 ip -n b addr add 192.0.2.2/24 dev veth-b
@@ -125,21 +148,13 @@ TCPDUMP_PID=$!
 poll_until 20 0.2 grep -q 'listening on' "$RW/tcpdump-a.log" || fail "tcpdump did not start"
 log "tcpdump on nlmon0 in ns a started (pid $TCPDUMP_PID)"
 
-# ---------------------------------------------------------------- our own recorder, if the package has one
-# Started before charon so it sees everything. No separate "does it exist" probe: each Python start costs
-# seconds under TCG. Instead start it and wait until it is either listening (an XFRM netlink socket bound to
-# multicast groups exists in ns a: nothing else opens one before charon starts) or has exited (e.g. no
-# "record" command yet: argparse exits 2).
+# ---------------------------------------------------------------- wait for the recorder, then start serve
 xfrm_listener() {  # /proc/net/netlink columns: sk Eth Pid Groups ...; Eth 6 = NETLINK_XFRM
   ip netns exec a awk 'NR > 1 && $2 == 6 && $4 != "00000000" {f = 1} END {exit !f}' /proc/net/netlink
 }
 rec_ready() { xfrm_listener || ! kill -0 "$REC_PID" 2>/dev/null; }
-if [ -n "$PROJ" ] && [ -f "$PROJ/monitor/cli.py" ]; then
-  (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor record \
-      --out "$RW/monitor-a.pcap" --interval 1) > "$RW/monitor-a.log" 2>&1 &
-  REC_PID=$!
-  log "recorder starting (pid $REC_PID): $PY -m monitor record --out $RW/monitor-a.pcap --interval 1"
-  poll_until 90 0.25 rec_ready || log "recorder: no XFRM listener after 90 s, starting charon anyway"
+if [ -n "$REC_PID" ]; then
+  poll_until 150 0.25 rec_ready || log "recorder: no XFRM listener after 150 s, starting charon anyway"
   if ! kill -0 "$REC_PID" 2>/dev/null; then
     wait "$REC_PID"; rc=$?
     log "recorder exited at start with status $rc (no usable 'monitor record'?): $(tail -n 2 "$RW/monitor-a.log" | tr '\n' ' ')"
@@ -147,12 +162,39 @@ if [ -n "$PROJ" ] && [ -f "$PROJ/monitor/cli.py" ]; then
   else
     log "recorder listening"
   fi
+fi
+
+# `monitor serve` with the keepalive prober (issue 7), started now so that its Python start-up overlaps
+# charon's start and the first rekey; its prober phase comes later (see "prober phase"). The prober only
+# acts on idle tunnels, and the pings keep the tunnel busy until then. [health] idle_after = 8 s: without
+# probes the tunnel would turn idle during the phase; the prober probes after 2 s of flat counters.
+# expiring_margin = 5 s: the default (120 s) exceeds the scenario's 25 s CHILD_SA lifetime, so every tunnel
+# would always be "expiring"; rekeys come 10+ s before the hard expiry.
+SERVE_PORT=8787
+if [ -n "$PROJ" ] && [ -f "$PROJ/monitor/commands/serve.py" ]; then
+  cat > "$WORK/serve.toml" <<EOT
+[health]
+idle_after = 8
+expiring_margin = 5
+[prober]
+enabled = true
+idle_after = 2
+interval = 2
+timeout = 1
+[[prober.targets]]
+target = "10.20.1.1"
+EOT
+  cp "$WORK/serve.toml" "$RW/serve.toml"
+  (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor serve --source kernel \
+      --interval 1 --host 127.0.0.1 --port "$SERVE_PORT" --config "$WORK/serve.toml") > "$RW/serve-a.log" 2>&1 &
+  SERVE_PID=$!
+  log "monitor serve starting (pid $SERVE_PID) in ns a on 127.0.0.1:$SERVE_PORT with the prober (serve.toml)"
 else
-  log "no $PROJ/monitor/cli.py; recorder not started"
+  log "no $PROJ/monitor/commands/serve.py; prober phase skipped"
 fi
 
 # ---------------------------------------------------------------- strongSwan, one charon per netns
-write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION REKEY_TIME
+write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION REKEY_TIME LIFE_TIME
   local s=$1
   mkdir -p "$WORK/$s"
   cat > "$WORK/$s/strongswan.conf" <<EOT
@@ -161,7 +203,7 @@ charon {
   load = random nonce openssl aes sha1 sha2 hmac kdf gmp kernel-netlink socket-default vici
   install_routes = no
   # old inbound SAs are deleted 2 s (default 5 s) after a rekey, so the state settles well before the next
-  # rekey (every 12-15 s) and the quiet dump-point window fits in between
+  # rekey (every 16-18 s) and the quiet dump-point window fits in between
   delete_rekeyed_delay = 2
   retransmit_tries = 2
   retransmit_timeout = 1.0
@@ -210,7 +252,7 @@ connections {
         remote_ts = $5
         esp_proposals = aes128-sha256
         rekey_time = $7
-        life_time = 25s
+        life_time = $8
         rand_time = 2s
         dpd_action = restart
         start_action = $6
@@ -239,10 +281,12 @@ start_charon() {  # start_charon SIDE -> sets CHARON_<SIDE>_PID
   if [ "$s" = a ]; then CHARON_A_PID=$pid; else CHARON_B_PID=$pid; fi
   log "charon $s started (pid $pid) and configured"
 }
-# Only a (the monitored side) initiates rekeys: a at 15 s - [0, 2) s jitter, b's own 20 s never comes
-# (each rekey by a replaces b's SAs too). Both rekeying at 15 s made rekey collisions and 2 s rekey gaps.
-write_conf a 192.0.2.1 192.0.2.2 10.10.1.1/32 10.20.1.1/32 start 15s
-write_conf b 192.0.2.2 192.0.2.1 10.20.1.1/32 10.10.1.1/32 none 20s
+# Only a (the monitored side) initiates rekeys: a at 18 s - [0, 2) s jitter, b's own 24 s never comes
+# (each rekey by a replaces b's SAs too). Both rekeying at the same time made rekey collisions and 2 s rekey
+# gaps. 16-18 s between rekeys (15 s was tried: on a busy host the dump-point window of ~7-10 s after a
+# rekey did not fit before the next one).
+write_conf a 192.0.2.1 192.0.2.2 10.10.1.1/32 10.20.1.1/32 start 18s 28s
+write_conf b 192.0.2.2 192.0.2.1 10.20.1.1/32 10.10.1.1/32 none 24s 28s
 start_charon b                 # responder first, so the initiator's start_action=start finds it
 start_charon a
 
@@ -293,33 +337,120 @@ settled() { track_spis; [ "$(esp_count)" -eq 2 ]; }
 start_ping
 poll_until 30 0.5 grep -q 'bytes from 10.20.1.1' "$RW/ping-a.log" || fail "no ping reply through the tunnel"
 log "ping replies through the tunnel"
-poll_until 150 0.5 enough_rekeys "$REKEYS_WANTED" || fail "only $(rekeys) rekeys within 150 s"
+poll_until 60 0.5 enough_rekeys 1 || fail "no CHILD_SA rekey within 60 s"
+log "first CHILD_SA rekey seen"
+
+# ---------------------------------------------------------------- prober phase (issue 7)
+# The pings stop; `monitor serve` (started earlier) with the keepalive prober on must keep the idle tunnel
+# up ([health] idle_after = 8 s) and show answered probes. Lasts >= PROBER_SECONDS; then serve is stopped
+# (before the dump point: its probes would move the counters) and the pings resume. A prober failure does
+# not fail the scenario (prober.result says what happened; the host-side test judges it).
+PROBER_SECONDS=12
+api() { ip netns exec a curl -s -m 5 "http://127.0.0.1:$SERVE_PORT$1"; }
+serve_up() {  # the prober tracks the tunnel (its "probe" field is set), or serve has died (then stop polling)
+  ! kill -0 "$SERVE_PID" 2>/dev/null && return 0
+  track_spis
+  api /api/v1/tunnels > "$WORK/tunnels.json" 2>/dev/null || return 1
+  jq -e '[.tunnels[] | select(.probe != null)] | length > 0' "$WORK/tunnels.json" > /dev/null 2>&1
+}
+since_prober_start() { awk -v a="$PROBER_T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+probes_answered() {  # the prober's answers on the tunnel towards 10.20.1.1 (0 if none)
+  jq '[.tunnels[] | select(.probe != null) | .probe.answered] | max // 0' "$WORK/tunnels.json" 2>/dev/null || echo 0
+}
+prober_done() {
+  track_spis
+  api /api/v1/tunnels > "$WORK/tunnels.json.new" 2>/dev/null && mv "$WORK/tunnels.json.new" "$WORK/tunnels.json"
+  kill -0 "$SERVE_PID" 2>/dev/null || return 0
+  awk -v e="$(since_prober_start)" -v m="$PROBER_SECONDS" 'BEGIN{exit !(e >= m)}' || return 1
+  [ "$(probes_answered)" -ge 2 ]
+}
+prober_phase() {
+  [ -n "$SERVE_PID" ] || return 0
+  # the prober finds new tunnels at its rescans (every 15 s): wait until it tracks ours
+  poll_until 150 1 serve_up
+  if ! kill -0 "$SERVE_PID" 2>/dev/null; then
+    wait "$SERVE_PID" 2>/dev/null
+    echo "error: monitor serve exited with status $?: $(tail -n 3 "$RW/serve-a.log" | tr '\n' ' ')" > "$RW/prober.result"
+    SERVE_PID=
+    log "prober phase skipped: $(cat "$RW/prober.result")"
+    return 0
+  fi
+  if ! serve_up; then
+    echo "error: monitor serve not answering, or its prober not tracking the tunnel, after 150 s: $(tail -n 3 "$RW/serve-a.log" | tr '\n' ' ')" > "$RW/prober.result"
+    log "prober phase skipped: $(cat "$RW/prober.result")"
+    stop_serve
+    return 0
+  fi
+  log "monitor serve answers on 127.0.0.1:$SERVE_PORT and its prober tracks the tunnel"
+  stop_ping
+  date +%s.%N > "$RW/prober.start"
+  PROBER_T0=$(cat "$RW/prober.start")
+  : > "$WORK/tunnels.json"
+  if poll_until 60 1 prober_done && kill -0 "$SERVE_PID" 2>/dev/null; then
+    echo ok > "$RW/prober.result"
+  elif ! kill -0 "$SERVE_PID" 2>/dev/null; then
+    echo "error: monitor serve died during the prober phase: $(tail -n 3 "$RW/serve-a.log" | tr '\n' ' ')" > "$RW/prober.result"
+  else
+    echo "timeout: $(probes_answered) probe answers after $(since_prober_start) s" > "$RW/prober.result"
+  fi
+  date +%s.%N > "$RW/prober.end"
+  cp "$WORK/tunnels.json" "$RW/prober-tunnels.json"
+  api "/api/v1/events?limit=10000" > "$RW/prober-events.json" 2>/dev/null
+  log "prober phase: $(cat "$RW/prober.result"); $(probes_answered) answers in $(since_prober_start) s; state $(jq -r '[.tunnels[].state] | join(",")' "$WORK/tunnels.json" 2>/dev/null)"
+  stop_serve
+  start_ping
+}
+prober_phase
+
+# a fresh rekey after the prober phase, so that the dump point comes right after one
+n=$(rekeys)
+want=$(( n + 1 > REKEYS_WANTED ? n + 1 : REKEYS_WANTED ))
+poll_until 150 0.5 enough_rekeys "$want" || fail "only $(rekeys) rekeys within 150 s (wanted $want)"
 log "$(rekeys) CHILD_SA rekeys seen"
 
 # ---------------------------------------------------------------- dump point (quiescent counters)
-# Take it right after a rekey has fully settled (old SAs gone), so the next rekey is ~10 s away, stop the
-# traffic, wait 2.5 s, dump, wait 2.5 s. If anything changed during the window, try again after the next rekey.
+# Taken right after a rekey (the next one is >= 16 s away): with the pings still running, wait until the old
+# SAs are gone (delete_rekeyed_delay = 2 s), so the new pair has carried traffic; stop the pings, 1 s, dump,
+# wait 2.5 s (the recorder dumps every 1 s). The rekey is judged by the kernel's add time of the newest
+# outbound SA (on a busy host, polling notices a rekey seconds late). If the newest SA is already older than
+# DUMP_MAX_AGE when settled, or any SA changed during the window, try again after the next rekey.
+DUMP_MAX_AGE=6
+newest_out_age() {  # seconds since the newest outbound ESP SA of ns a was installed (kernel "add" time)
+  local t
+  t=$(ip -s -n a xfrm state 2>/dev/null | awk '
+    /^src /{out = ($2 == "192.0.2.1" && $4 == "192.0.2.2"); next}
+    out && $1 == "add" {print $2 " " $3; out = 0}' | sort | tail -n 1)
+  if [ -z "$t" ]; then echo 999; return; fi
+  echo $(( $(date +%s) - $(date -d "$t" +%s) ))
+}
 snapshot() { ip -n a xfrm state 2>/dev/null | grep -E '^src|proto esp' | tr '\n' ' '; }
 DUMP_OK=0
-for attempt in 1 2 3; do
+for attempt in 1 2 3 4; do
+  if [ "$attempt" -gt 1 ]; then
+    start_ping
+    n=$(rekeys)
+    poll_until 40 0.25 enough_rekeys $((n + 1)) || true
+  fi
   poll_until 30 0.25 settled || { log "dump point: SAs did not settle (attempt $attempt)"; continue; }
+  age=$(newest_out_age)
+  if [ "$age" -gt "$DUMP_MAX_AGE" ]; then
+    log "dump point: newest outbound SA is already ${age} s old (attempt $attempt), waiting for the next rekey"
+    continue
+  fi
   stop_ping
+  sleep 1
   before=$(snapshot)
-  sleep 2.5
   date +%s.%N > "$RW/dumppoint.time"
   ip -s -n a xfrm state > "$RW/xfrm-state-a.txt" 2>&1
   ip -n a xfrm policy > "$RW/xfrm-policy-a.txt" 2>&1
   sw a --list-sas > "$RW/swanctl-a.txt"
-  log "dump point at $(cat "$RW/dumppoint.time") (attempt $attempt; dumps took $(awk -v a="$(cat "$RW/dumppoint.time")" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}') s)"
+  log "dump point at $(cat "$RW/dumppoint.time") (attempt $attempt; newest outbound SA ${age} s old when settled; dumps took $(awk -v a="$(cat "$RW/dumppoint.time")" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}') s)"
   sleep 2.5
   after=$(snapshot)
   if [ "$before" = "$after" ] && [ "$(esp_count)" -eq 2 ]; then DUMP_OK=1; break; fi
   log "dump point: SAs changed during the quiet window, retrying after the next rekey"
-  start_ping
-  n=$(rekeys)
-  poll_until 40 0.5 enough_rekeys $((n + 1)) || true
 done
-[ "$DUMP_OK" = 1 ] || fail "no stable dump point after 3 attempts"
+[ "$DUMP_OK" = 1 ] || fail "no stable dump point after 4 attempts"
 echo "stable" > "$RW/dumppoint.stable"
 log "dump point stable; $(rekeys) rekeys so far"
 
@@ -331,6 +462,7 @@ cb=$(for p in $(ip netns pids b); do [ "$(cat /proc/"$p"/comm 2>/dev/null)" = ch
 [ -n "$cb" ] || fail "charon b not found among netns b pids"
 kill -9 "$cb"
 date +%s.%N > "$RW/peerdeath.time"
+track_spis   # a rekey that completed between the last poll and the kill
 ip -n b xfrm state flush
 ip -n b xfrm policy flush
 CHARON_B_PID=
