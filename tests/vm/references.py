@@ -358,8 +358,19 @@ def _run_timers(c: Correlator, until: float) -> None:
         dl = c.next_deadline()
 
 
-def replay_capture(path: Path, config: HealthConfig | None = None) -> MonitorRun:
+def _is_dump_traffic(data: bytes) -> bool:
+    """A dump reply or its end (first message has NLM_F_MULTI or is NLMSG_DONE)."""
+    if len(data) < 16:
+        return False
+    _length, mtype, flags, _seq, _pid = X.NLMSGHDR.unpack_from(data)
+    return bool(flags & X.NLM_F_MULTI) or mtype == X.NLMSG_DONE
+
+
+def replay_capture(path: Path, config: HealthConfig | None = None, *, notifications_only: bool = False) -> MonitorRun:
     """Feed a monitor capture through the real pipeline at its own pace (timers at their deadlines).
+
+    With ``notifications_only`` our requests and every dump reply are left out: what remains is what the
+    kernel multicast, so the health events show what the monitor learns from notifications alone.
 
     Each record becomes ``Datagram(netns, data, ts, outgoing)`` (the netns the recorder tagged it with)
     fed with ``now = ts``; before each one,
@@ -374,6 +385,8 @@ def replay_capture(path: Path, config: HealthConfig | None = None) -> MonitorRun
     n = 0
     last_end: dict[str, float | None] = {}
     for rec in read_pcap(path):
+        if notifications_only and (rec.outgoing or _is_dump_traffic(rec.data)):
+            continue
         if n == 0:
             first = rec.ts
         n += 1

@@ -195,6 +195,14 @@ def test_every_sa_add_delete_expire_seen(vm_ok: Path, run: MonitorRun) -> None:
                         + "\n".join(iter_lines(run.events_of(*SA_EVENTS), 30)) + f"\n{_where(vm_ok)}")
     # after the peer death every SA is gone: each one added was deleted or hard-expired
     assert nl.added <= nl.deleted | nl.hard_expired, f"SAs never removed: {fmt_spis(nl.added - nl.deleted)}"
+    # seen as events, not repaired later by a dump: no deletion was found missing from a dump, and the
+    # notifications alone (dump replies left out of the replay) give the same SPI sets
+    repaired = [e for e in run.events_of("sa_deleted") if e.detail.get("reason") == "missing_from_dump"]
+    assert not repaired, "SA deletions only found by a later dump:\n" + "\n".join(iter_lines(repaired))
+    live = replay_capture(vm_ok / "monitor-a.pcap", config=SCENARIO_HEALTH, notifications_only=True)
+    mon_live = {k: live.spis(f"sa_{k}") for k in ("added", "deleted", "expired")}
+    assert mon_live == ref, "from notifications alone (no dump replies) the monitor saw:\n" + "\n".join(
+        f"  {k}: {fmt_spis(mon_live[k])} (nlmon {fmt_spis(ref[k])})" for k in ref)
 
 
 def test_rekeys_counted(vm_ok: Path, run: MonitorRun) -> None:
