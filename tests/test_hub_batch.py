@@ -117,3 +117,64 @@ async def test_real_client_reads_batched_frames() -> None:
             if msg["type"] == "event":
                 seqs.append(msg["seq"])
         assert seqs == list(range(1, 1001))
+
+
+async def test_idle_client_fast_path_keeps_order() -> None:
+    """An idle client gets events through write_now; once anything is queued, later events queue behind it."""
+    hub = Hub(FakeCorrelator(), clock=lambda: 1e9)
+    c = hub.attach(Filters())
+    rec = Recorder()
+    direct: list[dict[str, Any]] = []
+    accept = {"ok": True}
+
+    def write_now(data: bytes) -> bool:
+        if not accept["ok"]:
+            return False
+        direct.append(orjson.loads(data))
+        rec.msgs.append(direct[-1])
+        return True
+
+    c.write_now = write_now
+    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    await _until(lambda: c.idle, "the writer to go idle")
+    hub.publish_events([_event(1), _event(2)])
+    assert [m["seq"] for m in direct] == [1, 2]
+    assert not c.q
+    c.push_reply(orjson.dumps({"schema": 1, "type": "pong", "seq": 2}))  # queued: the client is busy now
+    hub.publish_events([_event(3)])
+    assert [m["seq"] for m in direct] == [1, 2], "event 3 overtook the queued reply"
+    await _until(lambda: any(m.get("seq") == 3 for m in rec.msgs), "event 3")
+    await _until(lambda: c.idle, "the writer to go idle again")
+    accept["ok"] = False  # e.g. the transport is paused: fall back to the queue
+    hub.publish_events([_event(4)])
+    await _until(lambda: any(m.get("seq") == 4 for m in rec.msgs), "event 4")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    order = [(m["type"], m["seq"]) for m in rec.msgs]
+    assert order == [("hello", 0), ("event", 1), ("event", 2), ("pong", 2), ("event", 3), ("event", 4)]
+    assert c.sent_messages == 5  # the hello is not counted (it is not a queued message)
+
+
+async def test_real_client_reads_fast_path_frames() -> None:
+    """Events published one at a time to an idle real client arrive complete and in order."""
+    core = FakeCorrelator()
+    app = create_app(Settings(port=0), QueueSource(), correlator=core, pipeline=FakePipeline(core))
+    async with TestServer(app) as server, aiohttp.ClientSession() as session, \
+            session.ws_connect(server.make_url("/ws?snapshot=0")) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        hub = app[HUB]
+        await _until(lambda: len(hub.clients) == 1 and next(iter(hub.clients)).idle, "an idle client")
+        client = next(iter(hub.clients))
+        for i in range(1, 201):
+            hub.publish_events([_event(i)])
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        seqs: list[int] = []
+        while len(seqs) < 200:
+            msg = await ws.receive_json(timeout=5)
+            if msg["type"] == "event":
+                seqs.append(msg["seq"])
+        assert seqs == list(range(1, 201))
+        assert client.sent_messages >= 200
+        assert not client.q
