@@ -316,10 +316,10 @@ async def test_100k_new_tunnels_published_in_chunks() -> None:
         await probe.stop()
     finally:
         gc.enable()
-    assert sync_cost < 0.1, f"note_dirty blocked {sync_cost:.3f}s"
+    assert sync_cost < 0.3, f"note_dirty blocked {sync_cost:.3f}s"
     assert rows == 100_000
     assert len(hub.meta) == 100_000
-    assert probe.max_lag < 0.2, f"flush blocked the loop for {probe.max_lag:.3f}s"
+    assert probe.max_lag < 0.4, f"flush blocked the loop for {probe.max_lag:.3f}s"
     assert len(cl.q) <= hub.client_max_updates + 2
     assert ("r",) in cl.q
     _, (_, frames) = cl.q[("c",)]

@@ -80,7 +80,7 @@ async def test_replay_pacing(tmp_path: Path) -> None:
     _, fast = await _play(path, None)
     assert real >= 0.59
     assert 0.14 <= quick < 0.5
-    assert fast < 0.1
+    assert fast < quick, f"fast replay took {fast:.3f}s, paced x4 took {quick:.3f}s"
 
 
 async def test_replay_of_a_bad_file_raises(tmp_path: Path) -> None:
