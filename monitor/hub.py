@@ -152,27 +152,17 @@ class Client:
         self.dropped_total = 0
         #: Set by the transport (monitor.web): called once when the client is found stalled.
         self.on_stall: Callable[[], None] | None = None
-        #: Set by the transport: write one message synchronously, or return False (paused, closing).
-        #: Used only while the client is ``idle`` (queue empty, its writer waiting), so order is kept.
-        self.write_now: Callable[[bytes], bool] | None = None
-        self.idle = False
         self._open_gap: list[int] | None = None  # [from_seq, to_seq, count] of the last gap entry
         self._ids = itertools.count()
 
     def _put(self, key: Hashable, value: tuple[int, Any]) -> None:
         if not self.q:
             self.progress = time.monotonic()
-        self.idle = False  # from now on everything queues behind this entry until the writer drains it
         self.q[key] = value
         self.wake.set()
 
     def push_event(self, seq: int, data: bytes) -> None:
-        """Send an event at once (idle client), queue it, or count it into a gap when the queue is full."""
-        if self.idle and self.write_now is not None and self.write_now(data):
-            # fast path (bench/RESULTS.md fan-out profile): no queue entry, no writer task wake-up
-            self.sent_messages += 1
-            self.progress = time.monotonic()
-            return
+        """Queue an event, or count it into a gap when the queue is full."""
         if self.n_events < self.hub.client_queue:
             self.n_events += 1
             self._open_gap = None
@@ -495,11 +485,7 @@ class Hub:
         while True:
             if not c.q:
                 c.wake.clear()
-                c.idle = True
-                try:
-                    await c.wake.wait()
-                finally:
-                    c.idle = False
+                await c.wake.wait()
                 continue
             if send_many is not None:
                 run = self._ready_run(c)

@@ -179,17 +179,6 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         if proto is not None and proto.writing_paused:  # flow control, as aiohttp's own writer does
             await proto._drain_helper()
 
-    def write_now(data: bytes) -> bool:
-        # the hub's fast path for an idle client: one frame written synchronously, no task wake-up
-        if transport is None or ws.closed or transport.is_closing():
-            return False
-        proto = request.protocol
-        if proto is not None and proto.writing_paused:
-            return False
-        transport.write(text_frame(data))
-        return True
-
-    client.write_now = write_now
     writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot, send_many=send_many))
     reader = asyncio.create_task(_read_ops(ws, hub, client))
     stalled = False
