@@ -111,6 +111,12 @@ async def _serve(port: int, tunnels: int) -> None:
         seq = hub.view.seq
         rss_samples = [rss_bytes()]
         del lags[:]
+        prof = None
+        if os.environ.get("BENCH_PROFILE"):  # cProfile the server while it injects (bench.run --profile)
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         c0, t0, w0 = cpu_seconds(), time.perf_counter(), run_queue_wait()
         sent, next_rss, behind = 0, 0.1, 0.0
         while True:
@@ -133,6 +139,9 @@ async def _serve(port: int, tunnels: int) -> None:
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds() - c0
         waited = run_queue_wait() - w0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(os.environ["BENCH_PROFILE"])
         hub.publish_events([{"seq": seq + sent + 1, "ts": time.time(), "type": "bench_end", "tunnel": None,
                              "netns": "bench", "detail": {}}])
         lag_ms = [x * 1000 for x in lags]
@@ -198,12 +207,15 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pat
 
 
 def run_scenario(name: str, clients: int, stalled: int, rate: float, seconds: float, tunnels: int,
-                 snapshot_after: float | None, workdir: Path, pin_cpus: bool = False) -> dict[str, Any]:
+                 snapshot_after: float | None, workdir: Path, pin_cpus: bool = False,
+                 profile: Path | None = None) -> dict[str, Any]:
     """One scenario with a fresh server process and a fresh client process."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = workdir / f"server-{name}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if profile is not None:
+        env["BENCH_PROFILE"] = str(profile)
     load0 = loadavg()
     pin = ["taskset", "-c", str(SERVER_CPU)] if pin_cpus and (os.cpu_count() or 1) > 1 and _has("taskset") else []
     with open(log, "wb") as lf:

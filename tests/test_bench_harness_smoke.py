@@ -115,7 +115,7 @@ def test_render_targets_table(tmp_path: Path) -> None:
     assert "## Profiles\nkept" in text
     assert "\nold\n" not in text
     assert "2 refresh: first load" in text
-    assert "not run (no results file)" in text  # decode, storm, fanout, vm are missing here
+    assert "not run (no results file)" in text  # decode, storm, fanout, vm, profiles are missing here
     summary = json.loads((results / "summary.json").read_text())
     first = next(row for row in summary if row["item"] == "2 refresh: first load")
     assert first["met"] in (True, False)
