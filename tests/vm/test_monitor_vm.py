@@ -189,6 +189,11 @@ def test_every_sa_add_delete_expire_seen(vm_ok: Path, run: MonitorRun) -> None:
     msg = "\n".join(f"  {k}: monitor {fmt_spis(mon[k])}\n  {' ' * len(k)}  nlmon   {fmt_spis(ref[k])}"
                     for k in ref)
     assert out_spis <= nl.added, f"rekeys.txt SPIs {fmt_spis(out_spis - nl.added)} not added in nlmon\n{msg}"
+    first_sa = min(nl.first_seen.values())
+    rec_lines = "\n".join(f"  {m}" for _, m in _log(vm_ok) if "recorder" in m)
+    assert run.first_ts < first_sa, (
+        f"the recorder's capture starts at {run.first_ts:.3f}, {run.first_ts - first_sa:.1f} s after the kernel's "
+        f"first SA notification: it was not listening before charon started\n{rec_lines}")
     assert nl.expired, f"the kernel sent no EXPIRE at all (the scenario should rekey on soft expiry)\n{msg}"
     assert mon == ref, (f"monitor's SA events differ from what the kernel sent (nlmon, {nl.records} records; "
                         f"monitor capture {run.records} records):\n{msg}\nlast monitor events:\n"
