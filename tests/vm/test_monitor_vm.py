@@ -325,3 +325,16 @@ def test_prober_keeps_idle_tunnel_up(vm_ok: Path, run: MonitorRun) -> None:
     assert not idle, f"replayed with idle_after={idle_after}, the tunnel went idle in the phase: {idle}"
     print(f"prober: {p['answered']}/{p['sent']} probes answered in {end - start:.1f} s, last rtt "
           f"{p['last_rtt_ms']} ms, tunnel {t['state']}; counters moved {moved}")
+
+
+def test_no_key_bytes_in_monitor_outputs(vm_ok: Path) -> None:
+    """None of the dump point SAs' keys (taken from `ip -s xfrm state` on the host right after the run,
+    before the artifacts are redacted) appears, raw or as hex, in the recorder's capture, the monitor's logs
+    or serve's JSON."""
+    check = vm_ok / "keys-check.txt"
+    assert check.exists(), f"no {check.name}: the fixture found no keys to check in xfrm-state-a.txt {_where(vm_ok)}"
+    lines = check.read_text().splitlines()
+    fields = dict(line.split(" ", 1) for line in lines if line and not line.startswith(" "))
+    assert int(fields["keys"]) >= 2, lines
+    assert "monitor-a.pcap" in fields["checked"].split(), lines
+    assert fields["found"] == "0", "key bytes in the monitor's outputs:\n" + "\n".join(lines)
