@@ -26,7 +26,19 @@ import struct
 from collections.abc import Callable
 
 from monitor import xfrm as X
-from monitor.decode_sa import _REPLAY, _name, _new, _replay_esn, _sa, format_address
+from monitor.decode_sa import (
+    _MARK,
+    _REPLAY,
+    _V4,
+    _V6,
+    _bad,
+    _from_bytes,
+    _name,
+    _new,
+    _replay_esn,
+    _sa,
+    format_address,
+)
 from monitor.errors import MalformedMessage
 from monitor.events import (
     Acquire,
@@ -75,6 +87,9 @@ _BE32 = X.BE32.unpack_from
 _U32 = X.U32.unpack_from
 _ALGO_HDR = X.ALGO_HDR.unpack_from
 _ALGO_HDR2 = X.ALGO_HDR2.unpack_from
+_AEVENT_ID = struct.Struct("=16s4sHB1x16sII").unpack_from  # X.AEVENT_ID with the SPI left raw
+_LIFETIME_CUR = X.LIFETIME_CUR.unpack_from
+_USERSA_ID = X.USERSA_ID.unpack_from
 
 
 def iter_messages(data: bytes) -> list[tuple[NlHeader, int, int]]:
@@ -285,25 +300,40 @@ def _sa_id(data: bytes, off: int) -> SAId:
 
 
 def _del_sa(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    """DELSA: ``struct xfrm_usersa_id`` (24), then ``XFRMA_SA`` (the full SA) and the SA's attributes."""
     _need(end - start, 24, "xfrm_usersa_id")
-    attrs = _attrs(data, start + 24, end)
+    daddr, spi, family, proto = _USERSA_ID(data, start)
+    sa_at = sa_len = src_at = src_len = -1
+    p = start + 24
+    while p + 4 <= end:  # find the last XFRMA_SA / XFRMA_SRCADDR, checking every nlattr header
+        alen, atype = _NLATTR(data, p)
+        if alen < 4 or p + alen > end:
+            raise MalformedMessage(f"attribute type {atype} has length {alen}, {end - p} bytes left")
+        atype &= X.NLA_TYPE_MASK
+        if atype == X.XFRMA_SA:
+            sa_at, sa_len = p + 4, alen - 4
+        elif atype == X.XFRMA_SRCADDR:
+            src_at, src_len = p + 4, alen - 4
+        p += (alen + 3) & ~3
     sa = None
-    a = attrs.get(X.XFRMA_SA)
-    if a is not None:
-        _need(a[1], 224, "XFRMA_SA")
-        sa = _sa(data, a[0], start + 24, end)
+    if sa_at >= 0:
+        _need(sa_len, 224, "XFRMA_SA")
+        sa = _sa(data, sa_at, start + 24, end)
     srcaddr = None
-    a = attrs.get(X.XFRMA_SRCADDR)
-    if a is not None:
-        _need(a[1], 16, "XFRMA_SRCADDR")
-        srcaddr = format_address(bytes(data[a[0] : a[0] + 16]), X.USERSA_ID.unpack_from(data, start)[2])
-    return SADeleted(nl, _sa_id(data, start), sa, srcaddr)
+    if src_at >= 0:
+        _need(src_len, 16, "XFRMA_SRCADDR")
+        srcaddr = format_address(data[src_at : src_at + 16], family)
+    addrs = _V6 if family == X.AF_INET6 else _V4
+    sa_id = _new(SAId, (addrs.get(daddr) or format_address(daddr, family), _from_bytes(spi, "big"), family, proto))
+    ev: Event = _new(SADeleted, (nl, sa_id, sa, srcaddr))
+    return ev
 
 
 def _expire(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
     _need(end - start, X.USER_EXPIRE_SIZE, "xfrm_user_expire")
     sa = _sa(data, start, start + X.USER_EXPIRE_SIZE, end)
-    return SAExpired(nl, sa, bool(data[start + 224]))
+    ev: Event = _new(SAExpired, (nl, sa, bool(data[start + 224])))
+    return ev
 
 
 # --- policies ----------------------------------------------------------------------------------
@@ -399,29 +429,60 @@ def _acquire(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
 
 
 def _aevent(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
+    """NEWAE: ``struct xfrm_aevent_id`` (48) then REPLAY(_ESN)_VAL, LTIME_VAL, [REPLAY_THRESH],
+    [ETIMER_THRESH], MARK, IF_ID (``build_aevent()``), read in one pass like the SA attributes."""
     _need(end - start, 48, "xfrm_aevent_id")
-    attrs = _attrs(data, start + 48, end)
-    daddr, spi, family, proto, saddr, flags, reqid = X.AEVENT_ID.unpack_from(data, start)
-    replay, esn = _replay(data, attrs)
-    lifetime = None
-    a = attrs.get(X.XFRMA_LTIME_VAL)
-    if a is not None:
-        _need(a[1], 32, "xfrm_lifetime_cur")
-        lifetime = LifetimeCur(*X.LIFETIME_CUR.unpack_from(data, a[0]))
-    return AsyncEvent(
-        nl,
-        SAId(format_address(daddr, family), _BE32(spi)[0], family, proto),
-        format_address(saddr, family),
-        flags,
-        reqid,
-        replay,
-        esn,
-        lifetime,
-        _u32(data, attrs, X.XFRMA_REPLAY_THRESH),
-        _u32(data, attrs, X.XFRMA_ETIMER_THRESH),
-        _mark(data, attrs),
-        _u32(data, attrs, X.XFRMA_IF_ID),
-    )
+    daddr, spi, family, proto, saddr, flags, reqid = _AEVENT_ID(data, start)
+    replay = esn = lifetime = rthresh = ethresh = mark = if_id = None
+    bad: dict[int, str] | None = None
+    p = start + 48
+    while p + 4 <= end:
+        alen, atype = _NLATTR(data, p)
+        if alen < 4 or p + alen > end:
+            raise MalformedMessage(f"attribute type {atype} has length {alen}, {end - p} bytes left")
+        atype &= X.NLA_TYPE_MASK
+        n = alen - 4
+        q = p + 4
+        p += (alen + 3) & ~3
+        if bad is not None:
+            bad.pop(atype, None)
+        if atype == X.XFRMA_REPLAY_VAL:
+            if n >= 12:
+                replay = _new(Replay, _REPLAY(data, q))
+            else:
+                bad = _bad(bad, atype, f"xfrm_replay_state: payload of {n} bytes, need 12")
+        elif atype == X.XFRMA_LTIME_VAL:
+            if n >= 32:
+                lifetime = _new(LifetimeCur, _LIFETIME_CUR(data, q))
+            else:
+                bad = _bad(bad, atype, f"xfrm_lifetime_cur: payload of {n} bytes, need 32")
+        elif atype == X.XFRMA_REPLAY_ESN_VAL:
+            esn = _replay_esn(data, q, n) if n >= 24 else None
+            if esn is None:
+                bad = _bad(bad, atype, f"xfrm_replay_state_esn: {n}-byte payload is too short")
+        elif atype == X.XFRMA_MARK:
+            if n >= 8:
+                mark = _new(Mark, _MARK(data, q))
+            else:
+                bad = _bad(bad, atype, f"xfrm_mark: payload of {n} bytes, need 8")
+        elif atype in (X.XFRMA_IF_ID, X.XFRMA_REPLAY_THRESH, X.XFRMA_ETIMER_THRESH):
+            if n < 4:
+                bad = _bad(bad, atype, f"u32 attribute: payload of {n} bytes, need 4")
+            elif atype == X.XFRMA_IF_ID:
+                if_id = _U32(data, q)[0]
+            elif atype == X.XFRMA_REPLAY_THRESH:
+                rthresh = _U32(data, q)[0]
+            else:
+                ethresh = _U32(data, q)[0]
+    if bad:
+        raise MalformedMessage(next(iter(bad.values())))
+    addrs = _V6 if family == X.AF_INET6 else _V4
+    ev: Event = _new(AsyncEvent, (
+        nl, _new(SAId, (addrs.get(daddr) or format_address(daddr, family), _from_bytes(spi, "big"), family, proto)),
+        addrs.get(saddr) or format_address(saddr, family), flags, reqid, replay, esn, lifetime, rthresh, ethresh,
+        mark, if_id,
+    ))
+    return ev
 
 
 def _mapping(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
