@@ -40,6 +40,8 @@ def veth_pair() -> Iterator[tuple[str, str]]:
     try:
         sh("ip", "netns", "add", a)
         sh("ip", "netns", "add", b)
+        for ns in (a, b):  # no IPv6 autoconf chatter (DAD, RS, MLD): rx counters must only see probes
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
         sh("ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
         sh("ip", "-n", a, "addr", "add", "192.0.2.1/24", "dev", "va")
         sh("ip", "-n", b, "addr", "add", "192.0.2.2/24", "dev", "vb")
