@@ -1,4 +1,8 @@
-"""``monitor`` command line: a thin dispatcher over ``monitor.commands.*``."""
+"""``monitor`` command line: a thin dispatcher over ``monitor.commands.*``.
+
+Only the chosen subcommand's module is imported, so ``monitor record`` does not pay for aiohttp:
+start-up time matters under QEMU emulation and in cron jobs.
+"""
 
 from __future__ import annotations
 
@@ -14,31 +18,26 @@ from monitor import __version__
 COMMANDS = ("demo", "serve", "tail", "check", "record", "replay", "decode")
 
 
-def _load() -> list[ModuleType]:
-    mods = []
-    for name in COMMANDS:
-        try:
-            mods.append(importlib.import_module(f"monitor.commands.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"monitor.commands.{name}":
-                raise
-    return mods
+def _load(names: Sequence[str]) -> list[ModuleType]:
+    return [importlib.import_module(f"monitor.commands.{name}") for name in names]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every available subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with just ``only`` when it names one."""
     parser = argparse.ArgumentParser(prog="monitor", description="IPsec (XFRM) tunnel health monitor")
     parser.add_argument("--version", action="version", version=f"monitor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _load():
+    for mod in _load([only] if only in COMMANDS else COMMANDS):
         mod.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``monitor`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(first)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
