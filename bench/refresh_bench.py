@@ -211,10 +211,16 @@ def _rss_child(n_sas: int) -> dict[str, Any]:
     del batch, items
     pipeline.correlator.drain_events()
     pipeline.correlator.take_dirty()
+    t0 = time.perf_counter()
     gc.collect()
+    first_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gc.collect()  # a full collection with the whole state held: what a gen-2 pass costs the event loop
+    full = time.perf_counter() - t0
     after = rss_bytes()
     return {"sas": pipeline.correlator.sa_count, "tunnels": len(pipeline.correlator.tunnel_ids()),
-            "rss_before": before, "rss_after": after}
+            "rss_before": before, "rss_after": after, "gc_tracked_objects": len(gc.get_objects()),
+            "first_full_gc_s": first_full, "full_gc_s": full}
 
 
 def rss_per_sa(n_sas: int) -> dict[str, Any]:

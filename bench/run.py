@@ -103,7 +103,7 @@ def _refresh_rows(d: dict[str, Any]) -> list[Row]:
                          f"{k['larval_sas']:,} SAs: recv+pipeline {k['recv_and_pipeline_s'][0]:.3f} s wall, "
                          f"{k['pipeline_cpu_s'][0]:.2f} s CPU",
                          f"raw recv {k['raw_recv_s'][0]:.3f} s ({k['ratio_vs_raw_recv']:.0f}x)",
-                         None if k["larval_sas"] >= 50_000 else False))
+                         None if k["larval_sas"] >= 50_000 or (d.get("params") or {}).get("quick") else False))
         else:
             rows.append(("2 refresh: kernel GETSA", "report", k.get("skipped") or k.get("error", "?"), "", False))
     return rows
