@@ -182,8 +182,8 @@ class Engine:
             if t.down_cause != "no_sa":
                 return Trigger.LOST, (missing, self._reason(t.down_cause))
             return Trigger.LOST, (missing,)
-        hard = min((h for h in (nin.hard_at, nout.hard_at) if h), default=0.0)
-        if hard and hard - now <= cfg.expiring_margin:
+        hard, margin = expiry_margin((nin, nout), cfg.expiring_margin)
+        if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
         if t.err_until > now:
             return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
@@ -243,9 +243,9 @@ class Engine:
         cfg = self.config
         cands: list[float] = []
         if t.sas:
-            hard = t.hard_expires_at()
+            hard, margin = expiry_margin((t.newest(DIR_IN), t.newest(DIR_OUT)), cfg.expiring_margin)
             if hard:
-                cands.append(hard - cfg.expiring_margin)
+                cands.append(hard - margin)
             cands.append(t.err_until)
             cands.append(t.last_out_ts + cfg.one_way_after)
             cands.append(max(t.last_in_ts, t.up_since) + cfg.one_way_after)
@@ -271,3 +271,23 @@ class Engine:
             out.append(hint("repeated_acquire", count=t.acq_count))
         return out
 
+
+
+# "expiring" means the hard limit is near and the rekey that should have come first did not. With
+# strongSwan's defaults (rekey 3240-3600 s, hard 3960 s) the 120 s margin applies; for short lifetimes
+# (tests, aggressive configs: hard 25 s) a fixed 120 s margin would flag every healthy SA, so the
+# margin is capped at a quarter of the SA's whole hard lifetime.
+EXPIRING_LIFETIME_FRACTION = 0.25
+
+
+def expiry_margin(sas: tuple[SAState | None, ...], configured: float) -> tuple[float, float]:
+    """The earliest hard expiry among ``sas`` (0: none) and the ``expiring`` margin that applies to it."""
+    first = None
+    for sa in sas:
+        if sa is not None and sa.hard_at and (first is None or sa.hard_at < first.hard_at):
+            first = sa
+    if first is None:
+        return 0.0, configured
+    life = first.hard_at - first.add_time if first.add_time else 0.0
+    margin = min(configured, EXPIRING_LIFETIME_FRACTION * life) if life > 0 else configured
+    return first.hard_at, margin

@@ -43,7 +43,8 @@ class HealthConfig:
     """An ACQUIRE not followed by an SA pair within this time is ``negotiation_failed``
     (the kernel's own ``net.core.xfrm_acq_expires`` default is 30 s)."""
     expiring_margin: float = 120.0
-    """Hard expiry closer than this with no successor SA: ``expiring``."""
+    """Hard expiry closer than this with no successor SA: ``expiring`` (capped at a quarter of the SA's
+    hard lifetime, so short test lifetimes do not read as permanently expiring)."""
     errors_window: float = 300.0
     """The ``errors`` state lasts this long after the last increase of a replay/integrity counter."""
     tombstone_ttl: float = 60.0

@@ -116,6 +116,7 @@ def idle_to_rekeying(g: Gw) -> None:
 def down_up_expiring(g: Gw) -> None:
     g.policies(T0 - 10)
     g.install(T0, soft=0, hard=100)  # libreswan-like: no soft limit, a short hard one
+    g.run_until(T0 + 80)  # the margin is capped at a quarter of the 100 s lifetime: expiring from T0 + 75
 
 
 def rekeying_to_down(g: Gw) -> None:
@@ -156,7 +157,7 @@ SCENARIOS: dict[str, tuple[Steps, list[tuple[float, str, str]]]] = {
     "up->down": (up_to_down, [(T0, "down", "up"), (T0 + 50, "up", "down")]),
     "idle->rekeying": (idle_to_rekeying, [(T0, "down", "up"), (T0 + 300, "up", "idle"),
                                           (T0 + 3300, "idle", "rekeying")]),
-    "down->up->expiring": (down_up_expiring, [(T0, "down", "up"), (T0, "up", "expiring")]),
+    "down->up->expiring": (down_up_expiring, [(T0, "down", "up"), (T0 + 75, "up", "expiring")]),
     "rekeying->down": (rekeying_to_down, [(T0, "down", "up"), (T0 + 3300, "up", "rekeying"),
                                           (T0 + 3310, "rekeying", "down")]),
     "errors->down": (errors_to_down, [(T0, "down", "up"), (T0 + 100, "up", "errors"), (T0 + 150, "errors", "down")]),
