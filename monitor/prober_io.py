@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -30,6 +31,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from monitor.prober import IPAddress, Probe, Prober, ProberConfig
+
+log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
@@ -342,7 +345,11 @@ class ProberRunner:
         return probes
 
     async def _one(self, probe: Probe) -> None:
-        kind, value = await self.sender.send(probe, self.prober.config.timeout)
+        try:
+            kind, value = await self.sender.send(probe, self.prober.config.timeout)
+        except Exception as exc:  # any sender failure must end the probe, or it stays in flight
+            log.warning("probe %s -> %s failed: %s", probe.source, probe.target, exc)
+            kind, value = "error", f"{type(exc).__name__}: {exc}"
         if kind == "answer":
             self.prober.on_answer(probe, float(value))
         elif kind == "lost":

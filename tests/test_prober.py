@@ -351,3 +351,33 @@ def test_runner_reads_each_tunnel_once_per_identity() -> None:
     assert counts == [100, ["t5"], ["t5"]]
     assert sorted(reads) == ["t100", "t5"]
     assert p.tracked() == ["t5"]
+
+
+async def test_runner_sender_crash_ends_the_probe_instead_of_leaving_it_in_flight() -> None:
+    """A sender that raises (an unexpected local failure) counts as a failed probe with the error text,
+    and the tunnel is probed again after the interval instead of staying 'in flight' forever."""
+    import asyncio
+
+    from monitor.prober_io import ProberRunner
+
+    class Exploding:
+        calls = 0
+
+        async def send(self, probe: Any, timeout: float) -> tuple[str, float | str]:
+            Exploding.calls += 1
+            raise RuntimeError("boom")
+
+    clock = [0.0]
+    p = Prober(config())
+    t = tunnel(state="idle")
+    runner = ProberRunner(p, lambda: ["t1"], lambda tid: t, sender=Exploding(),  # type: ignore[arg-type]
+                          clock=lambda: clock[0])
+    assert len(runner.step()) == 1
+    await asyncio.sleep(0)  # let the probe task run
+    await asyncio.sleep(0)
+    j = p.probe_json("t1")
+    assert j is not None
+    assert (j["sent"], j["lost"]) == (1, 1)
+    assert "RuntimeError: boom" in str(j["last_error"])
+    clock[0] = 10.0  # the interval (10 s) is over: a new probe is due, so nothing stayed in flight
+    assert len(runner.step()) == 1
