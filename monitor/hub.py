@@ -152,6 +152,12 @@ class Client:
         self.dropped_total = 0
         #: Set by the transport (monitor.web): called once when the client is found stalled.
         self.on_stall: Callable[[], None] | None = None
+        #: Set by the transport for the hub's flusher: ``can_write()`` (not paused, not closing) and
+        #: ``write_run(messages)`` (write them now, synchronously, in order).
+        self.can_write: Callable[[], bool] | None = None
+        self.write_run: Callable[[list[bytes]], None] | None = None
+        #: True while this client's writer task waits with an empty queue (nothing in flight).
+        self.idle = False
         self._open_gap: list[int] | None = None  # [from_seq, to_seq, count] of the last gap entry
         self._ids = itertools.count()
 
@@ -159,7 +165,10 @@ class Client:
         if not self.q:
             self.progress = time.monotonic()
         self.q[key] = value
-        self.wake.set()
+        if self.idle and self.write_run is not None:
+            self.hub.want_flush(self)  # written by the hub's flusher this loop iteration, no task wake-up
+        else:
+            self.wake.set()
 
     def push_event(self, seq: int, data: bytes) -> None:
         """Queue an event, or count it into a gap when the queue is full."""
@@ -245,6 +254,8 @@ class Hub:
         self.row_gen: dict[str, int] = {}
         self.gen = 0
         self.pending: set[str] = set()
+        self._flush_set: dict[Client, None] = {}
+        self._flush_handle: asyncio.Handle | None = None
         self.pending_full: set[str] = set()  # tunnels owed a full update, sent in chunks by flush_counters
         self.dropped_total = 0
         self.gaps_total = 0
@@ -261,6 +272,37 @@ class Hub:
     def detach(self, c: Client) -> None:
         """Forget a client (idempotent)."""
         self.clients.discard(c)
+        self._flush_set.pop(c, None)
+
+    def want_flush(self, c: Client) -> None:
+        """Have the flusher write this idle client's queue at the end of this loop iteration."""
+        self._flush_set[c] = None
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write every idle client's ready run in one transport write each (bench/RESULTS.md, fan-out).
+
+        One callback per loop iteration instead of one writer-task wake-up per client per event. A
+        client that cannot take data now (paused transport), or whose queue holds more than a ready run
+        (gap markers, counters, snapshots), is handed to its own writer task, which has the flow
+        control and the slow paths. Only idle clients are written here, so nothing overtakes.
+        """
+        self._flush_handle = None
+        todo, self._flush_set = self._flush_set, {}
+        for c in todo:
+            if not c.idle or c.wake.is_set() or not c.q:
+                continue
+            if c.write_run is None or c.can_write is None or not c.can_write():
+                c.wake.set()
+                continue
+            run = self._ready_run(c)
+            if run:
+                c.write_run(run)
+                c.sent_messages += len(run)
+                c.progress = time.monotonic()
+            if c.q:
+                c.wake.set()
 
     def publish_events(self, events: Sequence[Any]) -> None:
         """Fan out health events (objects with ``to_json()`` or dicts), oldest first."""
@@ -485,7 +527,11 @@ class Hub:
         while True:
             if not c.q:
                 c.wake.clear()
-                await c.wake.wait()
+                c.idle = True
+                try:
+                    await c.wake.wait()
+                finally:
+                    c.idle = False
                 continue
             if send_many is not None:
                 run = self._ready_run(c)

@@ -179,6 +179,16 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         if proto is not None and proto.writing_paused:  # flow control, as aiohttp's own writer does
             await proto._drain_helper()
 
+    def can_write() -> bool:
+        proto = request.protocol
+        return not (transport is None or ws.closed or transport.is_closing()
+                    or (proto is not None and proto.writing_paused))
+
+    def write_run(datas: list[bytes]) -> None:
+        assert transport is not None  # can_write() said so
+        transport.write(b"".join([text_frame(d) for d in datas]))
+
+    client.can_write, client.write_run = can_write, write_run
     writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot, send_many=send_many))
     reader = asyncio.create_task(_read_ops(ws, hub, client))
     stalled = False

@@ -118,3 +118,68 @@ async def test_real_client_reads_batched_frames() -> None:
                 seqs.append(msg["seq"])
         assert seqs == list(range(1, 1001))
 
+
+
+class Wire:
+    """The transport side of the flusher: records runs written synchronously; can be paused."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.runs: list[int] = []
+        self.writable = True
+
+    def can_write(self) -> bool:
+        return self.writable
+
+    def write_run(self, datas: list[bytes]) -> None:
+        self.runs.append(len(datas))
+        self.rec.msgs.extend(orjson.loads(d) for d in datas)
+
+
+async def test_flusher_writes_idle_clients_in_order() -> None:
+    """Idle clients are written by one flusher callback per loop iteration; order and fallbacks hold."""
+    hub = Hub(FakeCorrelator(), clock=lambda: 1e9)
+    c = hub.attach(Filters())
+    rec = Recorder()
+    wire = Wire(rec)
+    c.can_write, c.write_run = wire.can_write, wire.write_run
+    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    await _until(lambda: c.idle, "the writer to go idle")
+    hub.publish_events([_event(1), _event(2)])
+    hub.publish_events([_event(3)])
+    assert wire.runs == [], "the flusher runs at the end of the loop iteration, not inside publish"
+    await _until(lambda: wire.runs, "the flusher")
+    assert wire.runs == [3]  # three events from two publishes, one write
+    assert not rec.batches, "the writer task was woken although the client was idle"
+    wire.writable = False  # a paused transport: the writer task (with flow control) takes over
+    hub.publish_events([_event(4)])
+    await _until(lambda: any(m.get("seq") == 4 for m in rec.msgs), "event 4")
+    assert rec.batches or rec.singles > 1
+    wire.writable = True
+    await _until(lambda: c.idle, "the writer to go idle again")
+    hub.publish_events([_event(5)])
+    await _until(lambda: any(m.get("seq") == 5 for m in rec.msgs), "event 5")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert [m["seq"] for m in rec.msgs if m["type"] == "event"] == [1, 2, 3, 4, 5]
+    assert wire.runs == [3, 1]
+    assert c.sent_messages == 5
+
+
+async def test_flusher_skips_detached_clients() -> None:
+    """A client detached before the flusher runs gets nothing written."""
+    hub = Hub(FakeCorrelator(), clock=lambda: 1e9)
+    c = hub.attach(Filters())
+    rec = Recorder()
+    wire = Wire(rec)
+    c.can_write, c.write_run = wire.can_write, wire.write_run
+    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    await _until(lambda: c.idle, "the writer to go idle")
+    hub.publish_events([_event(1)])
+    hub.detach(c)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert wire.runs == []
