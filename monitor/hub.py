@@ -80,6 +80,12 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_default)
 
 
+def _snapshot_message(seq: int, ts: float, n: int, last: bool, tunnels: list[bytes]) -> bytes:
+    """A ``snapshot`` message from already serialised tunnels (the same bytes as serialising them nested)."""
+    head = dumps({"schema": SCHEMA, "type": "snapshot", "seq": seq, "ts": ts, "chunk": n, "last": last})
+    return head[:-1] + b',"tunnels":[' + b",".join(tunnels) + b"]}"
+
+
 @dataclass(frozen=True)
 class Filters:
     """Client filters; empty means "everything". See docs/api.md "Common query filters"."""
@@ -475,12 +481,18 @@ class Hub:
         await self._drain(c, send, send_many)
 
     async def send_snapshot(self, c: Client, send: Send, seq: int) -> None:
-        """Send all (filtered) tunnels in chunks, yielding to the loop between them."""
+        """Send all (filtered) tunnels in chunks, yielding to the loop between them.
+
+        Each tunnel is serialised as soon as it is built, so only bytes (not GC-tracked dicts) pile up
+        in a chunk: holding 500 tunnel dicts per chunk promoted thousands of objects per chunk into the
+        old generation and set off full garbage collections of the whole 100k-tunnel heap in the middle
+        of the snapshot (bench/RESULTS.md, fan-out (d)).
+        """
         c.delivered_gen = self.gen
         now = self.clock()
         ids = list(self.view.tunnel_ids())
         f = c.filters
-        chunk: list[dict[str, Any]] = []
+        chunk: list[bytes] = []
         n = 0
         for i, tid in enumerate(ids):
             if f.tunnel and tid not in f.tunnel:
@@ -490,17 +502,16 @@ class Hub:
             t = self.view.tunnel_json(tid, now)
             if t is None or not f.tunnel_ok(tid, str(t.get("netns")), t.get("state")):
                 continue
-            chunk.append(t)
+            chunk.append(dumps(t))
+            del t
             if len(chunk) >= self.snapshot_chunk:
-                await send(dumps({"schema": SCHEMA, "type": "snapshot", "seq": seq, "ts": now,
-                                  "chunk": n, "last": False, "tunnels": chunk}))
+                await send(_snapshot_message(seq, now, n, False, chunk))
                 c.progress = time.monotonic()
                 n += 1
                 chunk = []
                 await asyncio.sleep(0)
                 now = self.clock()
-        await send(dumps({"schema": SCHEMA, "type": "snapshot", "seq": seq, "ts": now,
-                          "chunk": n, "last": True, "tunnels": chunk}))
+        await send(_snapshot_message(seq, now, n, True, chunk))
 
     @staticmethod
     def _ready_run(c: Client) -> list[bytes]:

@@ -183,3 +183,17 @@ async def test_flusher_skips_detached_clients() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert wire.runs == []
+
+
+def test_snapshot_message_equals_nested_serialisation() -> None:
+    """A snapshot built from pre-serialised tunnels is byte-identical to serialising the nested message."""
+    from monitor.hub import _snapshot_message, dumps
+
+    tunnels = [{"id": "ns:1:a-b", "sas": [{"spi": "0x1", "pair": (1, 2)}], "rate_in_bps": 1.5, "probe": None},
+               {"id": "ns:2:c-d", "reasons": [], "state": "up"}]
+    for last in (False, True):
+        for chunk in (tunnels, []):
+            nested = dumps({"schema": 1, "type": "snapshot", "seq": 7, "ts": 1e9 + 0.25, "chunk": 3, "last": last,
+                            "tunnels": chunk})
+            assert _snapshot_message(7, 1e9 + 0.25, 3, last, [dumps(t) for t in chunk]) == nested
+    assert orjson.loads(_snapshot_message(7, 1.0, 0, True, [dumps(t) for t in tunnels]))["tunnels"][1]["state"] == "up"
