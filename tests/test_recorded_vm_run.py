@@ -1,0 +1,48 @@
+"""The VM tier's monitor assertions, re-run in the fast tier on a committed, key-free VM run.
+
+``tests/data/vm-run-2026-11-26/`` is the artifact folder of one real run of ``tests/vm/scenario.sh``
+(Debian 6.1 kernel under QEMU, two strongSwan 5.9.8 gateways, rekeys, the prober phase, a peer death),
+as the VM fixture keeps it: ``monitor-a.pcap`` is what ``monitor record`` wrote inside the guest,
+``nlmon-a.pcap`` the key-scrubbed nlmon capture of the same netns, and the ``ip``/``swanctl`` references
+were taken in the same run with their keys redacted. Every change to the decoder or the correlator is thus
+checked against real kernel data on every test run, not only when the VM boots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.pcap import read_pcap
+from monitor.scrub import scrub_keys
+from tests.vm.test_monitor_vm import (  # noqa: F401 - fixtures and tests re-collected here on the recorded run
+    dump_point,
+    run,
+    test_dump_point_matches_swanctl_and_policies,
+    test_dump_point_sas_equal_kernel,
+    test_every_sa_add_delete_expire_seen,
+    test_peer_death_seen,
+    test_prober_keeps_idle_tunnel_up,
+    test_rekeys_counted,
+)
+
+RUN = Path(__file__).parent / "data" / "vm-run-2026-11-26"
+
+
+@pytest.fixture(scope="module")
+def vm_ok() -> Path:
+    """The committed run folder stands in for a fresh VM run."""
+    assert (RUN / "done").read_text().strip() == "ok"
+    return RUN
+
+
+@pytest.mark.parametrize("name", ["monitor-a.pcap", "nlmon-a.pcap"])
+def test_committed_captures_hold_no_key_bytes(name: str) -> None:
+    """Every record of the committed captures is already scrubbed: scrubbing it again changes nothing,
+    so no key byte is in the file (the run's own key check, keys-check.txt, also found none)."""
+    records = list(read_pcap(RUN / name))
+    assert len(records) > 100
+    dirty = [i for i, r in enumerate(records) if scrub_keys(r.data) != r.data]
+    assert dirty == [], f"records with key bytes in {name}: {dirty[:10]}"
+    assert (RUN / "keys-check.txt").read_text().splitlines()[-1] == "found 0"
