@@ -235,8 +235,7 @@ class Correlator(Lifecycle):
                 touched.append(t)
         for t in touched:
             if t.id in self._tunnels:
-                self._evaluate(t, now)
-                self._schedule(t, now)
+                self._settle(t, now)
 
     def drain_events(self) -> list[HealthEvent]:
         """The health events emitted since the last call, ``seq`` strictly increasing."""
@@ -288,8 +287,7 @@ class Correlator(Lifecycle):
             pending, ns.pending = ns.pending, set()
             for t in pending:
                 if t.id in self._tunnels:
-                    self._evaluate(t, now)
-                    self._schedule(t, now)
+                    self._settle(t, now)
         if ns.lint_dirty and ns.lint_at == INF and not ns.deferring:
             ns.lint_dirty = False
             ns.lint_at = now + self.config.lint_interval
@@ -309,8 +307,7 @@ class Correlator(Lifecycle):
             pending, ns.pending = ns.pending, set()
             for t in pending:
                 if t.id in self._tunnels:
-                    self._evaluate(t, now, quiet=True)
-                    self._schedule(t, now)
+                    self._settle(t, now, quiet=True)
         if ok and (initial or resync):
             self._seq += 1
             self._events.append(HealthEvent(self._seq, now, "resync", None, ns.name, {

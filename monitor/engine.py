@@ -35,7 +35,11 @@ ZERO_ADDRESSES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (unspecified tem
 ANY_PROTO = frozenset({0, 255})  # IPSEC_PROTO_ANY
 NLM_MULTI = X.NLM_F_MULTI
 INF = float("inf")
+Pair = tuple[SAState | None, SAState | None]  # (newest inbound, newest outbound)
 _STR: dict[str, str] = {}
+# the one state every trigger but LOST leads ``down`` to (None if the table ever says otherwise)
+_DOWN_EXITS = {nxt for trig, nxt in TRANSITIONS[TunnelState.DOWN].items() if trig is not Trigger.LOST}
+_DOWN_EXIT = next(iter(_DOWN_EXITS)) if len(_DOWN_EXITS) == 1 and TunnelState.DOWN not in _DOWN_EXITS else None
 
 
 def intern_str(s: str | None) -> str | None:
@@ -172,9 +176,9 @@ class Engine:
 
     # ------------------------------------------------------------------ health evaluation
 
-    def _trigger(self, t: Tunnel, now: float) -> tuple[Trigger, tuple[Reason, ...]]:  # noqa: PLR0911 (one per trigger)
+    def _trigger(self, t: Tunnel, now: float, pair: Pair | None = None) -> tuple[Trigger, tuple[Reason, ...]]:  # noqa: PLR0911 (one per trigger)
         cfg = self.config
-        nin, nout = t.newest(DIR_IN), t.newest(DIR_OUT)
+        nin, nout = t.newest_pair() if pair is None else pair
         if nin is None or nout is None:
             if not t.sas:
                 return Trigger.LOST, self._one[t.down_cause]
@@ -182,7 +186,7 @@ class Engine:
             if t.down_cause != "no_sa":
                 return Trigger.LOST, (missing, self._reason(t.down_cause))
             return Trigger.LOST, (missing,)
-        hard, margin = expiry_margin((nin, nout), cfg.expiring_margin)
+        hard, margin = expiry_margin2(nin, nout, cfg.expiring_margin)
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
         if t.err_until > now:
@@ -196,10 +200,26 @@ class Engine:
             return Trigger.IDLE, self._one["no_traffic"]
         return Trigger.OK, self._one["established"]
 
-    def _evaluate(self, t: Tunnel, now: float, quiet: bool = False) -> None:
-        """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events."""
-        trig, reasons = self._trigger(t, now)
+    def _settle(self, t: Tunnel, now: float, quiet: bool = False) -> None:
+        """``_evaluate`` then ``_schedule``, finding the newest SA of each direction once for both."""
+        pair = t.newest_pair()
+        self._evaluate(t, now, quiet, pair)
+        self._schedule(t, now, pair)
+
+    def _evaluate(self, t: Tunnel, now: float, quiet: bool = False, pair: Pair | None = None) -> None:
+        """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events.
+
+        ``pair`` (``t.newest_pair()``, which evaluation does not change) saves finding it again.
+        """
+        if pair is None:
+            pair = t.newest_pair()
         old = state = t.state
+        if state is TunnelState.DOWN and _DOWN_EXIT is not None and pair[0] is not None and pair[1] is not None:
+            # both directions present: the trigger is not LOST, and every other trigger leaves ``down``
+            # for the same state, so the first look is not needed (the loop evaluates again after it)
+            trig, reasons = Trigger.OK, t.reasons
+        else:
+            trig, reasons = self._trigger(t, now, pair)
         for _ in range(3):
             nxt = TRANSITIONS[state][trig]
             if nxt is state:
@@ -214,7 +234,7 @@ class Engine:
                 if not quiet:
                     self._transition(t, state, nxt, self._one["established"], now)
                 state = nxt
-                trig, reasons = self._trigger(t, now)
+                trig, reasons = self._trigger(t, now, pair)
                 continue
             if not quiet:
                 self._transition(t, state, nxt, reasons, now)
@@ -239,24 +259,42 @@ class Engine:
             self._emit(now, TUNNEL_UP, t, {"local": t.local, "remote": t.remote,
                                            "spis": spi_list((t.newest(DIR_IN), t.newest(DIR_OUT)))})
 
-    def _schedule(self, t: Tunnel, now: float) -> None:
+    def _schedule(self, t: Tunnel, now: float, pair: Pair | None = None) -> None:
+        """Push the tunnel's next deadline (the earliest candidate after ``now``) if it is earlier than its timer."""
         cfg = self.config
-        cands: list[float] = []
+        when = INF  # min(c for c in candidates if c > now), without building the list
         if t.sas:
-            hard, margin = expiry_margin((t.newest(DIR_IN), t.newest(DIR_OUT)), cfg.expiring_margin)
+            nin, nout = t.newest_pair() if pair is None else pair
+            hard, margin = expiry_margin2(nin, nout, cfg.expiring_margin)
             if hard:
-                cands.append(hard - margin)
-            cands.append(t.err_until)
-            cands.append(t.last_out_ts + cfg.one_way_after)
-            cands.append(max(t.last_in_ts, t.up_since) + cfg.one_way_after)
-            cands.append(max(t.last_in_ts, t.last_out_ts, t.up_since) + cfg.idle_after)
+                c = hard - margin
+                if now < c < when:
+                    when = c
+            c = t.err_until
+            if now < c < when:
+                when = c
+            last_out, last_in, up = t.last_out_ts, t.last_in_ts, t.up_since
+            c = last_out + cfg.one_way_after
+            if now < c < when:
+                when = c
+            c = (last_in if last_in >= up else up) + cfg.one_way_after
+            if now < c < when:
+                when = c
+            c = max(last_in, last_out, up) + cfg.idle_after
+            if now < c < when:
+                when = c
         elif not t.policies:
-            cands.append(t.since + cfg.forget_after)
+            c = t.since + cfg.forget_after
+            if now < c < when:
+                when = c
         if t.acq_deadline is not None:
-            cands.append(t.acq_deadline)
+            c = t.acq_deadline
+            if now < c < when:
+                when = c
         if t.hints:
-            cands.extend(until for _, until in t.hints.values())
-        when = min((c for c in cands if c > now), default=INF)
+            for _, c in t.hints.values():
+                if now < c < when:
+                    when = c
         if when < t.timer_at:
             t.timer_at = when
             heapq.heappush(self._heap, (when, 0, t.id))
@@ -291,3 +329,20 @@ def expiry_margin(sas: tuple[SAState | None, ...], configured: float) -> tuple[f
     life = first.hard_at - first.add_time if first.add_time else 0.0
     margin = min(configured, EXPIRING_LIFETIME_FRACTION * life) if life > 0 else configured
     return first.hard_at, margin
+
+
+def expiry_margin2(a: SAState | None, b: SAState | None, configured: float) -> tuple[float, float]:
+    """``expiry_margin((a, b), configured)`` without the tuple and the loop (the evaluation hot path)."""
+    if a is None or not a.hard_at:
+        first = b if b is not None and b.hard_at else None
+    elif b is not None and b.hard_at and b.hard_at < a.hard_at:
+        first = b
+    else:
+        first = a
+    if first is None:
+        return 0.0, configured
+    life = first.hard_at - first.add_time if first.add_time else 0.0
+    if life > 0:
+        capped = EXPIRING_LIFETIME_FRACTION * life
+        return first.hard_at, capped if capped < configured else configured
+    return first.hard_at, configured

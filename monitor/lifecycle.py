@@ -6,7 +6,7 @@ See ``monitor.correlate`` for the rules these handlers implement.
 from __future__ import annotations
 
 from monitor import xfrm as X
-from monitor.engine import ANY_PROTO, NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str, spi_list
+from monitor.engine import _STR, ANY_PROTO, NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str, spi_list
 from monitor.events import (
     SA,
     Acquire,
@@ -106,12 +106,16 @@ class Lifecycle(Engine):
         sa = ev.sa
         if ev.nl.flags & NLM_MULTI:
             # dump record fast path: update in place
-            st = ns.sas.get((sa.spi, sa.daddr, sa.proto))
+            key = (sa.spi, sa.daddr, sa.proto)
+            st = ns.sas.get(key)
             if st is not None:
                 self._bump(ns, st, sa, now)
                 if st.gen != ns.gen:
                     st.gen = ns.gen
                     ns.seen += 1
+                return
+            if ns.loading and not ns.tombstones and not sa.larval:
+                self._load_sa(ns, key, sa, now)
                 return
             self._upsert(ns, sa, now, record=True)
         else:
@@ -204,6 +208,101 @@ class Lifecycle(Engine):
             self._check_rekey(t, now)
         self._touch(ns, t)
         return st
+
+    def _load_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float) -> None:
+        """``_upsert`` of a new dump record during a quiet initial load (``ns.loading``), no tombstones.
+
+        The same state as ``_new_sa`` + ``_upsert`` leave in that case, with what a quiet load does
+        not need left out: no events (``_emit`` drops them while quiet), no rekey-start checks (they
+        need ``not ns.quiet``), no per-SA evaluation (the tunnel is evaluated once at dump end), and
+        each shared set is touched once. ``tests/test_correlate_load.py`` checks it against ``_new_sa``.
+        """
+        saddr, daddr, reqid = sa.saddr, sa.daddr, sa.reqid
+        if_id = sa.if_id or 0
+        mark = sa.mark.value if sa.mark else 0
+        t = ns.tunnels.get((reqid, if_id, mark, saddr, daddr) if saddr <= daddr else (reqid, if_id, mark, daddr, saddr))
+        if t is None:
+            t = self._tunnel(ns, reqid, if_id=if_id, mark=mark, a=saddr, b=daddr, now=now)
+        sa_dir = sa.sa_dir
+        if sa_dir == DIR_IN:
+            local: str | None = daddr
+        elif sa_dir == DIR_OUT:
+            local = saddr
+        elif not t.local_known:
+            local = daddr if daddr in ns.locals else saddr if saddr in ns.locals else None
+        else:
+            local = None
+        if local is not None and not (t.local_known and t.local == local and local in ns.locals):
+            self._learn_local(ns, t, local)
+        self._order += 1
+        st = SAState(sa.spi, daddr, saddr, sa.proto, tunnel=t, order=self._order)
+        if sa_dir not in (DIR_IN, DIR_OUT):
+            sa_dir = DIR_IN if daddr == t.local else DIR_OUT
+        st.dir = sa_dir
+        alg = sa.enc
+        if alg is not None:
+            st.enc = _STR.get(alg.name) or intern_str(alg.name)
+        alg = sa.auth_trunc or sa.auth
+        if alg is not None:
+            st.auth = _STR.get(alg.name) or intern_str(alg.name)
+        alg = sa.aead
+        if alg is not None:
+            st.aead = _STR.get(alg.name) or intern_str(alg.name)
+        cur = sa.cur
+        add = st.add_time = float(cur.add_time) or now
+        lft = sa.lft
+        if lft.soft_add_expires_seconds and add:
+            st.soft_at = add + lft.soft_add_expires_seconds
+        if lft.hard_add_expires_seconds and add:
+            st.hard_at = add + lft.hard_add_expires_seconds
+        ns.sas[key] = st
+        t.sas.append(st)
+        # _bump / _count on a fresh SA; the last-traffic times come from XFRMA_LASTUSED below instead
+        nbytes, npackets = cur.bytes, cur.packets
+        if nbytes > 0 or npackets > 0:
+            if nbytes > 0:
+                st.bytes = nbytes
+            else:
+                nbytes = 0
+            if npackets > 0:
+                st.packets = npackets
+            else:
+                npackets = 0
+            if sa_dir == DIR_IN:
+                t.bytes_in += nbytes
+                t.packets_in += npackets
+                t.d_bi += nbytes
+                t.d_pi += npackets
+            else:
+                t.bytes_out += nbytes
+                t.packets_out += npackets
+                t.d_bo += nbytes
+                t.d_po += npackets
+            ns.changed.add(t)
+        stats = sa.stats
+        replay = stats.replay + stats.replay_window
+        if replay > 0 or stats.integrity_failed > 0:
+            self._errors(ns, st, replay, stats.integrity_failed, now)
+        lastused = sa.lastused
+        if lastused:
+            if lastused > 0:
+                st.lastused = lastused
+            used = float(lastused)
+        else:
+            used = now
+        if sa_dir == DIR_IN:
+            t.last_in_ts = max(t.last_in_ts, used)
+        else:
+            t.last_out_ts = max(t.last_out_ts, used)
+        if t.acq_deadline is not None and self._established(t):
+            t.acq_deadline = None
+        if t.rk_start is not None:
+            self._check_rekey(t, now)
+        ns.pending.add(t)
+        self._dirty.add(t.id)
+        if ns.sa_dump_begin is not None:
+            st.gen = ns.gen
+            ns.seen += 1
 
     def _check_rekey(self, t: Tunnel, now: float) -> None:
         nin, nout = t.newest(DIR_IN), t.newest(DIR_OUT)

@@ -248,6 +248,17 @@ class Tunnel:
                 best = sa
         return best
 
+    def newest_pair(self) -> tuple[SAState | None, SAState | None]:
+        """``(newest(DIR_IN), newest(DIR_OUT))`` in one pass."""
+        nin = nout = None
+        for sa in self.sas:
+            if sa.dir == DIR_IN:
+                if nin is None or sa.order > nin.order:
+                    nin = sa
+            elif sa.dir == DIR_OUT and (nout is None or sa.order > nout.order):
+                nout = sa
+        return nin, nout
+
     def hard_expires_at(self) -> float:
         """Earliest hard expiry of the newest generation (0: none)."""
         at = 0.0
