@@ -24,6 +24,7 @@ from monitor.prober import ProberConfig
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 LOG_LEVELS = ("debug", "info", "warning", "error")
+METRICS_TUNNELS = ("all", "unhealthy", "none")
 ENV_PREFIX = "MONITOR_"
 
 
@@ -71,6 +72,9 @@ class Settings:
     stale_after: float | None = None
     #: Extra origins (``https://host:port``) allowed to open the websocket.
     allowed_origins: tuple[str, ...] = ()
+    #: Per-tunnel series on ``/metrics``: ``all``, ``unhealthy`` (only tunnels not up/rekeying) or ``none``;
+    #: ``ipsec_tunnels{netns,state}`` counts every tunnel whatever this says.
+    metrics_tunnels: str = "all"
     #: Log level: debug, info, warning, error.
     log_level: str = "info"
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
@@ -133,6 +137,8 @@ def _validate(s: Settings) -> None:
     for name in ("stall_timeout", "close_grace", "counters_interval"):
         need(getattr(s, name) > 0, f"{name} must be > 0 seconds, got {getattr(s, name)}")
     need(s.stale_after is None or s.stale_after > 0, f"stale_after must be > 0, got {s.stale_after}")
+    need(s.metrics_tunnels in METRICS_TUNNELS,
+         f"metrics_tunnels must be one of {', '.join(METRICS_TUNNELS)}, got {s.metrics_tunnels!r}")
     need(s.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     need(s.token is None or (len(s.token) >= 8 and not any(c.isspace() for c in s.token)),
          "token must be at least 8 characters without whitespace")

@@ -2,27 +2,39 @@
 
 Names are the contract in ARCHITECTURE.md "Prometheus names". Per-tunnel series carry exactly the
 labels ``netns, reqid, local, remote`` (plus ``direction`` or ``state``): one set per tunnel, never per
-SA or SPI, so the series count is bounded by the tunnel count.
+SA or SPI, so the series count is bounded by the tunnel count. ``ipsec_tunnels{netns,state}`` counts the
+tunnels per state whatever ``metrics_tunnels`` (``all``, ``unhealthy``: only tunnels not ``up`` or
+``rekeying`` get per-tunnel series, ``none``) says.
 
 A scrape runs in two steps so that 100k tunnels never block the event loop for long:
 :func:`gather` reads the correlator on the loop in chunks (yielding between them), and
-:func:`render` turns the immutable samples into text in a worker thread through a
-``prometheus_client`` custom collector.
+:func:`render` writes the text format 0.0.4 directly in a worker thread. Its output is byte for byte what
+``prometheus_client.generate_latest`` makes of the same samples (:func:`render_prometheus_client`, kept
+as the reference the tests compare against): labels sorted by name, values escaped (backslash, double
+quote, newline) and numbers formatted like ``floatToGoString``. Each tunnel's escaped label string (and
+its one-hot state block) is built once and reused until the tunnel's labels (or state) change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from monitor.hub import STATES, TunnelView
 
 TUNNEL_LABELS = ["netns", "reqid", "local", "remote"]
+#: Values of the ``metrics_tunnels`` setting.
+MODES = ("all", "unhealthy", "none")
+#: States that ``metrics_tunnels = "unhealthy"`` leaves out of the per-tunnel series.
+HEALTHY = frozenset({"up", "rekeying"})
 
 
 class TunnelSample(NamedTuple):
@@ -39,6 +51,10 @@ class TunnelSample(NamedTuple):
     hard_expires_in: float | None
     replay_errors: float
     integrity_errors: float
+    #: Escaped ``local="..",netns="..",remote="..",reqid=".."`` (computed by render when empty).
+    lab: str = ""
+    #: The tunnel's ``ipsec_tunnel_state`` lines (computed by render when empty).
+    state_block: str = ""
 
 
 class MonitorSample(NamedTuple):
@@ -53,6 +69,17 @@ class MonitorSample(NamedTuple):
     gaps: int
     dropped: int
     stalled: int
+
+
+class Gathered(NamedTuple):
+    """The result of :func:`gather`: per-tunnel samples and the tunnel count per ``(netns, state)``."""
+
+    tunnels: list[TunnelSample]
+    counts: dict[tuple[str, str], int]
+
+    def __repr__(self) -> str:
+        # Short: asyncio's task repr (reprlib) would otherwise print every sample of a 100k-tunnel scrape.
+        return f"Gathered(<{len(self.tunnels)} tunnels>, <{len(self.counts)} counts>)"
 
 
 def _num(v: Any) -> float:
@@ -87,47 +114,256 @@ def sample(t: Mapping[str, Any]) -> TunnelSample:
     )
 
 
-async def gather(view: TunnelView, now: float, chunk: int = 250) -> list[TunnelSample]:
-    """Sample every tunnel, yielding to the loop every ``chunk`` tunnels."""
+# ------------------------------------------------------------------ text format primitives
+
+
+def escape(v: str) -> str:
+    """A label value escaped for the text format 0.0.4 (backslash, newline, double quote)."""
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+_SPECIAL = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
+
+
+def go_float(d: float) -> str:
+    """``prometheus_client.utils.floatToGoString`` for a float, without its overhead on short values."""
+    s = repr(d)
+    # floatToGoString only switches to an exponent when the dot is past index 6, i.e. len(s) >= 9.
+    if len(s) > 8:
+        return str(floatToGoString(d))  # type: ignore[no-untyped-call]
+    return _SPECIAL.get(s, s)
+
+
+def tunnel_labels(labels: tuple[str, str, str, str]) -> str:
+    """The escaped label string of a tunnel, labels in name order (as ``generate_latest`` sorts them)."""
+    netns, reqid, local, remote = labels
+    return f'local="{escape(local)}",netns="{escape(netns)}",remote="{escape(remote)}",reqid="{escape(reqid)}"'
+
+
+def state_block(lab: str, state: str) -> str:
+    """The one-hot ``ipsec_tunnel_state`` lines of one tunnel."""
+    states = STATES if state in STATES else (*STATES, state)
+    return "".join(f'ipsec_tunnel_state{{{lab},state="{escape(s)}"}} {"1.0" if s == state else "0.0"}\n'
+                   for s in states)
+
+
+class _Entry:
+    """Cached strings of one tunnel."""
+
+    __slots__ = ("block", "lab", "labels", "state")
+
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        self.labels = labels
+        self.lab = tunnel_labels(labels)
+        self.state = ""
+        self.block = ""
+
+    def state_block(self, state: str) -> str:
+        if state != self.state or not self.block:
+            self.state, self.block = state, state_block(self.lab, state)
+        return self.block
+
+
+class LabelCache:
+    """Per-tunnel escaped label strings reused across scrapes; only touched on the event loop."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+
+
+_CACHES: weakref.WeakKeyDictionary[Any, LabelCache] = weakref.WeakKeyDictionary()
+
+
+def _cache_for(view: TunnelView) -> LabelCache:
+    try:
+        return _CACHES.setdefault(view, LabelCache())
+    except TypeError:  # not weak-referenceable: no reuse across scrapes
+        return LabelCache()
+
+
+async def gather(view: TunnelView, now: float, chunk: int = 250, mode: str = "all",
+                 cache: LabelCache | None = None) -> Gathered:
+    """Sample the tunnels that ``mode`` exports and count all of them per state, yielding every ``chunk``.
+
+    With ``mode`` ``unhealthy`` or ``none``, tunnels already in the cache whose state needs no series
+    are counted from the correlator's cheap ``counters_row`` instead of their full JSON.
+    """
+    if mode not in MODES:
+        raise ValueError(f"metrics_tunnels must be one of {', '.join(MODES)}, not {mode!r}")
+    cache = cache if cache is not None else LabelCache()
+    rows = getattr(view, "counters_row", None) if mode != "all" else None
+    old, fresh = cache.entries, {}
     out: list[TunnelSample] = []
+    counts: Counter[tuple[str, str]] = Counter()
     for i, tid in enumerate(list(view.tunnel_ids())):
         if i and i % chunk == 0:
             await asyncio.sleep(0)
+        e = old.get(tid)
+        if rows is not None and e is not None:
+            row = rows(tid)
+            if row is None:
+                continue
+            state = str(row[7])
+            if mode == "none" or state in HEALTHY:
+                fresh[tid] = e
+                counts[(e.labels[0], state)] += 1
+                continue
         t = view.tunnel_json(tid, now)
-        if t is not None:
-            out.append(sample(t))
+        if t is None:
+            continue
+        s = sample(t)
+        if e is None or e.labels != s.labels:
+            e = _Entry(s.labels)
+        fresh[tid] = e
+        counts[(s.labels[0], s.state)] += 1
+        if mode == "all" or (mode == "unhealthy" and s.state not in HEALTHY):
+            out.append(TunnelSample(*s[:11], e.lab, e.state_block(s.state)))
+    cache.entries = fresh
+    return Gathered(out, dict(counts))
+
+
+def count_states(tunnels: Iterable[TunnelSample]) -> dict[tuple[str, str], int]:
+    """Tunnels per ``(netns, state)`` (what :func:`gather` counts) for samples built without it."""
+    return dict(Counter((t.labels[0], t.state) for t in tunnels))
+
+
+def _aggregate(counts: Mapping[tuple[str, str], int], mon: MonitorSample) -> list[tuple[str, str, float]]:
+    """``(netns, state, count)`` for every netns seen, every known state (0 included), sorted."""
+    namespaces = {ns for ns, _ in counts} | set(mon.dumps)
+    out: list[tuple[str, str, float]] = []
+    for ns in sorted(namespaces):
+        extra = sorted({s for n, s in counts if n == ns and s not in STATES})
+        out.extend((ns, s, float(counts.get((ns, s), 0))) for s in (*STATES, *extra))
     return out
 
 
-class MonitorCollector:
-    """A ``prometheus_client`` collector over already-gathered samples."""
+# ------------------------------------------------------------------ the fast renderer
 
-    def __init__(self, tunnels: Iterable[TunnelSample], mon: MonitorSample) -> None:
+_C, _G = "counter", "gauge"
+_HELP = {
+    "ipsec_tunnel_bytes": (_C, "Bytes through the tunnel, over all SA generations."),
+    "ipsec_tunnel_packets": (_C, "Packets through the tunnel, over all SA generations."),
+    "ipsec_tunnel_rekeys": (_C, "Completed rekeys."),
+    "ipsec_tunnel_rekey_failures": (_C, "Failed rekeys."),
+    "ipsec_tunnel_state": (_G, "Health state of the tunnel (one-hot)."),
+    "ipsec_tunnel_hard_expiry_seconds": (_G, "Seconds until the earliest hard expiry of the tunnel's current SAs."),
+    "ipsec_tunnel_replay_errors": (_C, "Packets dropped by replay protection."),
+    "ipsec_tunnel_integrity_errors": (_C, "Packets failing the integrity check."),
+    "ipsec_tunnels": (_G, "Tunnels per health state (exported whatever metrics_tunnels says)."),
+    "ipsec_monitor_enobufs": (_C, "ENOBUFS overruns of the netlink socket."),
+    "ipsec_monitor_resyncs": (_C, "Full resync dumps after an overrun."),
+    "ipsec_monitor_event_loop_lag_seconds": (_G, "Max event-loop lag over the last few seconds."),
+    "ipsec_monitor_last_dump_duration_seconds": (_G, "Duration of the last full dump."),
+    "ipsec_monitor_last_dump_age_seconds": (_G, "Seconds since the last full dump ended."),
+    "ipsec_monitor_ws_clients": (_G, "Connected websocket clients."),
+    "ipsec_monitor_ws_gaps": (_C, "Gap messages sent to slow websocket clients."),
+    "ipsec_monitor_ws_dropped_events": (_C, "Events dropped from slow websocket clients' queues."),
+    "ipsec_monitor_ws_stalled": (_C, "Websocket clients closed for being stalled (code 4008)."),
+}
+
+
+def _head(name: str) -> str:
+    kind, doc = _HELP[name]
+    full = name + "_total" if kind == _C else name
+    return f"# HELP {full} {doc}\n# TYPE {full} {kind}\n"
+
+
+def _tunnel_text(ts: list[TunnelSample]) -> list[str]:
+    f = go_float
+    labs = [t.lab or tunnel_labels(t.labels) for t in ts]
+    pairs = list(zip(labs, ts, strict=True))
+    out = [_head("ipsec_tunnel_bytes")]
+    out += [f'ipsec_tunnel_bytes_total{{direction="in",{lab}}} {f(t.bytes_in)}\n'
+            f'ipsec_tunnel_bytes_total{{direction="out",{lab}}} {f(t.bytes_out)}\n' for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_packets"))
+    out += [f'ipsec_tunnel_packets_total{{direction="in",{lab}}} {f(t.packets_in)}\n'
+            f'ipsec_tunnel_packets_total{{direction="out",{lab}}} {f(t.packets_out)}\n' for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_rekeys"))
+    out += [f"ipsec_tunnel_rekeys_total{{{lab}}} {f(t.rekeys)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_rekey_failures"))
+    out += [f"ipsec_tunnel_rekey_failures_total{{{lab}}} {f(t.rekey_failures)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_state"))
+    out += [t.state_block or state_block(lab, t.state) for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_hard_expiry_seconds"))
+    out += [f"ipsec_tunnel_hard_expiry_seconds{{{lab}}} {f(t.hard_expires_in)}\n"
+            for lab, t in pairs if t.hard_expires_in is not None]
+    out.append(_head("ipsec_tunnel_replay_errors"))
+    out += [f"ipsec_tunnel_replay_errors_total{{{lab}}} {f(t.replay_errors)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_integrity_errors"))
+    out += [f"ipsec_tunnel_integrity_errors_total{{{lab}}} {f(t.integrity_errors)}\n" for lab, t in pairs]
+    return out
+
+
+def _monitor_text(m: MonitorSample, counts: Mapping[tuple[str, str], int]) -> list[str]:
+    f = go_float
+    out = [_head("ipsec_tunnels")]
+    out += [f'ipsec_tunnels{{netns="{escape(ns)}",state="{escape(s)}"}} {f(n)}\n' for ns, s, n in _aggregate(counts, m)]
+    namespaces = [(ns, escape(ns)) for ns in sorted(set(m.enobufs) | set(m.resyncs) | set(m.dumps))]
+    out.append(_head("ipsec_monitor_enobufs"))
+    out += [f'ipsec_monitor_enobufs_total{{netns="{e}"}} {f(float(m.enobufs.get(ns, 0)))}\n' for ns, e in namespaces]
+    out.append(_head("ipsec_monitor_resyncs"))
+    out += [f'ipsec_monitor_resyncs_total{{netns="{e}"}} {f(float(m.resyncs.get(ns, 0)))}\n' for ns, e in namespaces]
+    out.append(_head("ipsec_monitor_event_loop_lag_seconds"))
+    out.append(f"ipsec_monitor_event_loop_lag_seconds {f(float(m.lag))}\n")
+    dumps = sorted(m.dumps.items())
+    out.append(_head("ipsec_monitor_last_dump_duration_seconds"))
+    out += [f'ipsec_monitor_last_dump_duration_seconds{{netns="{escape(ns)}"}} '
+            f'{f(float(d["last_dump_duration"] or 0.0))}\n'
+            for ns, d in dumps if d.get("last_dump_duration") is not None]
+    out.append(_head("ipsec_monitor_last_dump_age_seconds"))
+    out += [f'ipsec_monitor_last_dump_age_seconds{{netns="{escape(ns)}"}} '
+            f'{f(max(0.0, m.now - float(d["last_dump"] or 0.0)))}\n'
+            for ns, d in dumps if d.get("last_dump") is not None]
+    for name, value in (("ipsec_monitor_ws_clients", m.clients), ("ipsec_monitor_ws_gaps", m.gaps),
+                        ("ipsec_monitor_ws_dropped_events", m.dropped), ("ipsec_monitor_ws_stalled", m.stalled)):
+        head = _head(name)
+        out.append(f"{head}{head.split()[2]} {f(float(value))}\n")
+    return out
+
+
+def render(tunnels: Iterable[TunnelSample], mon: MonitorSample,
+           counts: Mapping[tuple[str, str], int] | None = None) -> bytes:
+    """Prometheus text exposition of the samples (safe to run in a worker thread).
+
+    ``counts`` is :attr:`Gathered.counts`; without it the tunnels are counted from ``tunnels``.
+    """
+    ts = tunnels if isinstance(tunnels, list) else list(tunnels)
+    if counts is None:
+        counts = count_states(ts)
+    return "".join(_tunnel_text(ts) + _monitor_text(mon, counts)).encode()
+
+
+# ------------------------------------------------------------------ the reference (prometheus_client)
+
+
+class MonitorCollector:
+    """A ``prometheus_client`` collector over already-gathered samples: the reference for :func:`render`."""
+
+    def __init__(self, tunnels: Iterable[TunnelSample], mon: MonitorSample,
+                 counts: Mapping[tuple[str, str], int] | None = None) -> None:
         self.tunnels = list(tunnels)
         self.mon = mon
+        self.counts = count_states(self.tunnels) if counts is None else counts
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family (called by ``generate_latest``)."""
         yield from self._tunnel_families()
         yield from self._monitor_families()
 
+    @staticmethod
+    def _family(name: str, labels: list[str] | None = None,
+                value: float | None = None) -> CounterMetricFamily | GaugeMetricFamily:
+        kind, doc = _HELP[name]
+        cls = CounterMetricFamily if kind == _C else GaugeMetricFamily
+        return cls(name, doc, labels=labels, value=value)
+
     def _tunnel_families(self) -> Iterator[Metric]:
-        dl = [*TUNNEL_LABELS, "direction"]
-        nbytes = CounterMetricFamily("ipsec_tunnel_bytes", "Bytes through the tunnel, over all SA generations.",
-                                     labels=dl)
-        pkts = CounterMetricFamily("ipsec_tunnel_packets", "Packets through the tunnel, over all SA generations.",
-                                   labels=dl)
-        rekeys = CounterMetricFamily("ipsec_tunnel_rekeys", "Completed rekeys.", labels=TUNNEL_LABELS)
-        fails = CounterMetricFamily("ipsec_tunnel_rekey_failures", "Failed rekeys.", labels=TUNNEL_LABELS)
-        state = GaugeMetricFamily("ipsec_tunnel_state", "Health state of the tunnel (one-hot).",
-                                  labels=[*TUNNEL_LABELS, "state"])
-        hard = GaugeMetricFamily("ipsec_tunnel_hard_expiry_seconds",
-                                 "Seconds until the earliest hard expiry of the tunnel's current SAs.",
-                                 labels=TUNNEL_LABELS)
-        replay = CounterMetricFamily("ipsec_tunnel_replay_errors", "Packets dropped by replay protection.",
-                                     labels=TUNNEL_LABELS)
-        integ = CounterMetricFamily("ipsec_tunnel_integrity_errors", "Packets failing the integrity check.",
-                                    labels=TUNNEL_LABELS)
+        fam, tl, dl = self._family, TUNNEL_LABELS, [*TUNNEL_LABELS, "direction"]
+        nbytes, pkts = fam("ipsec_tunnel_bytes", dl), fam("ipsec_tunnel_packets", dl)
+        rekeys, fails = fam("ipsec_tunnel_rekeys", tl), fam("ipsec_tunnel_rekey_failures", tl)
+        state = fam("ipsec_tunnel_state", [*TUNNEL_LABELS, "state"])
+        hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
+        replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
         for t in self.tunnels:
             lab = list(t.labels)
             nbytes.add_metric([*lab, "in"], t.bytes_in)
@@ -146,22 +382,20 @@ class MonitorCollector:
         yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ)
 
     def _monitor_families(self) -> Iterator[Metric]:
-        m = self.mon
-        enobufs = CounterMetricFamily("ipsec_monitor_enobufs", "ENOBUFS overruns of the netlink socket.",
-                                      labels=["netns"])
-        resyncs = CounterMetricFamily("ipsec_monitor_resyncs", "Full resync dumps after an overrun.",
-                                      labels=["netns"])
+        m, fam = self.mon, self._family
+        agg = fam("ipsec_tunnels", ["netns", "state"])
+        for ns, s, n in _aggregate(self.counts, m):
+            agg.add_metric([ns, s], n)
+        yield agg
+        enobufs, resyncs = fam("ipsec_monitor_enobufs", ["netns"]), fam("ipsec_monitor_resyncs", ["netns"])
         for ns in sorted(set(m.enobufs) | set(m.resyncs) | set(m.dumps)):
             enobufs.add_metric([ns], float(m.enobufs.get(ns, 0)))
             resyncs.add_metric([ns], float(m.resyncs.get(ns, 0)))
         yield enobufs
         yield resyncs
-        yield GaugeMetricFamily("ipsec_monitor_event_loop_lag_seconds",
-                                "Max event-loop lag over the last few seconds.", value=m.lag)
-        dur = GaugeMetricFamily("ipsec_monitor_last_dump_duration_seconds", "Duration of the last full dump.",
-                                labels=["netns"])
-        age = GaugeMetricFamily("ipsec_monitor_last_dump_age_seconds", "Seconds since the last full dump ended.",
-                                labels=["netns"])
+        yield fam("ipsec_monitor_event_loop_lag_seconds", value=m.lag)
+        dur = fam("ipsec_monitor_last_dump_duration_seconds", ["netns"])
+        age = fam("ipsec_monitor_last_dump_age_seconds", ["netns"])
         for ns, d in sorted(m.dumps.items()):
             if d.get("last_dump_duration") is not None:
                 dur.add_metric([ns], float(d["last_dump_duration"] or 0.0))
@@ -169,23 +403,21 @@ class MonitorCollector:
                 age.add_metric([ns], max(0.0, m.now - float(d["last_dump"] or 0.0)))
         yield dur
         yield age
-        yield GaugeMetricFamily("ipsec_monitor_ws_clients", "Connected websocket clients.", value=m.clients)
-        yield CounterMetricFamily("ipsec_monitor_ws_gaps", "Gap messages sent to slow websocket clients.",
-                                  value=m.gaps)
-        yield CounterMetricFamily("ipsec_monitor_ws_dropped_events",
-                                  "Events dropped from slow websocket clients' queues.", value=m.dropped)
-        yield CounterMetricFamily("ipsec_monitor_ws_stalled",
-                                  "Websocket clients closed for being stalled (code 4008).", value=m.stalled)
+        yield fam("ipsec_monitor_ws_clients", value=m.clients)
+        yield fam("ipsec_monitor_ws_gaps", value=m.gaps)
+        yield fam("ipsec_monitor_ws_dropped_events", value=m.dropped)
+        yield fam("ipsec_monitor_ws_stalled", value=m.stalled)
 
 
-def render(tunnels: Iterable[TunnelSample], mon: MonitorSample) -> bytes:
-    """Prometheus text exposition of the samples (safe to run in a worker thread)."""
+def render_prometheus_client(tunnels: Iterable[TunnelSample], mon: MonitorSample,
+                             counts: Mapping[tuple[str, str], int] | None = None) -> bytes:
+    """The same exposition through ``prometheus_client.generate_latest`` (reference for tests and bench)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MonitorCollector(tunnels, mon))
+    registry.register(MonitorCollector(tunnels, mon, counts))
     return generate_latest(registry)
 
 
-async def scrape(view: TunnelView, mon: MonitorSample) -> bytes:
-    """Gather on the loop, render in a thread."""
-    tunnels = await gather(view, mon.now if mon.now else time.time())
-    return await asyncio.get_running_loop().run_in_executor(None, render, tunnels, mon)
+async def scrape(view: TunnelView, mon: MonitorSample, mode: str = "all") -> bytes:
+    """Gather on the loop (reusing the view's label cache), render in a thread."""
+    g = await gather(view, mon.now if mon.now else time.time(), mode=mode, cache=_cache_for(view))
+    return await asyncio.get_running_loop().run_in_executor(None, render, g.tunnels, mon, g.counts)

@@ -354,7 +354,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
     mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
                         dumps=daemon.dump_stats(), now=daemon.clock(), clients=len(hub.clients),
                         gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total)
-    body = await scrape(request.app[CORRELATOR], mon)
+    body = await scrape(request.app[CORRELATOR], mon, request.app[SETTINGS].metrics_tunnels)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -46,11 +46,14 @@ def add_parser(sub: Any) -> None:
                    help="file holding the bearer token [env MONITOR_TOKEN holds the token itself]")
     add_source_args(p)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--metrics-tunnels", choices=("all", "unhealthy", "none"),
+                   help="per-tunnel series on /metrics: all (default), unhealthy (not up/rekeying), none "
+                        "[env MONITOR_METRICS_TUNNELS]")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
-              "tunnels", "seed", "log_level")
+              "tunnels", "seed", "log_level", "metrics_tunnels")
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:

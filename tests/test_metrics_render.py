@@ -1,0 +1,217 @@
+"""monitor.metrics: the direct text renderer against prometheus_client, the label cache, ``metrics_tunnels``.
+
+The reference is :func:`monitor.metrics.render_prometheus_client`: the same samples through
+``prometheus_client``'s collector API and ``generate_latest`` (what ``/metrics`` used to serve).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
+
+from monitor import config, metrics
+from monitor.errors import ConfigError
+from monitor.hub import STATES
+from monitor.web import HUB
+from tests.test_web_fakes import FakeCorrelator
+from tests.test_web_functional import Start, start, until  # noqa: F401 - the fixture is used by name
+
+AWKWARD = ["", "a\"b", "back\\slash", "new\nline", "\\n", "\"\\\n\"", "2001:db8::1", "fe80::1%eth0",
+           "ünïcødé", "{x=\"y\"}", "a,b", "192.0.2.1"]
+labels = st.one_of(st.sampled_from(AWKWARD), st.text(max_size=12))
+floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.integers(min_value=0, max_value=2**64).map(float),
+                   st.sampled_from([0.0, -0.0, 1.0, 1234567.0, 12345678.0, 1e16, 1e22, 5e-324, 0.1]))
+states = st.one_of(st.sampled_from(STATES), st.sampled_from(["weird", "quo\"te", "back\\slash"]))
+
+tunnel_samples = st.builds(
+    metrics.TunnelSample,
+    st.tuples(labels, labels, labels, labels),
+    floats, floats, floats, floats, floats, floats, states,
+    st.one_of(st.none(), floats), floats, floats, lab=st.just(""), state_block=st.just(""),
+)
+mon_samples = st.builds(
+    metrics.MonitorSample,
+    enobufs=st.dictionaries(labels, st.integers(0, 2**40), max_size=3),
+    resyncs=st.dictionaries(labels, st.integers(0, 2**40), max_size=3),
+    lag=floats,
+    dumps=st.dictionaries(labels, st.fixed_dictionaries({
+        "last_dump": st.one_of(st.none(), st.floats(0, 1e10)),
+        "last_dump_duration": st.one_of(st.none(), st.floats(0, 100))}), max_size=3),
+    now=st.floats(0, 2e10), clients=st.integers(0, 10**6), gaps=st.integers(0, 2**40),
+    dropped=st.integers(0, 2**40), stalled=st.integers(0, 10**6),
+)
+
+
+def families(text: bytes) -> list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], str]]]]:
+    """Parsed exposition: (name, type, help, samples) with values as their repr (so NaN compares equal)."""
+    return [(f.name, f.type, f.documentation,
+             [(s.name, tuple(sorted(s.labels.items())), repr(s.value)) for s in f.samples])
+            for f in text_string_to_metric_families(text.decode())]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(tunnel_samples, max_size=6), mon_samples)
+def test_render_equals_prometheus_client(tunnels: list[metrics.TunnelSample], mon: metrics.MonitorSample) -> None:
+    """Awkward labels and values: our text parses to the same families as generate_latest's, byte for byte."""
+    ours = metrics.render(tunnels, mon)
+    ref = metrics.render_prometheus_client(tunnels, mon)
+    assert families(ours) == families(ref)
+    assert ours == ref
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(tunnel_samples, max_size=4), mon_samples)
+def test_render_with_cached_strings_equals_reference(tunnels: list[metrics.TunnelSample],
+                                                     mon: metrics.MonitorSample) -> None:
+    """Samples carrying pre-built label/state strings (what gather passes) render exactly like bare ones."""
+    cached = [t._replace(lab=metrics.tunnel_labels(t.labels),
+                         state_block=metrics.state_block(metrics.tunnel_labels(t.labels), t.state)) for t in tunnels]
+    assert metrics.render(cached, mon) == metrics.render_prometheus_client(tunnels, mon)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_go_float_matches_float_to_go_string(d: float) -> None:
+    """The fast float formatting is floatToGoString's for every float."""
+    assert metrics.go_float(d) == floatToGoString(d)  # type: ignore[no-untyped-call]
+
+
+def test_go_float_edges() -> None:
+    """The exponent switch (dot past index 6), infinities and NaN, spelled out."""
+    for d in (1234567.0, 12345678.0, 123456789.5, 1e16, -12345678.0, math.inf, -math.inf, math.nan, 0.0, -0.0):
+        assert metrics.go_float(d) == floatToGoString(d), d  # type: ignore[no-untyped-call]
+
+
+def test_escape_round_trips_through_the_parser() -> None:
+    """Escaped label values come back from prometheus_client's parser unchanged."""
+    for v in AWKWARD:
+        text = f'x{{a="{metrics.escape(v)}"}} 1.0\n'
+        (fam,) = text_string_to_metric_families(text)
+        assert fam.samples[0].labels == {"a": v}
+
+
+MON = metrics.MonitorSample(enobufs={}, resyncs={}, lag=0.0, dumps={"blue": {"last_dump": None}}, now=1e9,
+                            clients=0, gaps=0, dropped=0, stalled=0)
+
+
+def fleet() -> FakeCorrelator:
+    """Seven tunnels, one per state, in two namespaces."""
+    c = FakeCorrelator()
+    for i, s in enumerate(STATES):
+        c.add(f"t{i}", netns="default" if i % 2 else "red", state=s, n=i)
+    return c
+
+
+def per_tunnel(text: bytes) -> set[str]:
+    """Remote addresses that have per-tunnel series."""
+    return {s.labels["remote"] for f in text_string_to_metric_families(text.decode())
+            if f.name.startswith("ipsec_tunnel_") for s in f.samples}
+
+
+def aggregate(text: bytes) -> dict[tuple[str, str], float]:
+    """``ipsec_tunnels`` as {(netns, state): value}."""
+    return {(s.labels["netns"], s.labels["state"]): s.value for f in text_string_to_metric_families(text.decode())
+            if f.name == "ipsec_tunnels" for s in f.samples}
+
+
+async def scrape_text(c: Any, mode: str, cache: metrics.LabelCache) -> bytes:
+    """One gather + render."""
+    g = await metrics.gather(c, 1e9, mode=mode, cache=cache)
+    return metrics.render(g.tunnels, MON, g.counts)
+
+
+async def test_modes_select_per_tunnel_series_and_always_count() -> None:
+    """all: every tunnel; unhealthy: not up/rekeying; none: no per-tunnel series; ipsec_tunnels counts all."""
+    c = fleet()
+    remote = {t["state"]: t["remote"] for t in c.tunnels.values()}
+    expect_counts = {(t["netns"], s): 0.0 for t in c.tunnels.values() for s in STATES}
+    expect_counts |= {(ns, s): 0.0 for ns in ("blue",) for s in STATES}
+    for t in c.tunnels.values():
+        expect_counts[(t["netns"], t["state"])] += 1.0
+    for mode, exported in (("all", set(STATES)), ("unhealthy", set(STATES) - {"up", "rekeying"}), ("none", set())):
+        cache = metrics.LabelCache()
+        for _ in range(2):  # cold cache, then warm (the warm one reads counters_row for skipped tunnels)
+            text = await scrape_text(c, mode, cache)
+            assert per_tunnel(text) == {remote[s] for s in exported}, mode
+            assert aggregate(text) == expect_counts, mode
+    assert tuple(metrics.MODES) == config.METRICS_TUNNELS
+
+
+async def test_unhealthy_mode_follows_state_changes_with_warm_cache() -> None:
+    """A cached healthy tunnel that goes down gets its series at the next scrape, and loses them when it recovers."""
+    c, cache = fleet(), metrics.LabelCache()
+    await scrape_text(c, "unhealthy", cache)
+    up = next(t for t in c.tunnels.values() if t["state"] == "up")
+    c.update(up["id"], state="down")
+    assert up["remote"] in per_tunnel(await scrape_text(c, "unhealthy", cache))
+    c.update(up["id"], state="up")
+    assert up["remote"] not in per_tunnel(await scrape_text(c, "unhealthy", cache))
+
+
+async def test_label_cache_invalidated_on_label_change_and_pruned() -> None:
+    """New label values replace the cached string; removed tunnels leave the cache; output matches the reference."""
+    c, cache = fleet(), metrics.LabelCache()
+    await scrape_text(c, "all", cache)
+    before = cache.entries["t0"]
+    c.update("t0", local='2001:db8::"7"\\')
+    text = await scrape_text(c, "all", cache)
+    assert cache.entries["t0"] is not before
+    locals_ = {s.labels["local"] for f in text_string_to_metric_families(text.decode()) for s in f.samples
+               if "local" in s.labels and s.labels["remote"] == c.tunnels["t0"]["remote"]}
+    assert locals_ == {'2001:db8::"7"\\'}
+    same = cache.entries["t1"]
+    await scrape_text(c, "all", cache)
+    assert cache.entries["t1"] is same  # unchanged labels: the string is reused
+    c.remove("t1")
+    g = await metrics.gather(c, 1e9, cache=cache)
+    assert "t1" not in cache.entries
+    samples = [metrics.sample(c.tunnels[t]) for t in c.tunnel_ids()]
+    assert metrics.render(g.tunnels, MON, g.counts) == metrics.render_prometheus_client(samples, MON)
+
+
+async def test_gather_rejects_unknown_mode() -> None:
+    """A typo in the mode is a clear error, not an empty scrape."""
+    with pytest.raises(ValueError, match="metrics_tunnels must be one of all, unhealthy, none"):
+        await metrics.gather(fleet(), 1e9, mode="some")
+
+
+def test_setting_from_env_toml_and_validation(tmp_path: Any) -> None:
+    """metrics_tunnels: default all; env and TOML set it; a bad value names the allowed ones."""
+    assert config.load_settings({}, env={}).metrics_tunnels == "all"
+    assert config.load_settings({}, env={"MONITOR_METRICS_TUNNELS": "none"}).metrics_tunnels == "none"
+    f = tmp_path / "m.toml"
+    f.write_text('metrics_tunnels = "unhealthy"\n')
+    assert config.load_settings({}, env={}, config=f).metrics_tunnels == "unhealthy"
+    with pytest.raises(ConfigError, match="metrics_tunnels must be one of all, unhealthy, none"):
+        config.load_settings({}, env={"MONITOR_METRICS_TUNNELS": "some"})
+
+
+def test_serve_flag() -> None:
+    """``monitor serve --metrics-tunnels none`` reaches the settings."""
+    import argparse
+
+    from monitor.commands import serve
+
+    ap = argparse.ArgumentParser()
+    serve.add_parser(ap.add_subparsers())
+    args = ap.parse_args(["serve", "--metrics-tunnels", "none"])
+    assert serve.settings_from_args(args).metrics_tunnels == "none"
+
+
+async def test_served_metrics_honour_setting(start: Start) -> None:  # noqa: F811 - the imported fixture
+    """A real server with metrics_tunnels=none serves no per-tunnel series but counts every tunnel."""
+    server, app = await start(tunnels=6, speed=30, seed=8, metrics_tunnels="none")
+    view = app[HUB].view
+    await until(lambda: len(list(view.tunnel_ids())) >= 6, "fleet")
+    async with aiohttp.ClientSession() as s, s.get(server.make_url("/metrics")) as r:
+        assert r.status == 200
+        text = (await r.read())
+    assert per_tunnel(text) == set()
+    assert sum(aggregate(text).values()) == len(list(view.tunnel_ids()))
