@@ -10,6 +10,8 @@ What is timed, on one pinned core, on the same bytes in the same run:
   record, which any netlink consumer has to do) and pyroute2's generic ``Marshal.parse`` on a subset;
 * **first load**: an empty ``Correlator`` fed the whole dump through ``monitor.pipeline.Pipeline``
   (our GETSA request, the 32 KiB reply datagrams, NLMSG_DONE): decode, tunnel creation, quiet load;
+  timed twice, interleaved: with CPython's default GC, and with the daemon's GC policy
+  (``monitor.daemon.LoadGc.update`` after every item, exactly as ``Daemon._feed`` calls it);
 * **steady-state refresh**: the next dump of the same SAs with every SA's ``curlft`` bytes/packets
   grown (patched into the encoded records), so every SA and tunnel is updated and rates computed.
 
@@ -52,8 +54,9 @@ from bench.common import (
 )
 from monitor import xfrm as X
 from monitor.correlate import Correlator
+from monitor.daemon import LoadGc
 from monitor.decode import decode_datagram
-from monitor.encode import encode_dump_request, encode_sa
+from monitor.encode import encode_allocspi, encode_dump_request
 from monitor.events import SA, LifetimeCfg, LifetimeCur, NlHeader, Selector, Stats
 from monitor.items import Datagram
 from monitor.pipeline import Pipeline
@@ -82,6 +85,20 @@ def _feed(pipeline: Pipeline, items: Sequence[Datagram], now: float) -> None:
     feed = pipeline.feed
     for item in items:
         feed(item, now)
+
+
+def _feed_daemon_gc(pipeline: Pipeline, items: Sequence[Datagram], now: float) -> None:
+    """``_feed`` with the daemon's GC policy applied after every item, as ``Daemon._feed`` does."""
+    feed = pipeline.feed
+    policy = LoadGc()
+    update = policy.update
+    core = pipeline.correlator
+    try:
+        for item in items:
+            feed(item, now)
+            update(core, time.monotonic())
+    finally:
+        policy.release()  # unfreeze: the next round starts from the same GC state
 
 
 def _timed(fn: Any) -> tuple[float, float]:
@@ -127,9 +144,17 @@ def run(n_sas: int = TARGET_SAS, repeats: int = 3, rss: bool = True) -> dict[str
     walk = [_timed(lambda: header_walk(dump1)) for _ in range(repeats)]
     decode_only = [_timed(lambda: [decode_datagram(d) for d in dump1]) for _ in range(repeats)]
     first: list[tuple[float, float]] = []
+    first_gc: list[tuple[float, float]] = []
     steady: list[tuple[float, float]] = []
     check: dict[str, Any] = {}
     for r in range(repeats):
+        # the daemon's path (GC held off during the initial load, then frozen: monitor.daemon.LoadGc),
+        # interleaved with the plain one so both see the same machine load
+        p_gc = Pipeline(Correlator())
+        first_gc.append(_timed(lambda p=p_gc: _feed_daemon_gc(p, items1, NOW0)))
+        if r == 0:
+            check["sas_after_first_daemon_gc"] = p_gc.correlator.sa_count
+        del p_gc
         pipeline = Pipeline(Correlator())
         first.append(_timed(lambda p=pipeline: _feed(p, items1, NOW0)))
         c = pipeline.correlator
@@ -168,12 +193,14 @@ def run(n_sas: int = TARGET_SAS, repeats: int = 3, rss: bool = True) -> dict[str
         "header_walk": stat(walk),
         "decode_only": stat(decode_only),
         "first_load": stat(first),
+        "first_load_daemon_gc": stat(first_gc),
         "steady_refresh": stat(steady),
         "pyroute2_subset": {"sas": sub_count, "sas_per_s": p2},
         "check": check,
     }
     best_first, best_steady = res["first_load"]["best_s"], res["steady_refresh"]["best_s"]
     res["sas_per_s"] = {"first_load": n_sas / best_first, "steady_refresh": n_sas / best_steady,
+                        "first_load_daemon_gc": n_sas / res["first_load_daemon_gc"]["best_s"],
                         "decode_only": n_sas / res["decode_only"]["best_s"],
                         "header_walk": n_sas / res["header_walk"]["best_s"], "pyroute2": p2}
     res["ratio_vs_header_walk"] = {"first_load": best_first / res["header_walk"]["best_s"],
@@ -181,6 +208,8 @@ def run(n_sas: int = TARGET_SAS, repeats: int = 3, rss: bool = True) -> dict[str
     scale = TARGET_SAS / n_sas
     res["projected_200k_s"] = {"first_load": best_first * scale, "steady_refresh": best_steady * scale,
                                "first_load_cpu": res["first_load"]["cpu_best_s"] * scale,
+                               "first_load_daemon_gc": res["first_load_daemon_gc"]["best_s"] * scale,
+                               "first_load_daemon_gc_cpu": res["first_load_daemon_gc"]["cpu_best_s"] * scale,
                                "steady_refresh_cpu": res["steady_refresh"]["cpu_best_s"] * scale}
     res["run_queue_wait_s"] = run_queue_wait() - wait0  # time this process lost to others (shared machine)
     if rss:
@@ -235,19 +264,17 @@ def rss_per_sa(n_sas: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ kernel in the loop
 
 def allocspi_request(seq: int, i: int) -> bytes:
-    """``XFRM_MSG_ALLOCSPI``: ``struct xfrm_userspi_info { struct xfrm_usersa_info info; __u32 min, max; }``.
+    """``XFRM_MSG_ALLOCSPI`` for larval SA ``i`` (``monitor.encode.encode_allocspi``).
 
-    Larval SA ``i``: ESP, tunnel mode, reqid ``i + 1`` (distinct, so each request makes a new state:
-    ``xfrm_find_acq()`` would otherwise return the existing one). Addresses are documentation
-    ranges; nothing is sent anywhere (the netns has no interfaces up but lo).
+    ESP, tunnel mode, reqid ``i + 1`` (distinct, so each request makes a new state:
+    ``xfrm_find_acq()`` would otherwise return the existing one), SPI range 0xC0000000-0xCFFFFFFF.
+    Addresses are documentation ranges; nothing is sent anywhere (the netns has no interfaces up but lo).
     """
     peer = f"{('192.0.2.', '198.51.100.', '203.0.113.')[i % 3]}{2 + (i // 3) % 250}"
     sa = SA(sel=Selector("0.0.0.0", "0.0.0.0", family=X.AF_INET), daddr=peer, spi=0,
             proto=X.IPPROTO_ESP, saddr="192.0.2.1", lft=LifetimeCfg(), cur=LifetimeCur(0, 0, 0, 0),
             stats=Stats(), seq=0, reqid=i + 1, family=X.AF_INET, mode=1, replay_window=0, flags=0)
-    info = encode_sa(NlHeader(X.XFRM_MSG_NEWSA), sa)[16:16 + 224]
-    body = info + X.U32.pack(0xC0000000) + X.U32.pack(0xCFFFFFFF)
-    return X.NLMSGHDR.pack(16 + len(body), X.XFRM_MSG_ALLOCSPI, X.NLM_F_REQUEST, seq, 0) + body
+    return encode_allocspi(NlHeader(X.XFRM_MSG_ALLOCSPI, X.NLM_F_REQUEST, seq, 0), sa, 0xC0000000, 0xCFFFFFFF)
 
 
 def _drain(sock: socket.socket, buf: bytearray) -> int:
@@ -367,7 +394,8 @@ def format_table(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|"]
     hw = r["header_walk"]["best_s"]
     for key, label in (("header_walk", "baseline: header walk"), ("decode_only", "decode only"),
-                       ("first_load", "first load (decode+correlate)"),
+                       ("first_load", "first load (decode+correlate), default GC"),
+                       ("first_load_daemon_gc", "first load, daemon GC policy (LoadGc)"),
                        ("steady_refresh", "steady refresh (counters changed)")):
         s = r[key]
         rows.append(f"| {label} | {s['best_s']:.3f} | {s['median_s']:.3f} | {s['cpu_best_s']:.3f} | "

@@ -95,6 +95,11 @@ class Correlator(Lifecycle):
         """Live, non-larval SAs held, over all netns."""
         return sum(len(ns.sas) for ns in self._ns.values())
 
+    @property
+    def loading(self) -> bool:
+        """True while some netns is in its quiet initial load (first SA or policy dump not ended yet)."""
+        return any(ns.loading or ns.ploading for ns in self._ns.values())
+
     def on_events(self, netns: str, events: Sequence[Event], now: float) -> None:
         """Apply decoded events of one netns (notifications and dump records alike)."""
         ns = self._netns(netns, now)

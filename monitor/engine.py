@@ -137,6 +137,11 @@ class Engine:
         ns.pending.discard(t)
         self._tunnels.pop(t.id, None)
         self._dirty.add(t.id)
+        # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so
+        # refcounting frees all of it at once: the daemon freezes loaded state out of the cyclic GC
+        # (monitor.daemon.LoadGc), which would never find these cycles
+        t.sas.clear()
+        t.policies.clear()
 
     def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
         if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):
