@@ -52,7 +52,7 @@ def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return best, out
 
 
-def _gather(c: Correlator, mode: str, cache: metrics.LabelCache) -> tuple[metrics.Gathered, float]:
+def _gather(c: Correlator, mode: str, cache: metrics.ScrapeCache) -> tuple[metrics.Gathered, float]:
     """Run gather on a private loop; return (samples, longest stretch between two loop iterations)."""
     async def main() -> tuple[metrics.Gathered, float]:
         stop = False
@@ -81,7 +81,7 @@ def run_one(tunnels: int, repeats: int) -> dict[str, Any]:
     c = build(tunnels)
     res: dict[str, Any] = {"tunnels": tunnels}
     for mode in metrics.MODES:
-        cache = metrics.LabelCache()
+        cache = metrics.ScrapeCache()
         cold_cpu, _ = _best(lambda m=mode, k=cache: _gather(c, m, k), 1)  # type: ignore[misc]
         g_cpu, (g, block) = _best(lambda m=mode, k=cache: _gather(c, m, k), repeats)  # type: ignore[misc]
         r_cpu, body = _best(lambda g=g: metrics.render(g.tunnels, MON, g.counts), repeats)  # type: ignore[misc]

@@ -35,7 +35,7 @@ tunnel_samples = st.builds(
     metrics.TunnelSample,
     st.tuples(labels, labels, labels, labels),
     floats, floats, floats, floats, floats, floats, states,
-    st.one_of(st.none(), floats), floats, floats, lab=st.just(""), state_block=st.just(""),
+    st.one_of(st.none(), floats), floats, floats,
 )
 mon_samples = st.builds(
     metrics.MonitorSample,
@@ -67,14 +67,12 @@ def test_render_equals_prometheus_client(tunnels: list[metrics.TunnelSample], mo
     assert ours == ref
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(tunnel_samples, max_size=4), mon_samples)
-def test_render_with_cached_strings_equals_reference(tunnels: list[metrics.TunnelSample],
-                                                     mon: metrics.MonitorSample) -> None:
-    """Samples carrying pre-built label/state strings (what gather passes) render exactly like bare ones."""
-    cached = [t._replace(lab=metrics.tunnel_labels(t.labels),
-                         state_block=metrics.state_block(metrics.tunnel_labels(t.labels), t.state)) for t in tunnels]
-    assert metrics.render(cached, mon) == metrics.render_prometheus_client(tunnels, mon)
+def test_state_templates_equal_state_block() -> None:
+    """The per-state templates used by render give the same lines as building the block directly."""
+    lab = metrics.tunnel_labels(('n"s', "1", "2001:db8::1", "back\\slash\\0"))
+    for state in STATES:
+        assert metrics._STATE_TEMPLATES[state].replace("\0", lab) == metrics.state_block(lab, state)
+        assert metrics.state_block(lab, state).count(" 1.0\n") == 1
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True))
@@ -121,7 +119,7 @@ def aggregate(text: bytes) -> dict[tuple[str, str], float]:
             if f.name == "ipsec_tunnels" for s in f.samples}
 
 
-async def scrape_text(c: Any, mode: str, cache: metrics.LabelCache) -> bytes:
+async def scrape_text(c: Any, mode: str, cache: metrics.ScrapeCache) -> bytes:
     """One gather + render."""
     g = await metrics.gather(c, 1e9, mode=mode, cache=cache)
     return metrics.render(g.tunnels, MON, g.counts)
@@ -136,7 +134,7 @@ async def test_modes_select_per_tunnel_series_and_always_count() -> None:
     for t in c.tunnels.values():
         expect_counts[(t["netns"], t["state"])] += 1.0
     for mode, exported in (("all", set(STATES)), ("unhealthy", set(STATES) - {"up", "rekeying"}), ("none", set())):
-        cache = metrics.LabelCache()
+        cache = metrics.ScrapeCache()
         for _ in range(2):  # cold cache, then warm (the warm one reads counters_row for skipped tunnels)
             text = await scrape_text(c, mode, cache)
             assert per_tunnel(text) == {remote[s] for s in exported}, mode
@@ -146,7 +144,7 @@ async def test_modes_select_per_tunnel_series_and_always_count() -> None:
 
 async def test_unhealthy_mode_follows_state_changes_with_warm_cache() -> None:
     """A cached healthy tunnel that goes down gets its series at the next scrape, and loses them when it recovers."""
-    c, cache = fleet(), metrics.LabelCache()
+    c, cache = fleet(), metrics.ScrapeCache()
     await scrape_text(c, "unhealthy", cache)
     up = next(t for t in c.tunnels.values() if t["state"] == "up")
     c.update(up["id"], state="down")
@@ -155,25 +153,24 @@ async def test_unhealthy_mode_follows_state_changes_with_warm_cache() -> None:
     assert up["remote"] not in per_tunnel(await scrape_text(c, "unhealthy", cache))
 
 
-async def test_label_cache_invalidated_on_label_change_and_pruned() -> None:
-    """New label values replace the cached string; removed tunnels leave the cache; output matches the reference."""
-    c, cache = fleet(), metrics.LabelCache()
+async def test_label_changes_show_and_cache_is_pruned() -> None:
+    """Changed label values show at the next scrape; removed tunnels leave the cache; output matches the reference."""
+    c, cache = fleet(), metrics.ScrapeCache()
     await scrape_text(c, "all", cache)
-    before = cache.entries["t0"]
-    c.update("t0", local='2001:db8::"7"\\')
-    text = await scrape_text(c, "all", cache)
-    assert cache.entries["t0"] is not before
+    assert cache.netns == {}  # mode all never takes the counters_row shortcut: nothing kept
+    c.update("t0", local='2001:db8::"7"\\', state="down")
+    text = await scrape_text(c, "unhealthy", cache)
     locals_ = {s.labels["local"] for f in text_string_to_metric_families(text.decode()) for s in f.samples
                if "local" in s.labels and s.labels["remote"] == c.tunnels["t0"]["remote"]}
     assert locals_ == {'2001:db8::"7"\\'}
-    same = cache.entries["t1"]
-    await scrape_text(c, "all", cache)
-    assert cache.entries["t1"] is same  # unchanged labels: the string is reused
+    assert set(cache.netns) == set(c.tunnels)
     c.remove("t1")
-    g = await metrics.gather(c, 1e9, cache=cache)
-    assert "t1" not in cache.entries
-    samples = [metrics.sample(c.tunnels[t]) for t in c.tunnel_ids()]
-    assert metrics.render(g.tunnels, MON, g.counts) == metrics.render_prometheus_client(samples, MON)
+    g = await metrics.gather(c, 1e9, mode="unhealthy", cache=cache)
+    assert "t1" not in cache.netns
+    samples = [metrics.sample(c.tunnels[t]) for t in c.tunnel_ids()
+               if c.tunnels[t]["state"] not in ("up", "rekeying")]
+    counts = metrics.count_states(metrics.sample(t) for t in c.tunnels.values())
+    assert metrics.render(g.tunnels, MON, g.counts) == metrics.render_prometheus_client(samples, MON, counts)
 
 
 async def test_gather_rejects_unknown_mode() -> None:
