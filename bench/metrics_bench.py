@@ -4,7 +4,8 @@
 from ``bench.common``'s fleet, fed through the real decoder and pipeline), then times, on one thread:
 
 - ``gather``: :func:`monitor.metrics.gather` (runs on the event loop; the longest stretch between two
-  yields is reported as ``max_block_s``, i.e. the longest the loop is blocked by a scrape);
+  yields is reported as ``max_block_s``, i.e. the longest the loop is blocked by a scrape;
+  ``gather_cold_cpu_s`` is the first scrape, before the ``ScrapeCache`` knows the tunnels);
 - ``render``: :func:`monitor.metrics.render` (runs in a worker thread);
 - the baseline ``render_prometheus_client``: the same samples through ``prometheus_client``'s
   ``generate_latest`` (what ``render`` used to be), for the ratio;
