@@ -36,7 +36,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.engine import INF, DumpKind
+from monitor.engine import INF, NLM_MULTI, DumpKind
 from monitor.events import (
     Acquire,
     AsyncEvent,
@@ -104,10 +104,24 @@ class Correlator(Lifecycle):
         """Apply decoded events of one netns (notifications and dump records alike)."""
         ns = self._netns(netns, now)
         handlers = self._handlers
-        for ev in events:
-            h = handlers.get(ev.__class__)
-            if h is not None:
-                h(ns, ev, now)
+        if ns.loading:
+            # initial load: a dump record of an SA not held yet goes straight to ``_load_sa``
+            # (what ``_ev_sa_added`` would do, without its call and lookups); anything else as usual
+            sas, load = ns.sas, self._load_sa
+            for ev in events:
+                if ev.__class__ is SAAdded and ev.nl.flags & NLM_MULTI and not ns.tombstones:
+                    sa = ev.sa
+                    key = (sa.spi, sa.daddr, sa.proto)
+                    if key not in sas and load(ns, key, sa, now):
+                        continue
+                h = handlers.get(ev.__class__)
+                if h is not None:
+                    h(ns, ev, now)
+        else:
+            for ev in events:
+                h = handlers.get(ev.__class__)
+                if h is not None:
+                    h(ns, ev, now)
         if not ns.deferring:
             self._flush(ns, now)
 

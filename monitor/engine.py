@@ -231,7 +231,11 @@ class Engine:
                 break
             if state is TunnelState.DOWN:  # coming up: always through ``up`` (tunnel_up)
                 if quiet:  # initial load: up since its oldest live SA was installed
-                    t.up_since = min((sa.add_time for sa in t.sas if sa.add_time), default=now)
+                    oldest = INF
+                    for sa in t.sas:
+                        if sa.add_time and sa.add_time < oldest:
+                            oldest = sa.add_time
+                    t.up_since = now if oldest == INF else oldest
                 else:
                     t.up_since = now
                     t.last_in_ts = max(t.last_in_ts, now)

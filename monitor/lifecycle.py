@@ -114,8 +114,7 @@ class Lifecycle(Engine):
                     st.gen = ns.gen
                     ns.seen += 1
                 return
-            if ns.loading and not ns.tombstones and not sa.larval:
-                self._load_sa(ns, key, sa, now)
+            if ns.loading and not ns.tombstones and self._load_sa(ns, key, sa, now):
                 return
             self._upsert(ns, sa, now, record=True)
         else:
@@ -209,14 +208,18 @@ class Lifecycle(Engine):
         self._touch(ns, t)
         return st
 
-    def _load_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float) -> None:
+    def _load_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float) -> bool:
         """``_upsert`` of a new dump record during a quiet initial load (``ns.loading``), no tombstones.
 
         The same state as ``_new_sa`` + ``_upsert`` leave in that case, with what a quiet load does
         not need left out: no events (``_emit`` drops them while quiet), no rekey-start checks (they
         need ``not ns.quiet``), no per-SA evaluation (the tunnel is evaluated once at dump end), and
         each shared set is touched once. ``tests/test_correlate_load.py`` checks it against ``_new_sa``.
+        Returns False (nothing done) for a larval SA, which ``_upsert`` ignores too.
         """
+        enc, aead, auth = sa.enc, sa.aead, sa.auth_trunc or sa.auth
+        if enc is None and aead is None and auth is None:  # SA.larval
+            return False
         saddr, daddr, reqid = sa.saddr, sa.daddr, sa.reqid
         if_id = sa.if_id or 0
         mark = sa.mark.value if sa.mark else 0
@@ -235,19 +238,16 @@ class Lifecycle(Engine):
         if local is not None and not (t.local_known and t.local == local and local in ns.locals):
             self._learn_local(ns, t, local)
         self._order += 1
-        st = SAState(sa.spi, daddr, saddr, sa.proto, tunnel=t, order=self._order)
+        st = SAState(sa.spi, daddr, saddr, sa.proto, t, self._order)
         if sa_dir not in (DIR_IN, DIR_OUT):
             sa_dir = DIR_IN if daddr == t.local else DIR_OUT
         st.dir = sa_dir
-        alg = sa.enc
-        if alg is not None:
-            st.enc = _STR.get(alg.name) or intern_str(alg.name)
-        alg = sa.auth_trunc or sa.auth
-        if alg is not None:
-            st.auth = _STR.get(alg.name) or intern_str(alg.name)
-        alg = sa.aead
-        if alg is not None:
-            st.aead = _STR.get(alg.name) or intern_str(alg.name)
+        if enc is not None:
+            st.enc = _STR.get(enc.name) or intern_str(enc.name)
+        if auth is not None:
+            st.auth = _STR.get(auth.name) or intern_str(auth.name)
+        if aead is not None:
+            st.aead = _STR.get(aead.name) or intern_str(aead.name)
         cur = sa.cur
         add = st.add_time = float(cur.add_time) or now
         lft = sa.lft
@@ -303,6 +303,7 @@ class Lifecycle(Engine):
         if ns.sa_dump_begin is not None:
             st.gen = ns.gen
             ns.seen += 1
+        return True
 
     def _check_rekey(self, t: Tunnel, now: float) -> None:
         nin, nout = t.newest(DIR_IN), t.newest(DIR_OUT)

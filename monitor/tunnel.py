@@ -119,7 +119,7 @@ class SAState:
                  "lastused", "order", "packets", "proto", "replay", "saddr", "soft_at", "soft_expired", "spi",
                  "tunnel")
 
-    def __init__(self, spi: int, daddr: str, saddr: str, proto: int, *, tunnel: Tunnel, order: int) -> None:
+    def __init__(self, spi: int, daddr: str, saddr: str, proto: int, tunnel: Tunnel, order: int) -> None:  # noqa: PLR0917 (hot path: positional is cheaper)
         self.spi = spi
         self.daddr = daddr
         self.saddr = saddr

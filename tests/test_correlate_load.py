@@ -20,8 +20,9 @@ from monitor.simfleet import Fleet, FleetConfig
 class GeneralPath(Correlator):
     """A correlator whose new dump records always take the general ``_upsert`` -> ``_new_sa`` path."""
 
-    def _load_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float) -> None:
+    def _load_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float) -> bool:
         self._upsert(ns, sa, now, record=True)
+        return True
 
 
 def _observe(c: Correlator, now: float) -> dict[str, Any]:
