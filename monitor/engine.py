@@ -181,7 +181,8 @@ class Engine:
 
     # ------------------------------------------------------------------ health evaluation
 
-    def _trigger(self, t: Tunnel, now: float, pair: Pair | None = None) -> tuple[Trigger, tuple[Reason, ...]]:  # noqa: PLR0911 (one per trigger)
+    def _trigger(self, t: Tunnel, now: float, pair: Pair | None = None,  # noqa: PLR0911 (one per trigger)
+                 hm: tuple[float, float] | None = None) -> tuple[Trigger, tuple[Reason, ...]]:
         cfg = self.config
         nin, nout = t.newest_pair() if pair is None else pair
         if nin is None or nout is None:
@@ -191,7 +192,7 @@ class Engine:
             if t.down_cause != "no_sa":
                 return Trigger.LOST, (missing, self._reason(t.down_cause))
             return Trigger.LOST, (missing,)
-        hard, margin = expiry_margin2(nin, nout, cfg.expiring_margin)
+        hard, margin = expiry_margin2(nin, nout, cfg.expiring_margin) if hm is None else hm
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
         if t.err_until > now:
@@ -206,15 +207,18 @@ class Engine:
         return Trigger.OK, self._one["established"]
 
     def _settle(self, t: Tunnel, now: float, quiet: bool = False) -> None:
-        """``_evaluate`` then ``_schedule``, finding the newest SA of each direction once for both."""
+        """``_evaluate`` then ``_schedule``, finding the newest SA of each direction (and its expiry) once."""
         pair = t.newest_pair()
-        self._evaluate(t, now, quiet, pair)
-        self._schedule(t, now, pair)
+        hm = expiry_margin2(pair[0], pair[1], self.config.expiring_margin)
+        self._evaluate(t, now, quiet, pair, hm)
+        self._schedule(t, now, pair, hm)
 
-    def _evaluate(self, t: Tunnel, now: float, quiet: bool = False, pair: Pair | None = None) -> None:
+    def _evaluate(self, t: Tunnel, now: float, quiet: bool = False, pair: Pair | None = None,
+                  hm: tuple[float, float] | None = None) -> None:
         """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events.
 
-        ``pair`` (``t.newest_pair()``, which evaluation does not change) saves finding it again.
+        ``pair`` (``t.newest_pair()``, which evaluation does not change) and ``hm`` (its
+        ``expiry_margin2``) save finding them again.
         """
         if pair is None:
             pair = t.newest_pair()
@@ -224,7 +228,7 @@ class Engine:
             # for the same state, so the first look is not needed (the loop evaluates again after it)
             trig, reasons = Trigger.OK, t.reasons
         else:
-            trig, reasons = self._trigger(t, now, pair)
+            trig, reasons = self._trigger(t, now, pair, hm)
         for _ in range(3):
             nxt = TRANSITIONS[state][trig]
             if nxt is state:
@@ -243,7 +247,7 @@ class Engine:
                 if not quiet:
                     self._transition(t, state, nxt, self._one["established"], now)
                 state = nxt
-                trig, reasons = self._trigger(t, now, pair)
+                trig, reasons = self._trigger(t, now, pair, hm)
                 continue
             if not quiet:
                 self._transition(t, state, nxt, reasons, now)
@@ -268,13 +272,16 @@ class Engine:
             self._emit(now, TUNNEL_UP, t, {"local": t.local, "remote": t.remote,
                                            "spis": spi_list((t.newest(DIR_IN), t.newest(DIR_OUT)))})
 
-    def _schedule(self, t: Tunnel, now: float, pair: Pair | None = None) -> None:
+    def _schedule(self, t: Tunnel, now: float, pair: Pair | None = None,
+                  hm: tuple[float, float] | None = None) -> None:
         """Push the tunnel's next deadline (the earliest candidate after ``now``) if it is earlier than its timer."""
         cfg = self.config
         when = INF  # min(c for c in candidates if c > now), without building the list
         if t.sas:
-            nin, nout = t.newest_pair() if pair is None else pair
-            hard, margin = expiry_margin2(nin, nout, cfg.expiring_margin)
+            if hm is None:
+                nin, nout = t.newest_pair() if pair is None else pair
+                hm = expiry_margin2(nin, nout, cfg.expiring_margin)
+            hard, margin = hm
             if hard:
                 c = hard - margin
                 if now < c < when:
