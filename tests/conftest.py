@@ -52,3 +52,15 @@ def make_netns() -> Iterator[Callable[[], str]]:
 def netns(make_netns: Callable[[], str]) -> str:
     """One throwaway namespace (deleted at teardown)."""
     return make_netns()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI every tier must really run: a test that skips (a missing tool, no root, no VM harness) fails
+    there, with its skip reason, instead of passing silently. Locally, skips stay skips."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test tier must run: {reason}"
