@@ -46,3 +46,30 @@ def test_committed_captures_hold_no_key_bytes(name: str) -> None:
     dirty = [i for i, r in enumerate(records) if scrub_keys(r.data) != r.data]
     assert dirty == [], f"records with key bytes in {name}: {dirty[:10]}"
     assert (RUN / "keys-check.txt").read_text().splitlines()[-1] == "found 0"
+
+
+def test_monitor_check_on_the_real_run_reports_the_dead_peer() -> None:
+    """`monitor check` replaying the guest's recording ends CRITICAL with the strongSwan tunnel down because its
+    SAs were deleted: the tunnel (reqid and addresses from the run's own `ip -s xfrm state`) is the one reported,
+    and the run's after-death reference shows no SA left."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.vm.references import parse_ip_xfrm_state
+
+    kernel = parse_ip_xfrm_state((RUN / "xfrm-state-a.txt").read_text())
+    assert (RUN / "after-peer-death-a.txt").read_text().strip() == ""
+    (reqid,) = {sa.reqid for sa in kernel}
+    ends = {frozenset((sa.src, sa.dst)) for sa in kernel}
+    assert len(ends) == 1
+    p = subprocess.run([sys.executable, "-m", "monitor", "check", "--source", f"replay:{RUN / 'monitor-a.pcap'}",
+                        "--json"], capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "NO_COLOR": "1"})
+    assert p.returncode == 2, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    [tunnel] = doc["tunnels"]
+    assert (tunnel["reqid"], frozenset((tunnel["local"], tunnel["remote"])), tunnel["state"]) == (
+        reqid, next(iter(ends)), "down")
+    assert [r["code"] for r in tunnel["reasons"]] == ["sa_deleted"]
