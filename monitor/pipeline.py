@@ -92,12 +92,13 @@ def _unfiltered(data: bytes, start: int, end: int) -> bool:
     """True if a GETSA dump request asks for every SA.
 
     ``xfrm_dump_sa()`` filters only by ``XFRMA_PROTO`` (0 or IPSEC_PROTO_ANY 255 mean all) and
-    ``XFRMA_ADDRESS_FILTER``; the attributes follow the ``nlmsghdr`` directly.
+    ``XFRMA_ADDRESS_FILTER``; the attributes follow the ``nlmsghdr`` directly. Like the kernel's
+    ``nla_for_each_attr``, parsing stops at an attribute that is too short or runs past the message.
     """
     off = start
     while off + 4 <= end:
         length, atype = X.NLATTR.unpack_from(data, off)
-        if length < 4:
+        if length < 4 or off + length > end:
             return True
         atype &= X.NLA_TYPE_MASK
         if atype == X.XFRMA_ADDRESS_FILTER:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 from correlate_builders import dump_datagrams, make_policy, make_sa, newpolicy, newsa, updsa, with_counters
 from correlate_harness import T0
@@ -176,3 +177,17 @@ def test_filtered_dump_does_not_reconcile() -> None:
     for d in dump_datagrams("gw", 12, [], T0 + 4)[1:]:
         p.feed(d, T0 + 4)
     assert (c.tunnel_json(c.tunnel_ids()[0], T0 + 4) or {})["sas"] == []
+
+
+def test_dump_request_with_truncated_attribute_does_not_raise() -> None:
+    """An outgoing GETSA dump whose XFRMA_PROTO attribute claims a byte past the message (a crafted
+    capture) is parsed as the kernel does (parsing stops: unfiltered), not an IndexError out of feed."""
+    p, c = _pipe()
+    _up(p)
+    attr = struct.pack("=HH", 5, X.XFRMA_PROTO)  # nla_len 5, but the message ends after the header
+    msg = struct.pack("=IHHII", 16 + len(attr), X.XFRM_MSG_GETSA, X.NLM_F_REQUEST | X.NLM_F_DUMP, 13, 0) + attr
+    p.feed(Datagram("gw", msg, T0 + 1, outgoing=True), T0 + 1)
+    for d in dump_datagrams("gw", 13, [], T0 + 2)[1:]:
+        p.feed(d, T0 + 2)
+    assert p.stats.netns["gw"].dumps == 1
+    assert (c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"] == []
