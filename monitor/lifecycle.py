@@ -179,6 +179,10 @@ class Lifecycle(Engine):
         self._lifetimes(st, sa)
         was_established = bool(t.sas) and self._established(t)
         older = any(o.dir == st.dir for o in t.sas)
+        # a replacement without soft expire (libreswan) starts a rekey: the generation it replaces is
+        # the newest pair before ``st`` joins it
+        replaced = t.newest_pair() if older and was_established and t.rk_start is None and announce \
+            and not ns.quiet else None
         ns.sas[key] = st
         t.sas.append(st)
         last_in, last_out = t.last_in_ts, t.last_out_ts
@@ -199,9 +203,9 @@ class Lifecycle(Engine):
                                             "src": sa.saddr, "dst": sa.daddr, "reqid": sa.reqid,
                                             "enc": st.enc, "auth": st.auth, "aead": st.aead})
         if older and was_established and not ns.quiet:
-            if t.rk_start is None:  # a replacement without soft expire (libreswan): a rekey too
+            if replaced is not None:  # a replacement without soft expire (libreswan): a rekey too
                 t.rk_start, t.rk_mark, t.rk_soft = now, st.order - 1, False
-                t.rk_old = tuple(o.spi for o in (t.newest(DIR_IN), t.newest(DIR_OUT)) if o is not None and o is not st)
+                t.rk_old = tuple(o.spi for o in replaced if o is not None)
             self._check_rekey(t, now)
         elif t.rk_start is not None:
             self._check_rekey(t, now)

@@ -257,6 +257,19 @@ def test_replacement_without_soft_expire_counts_as_rekey() -> None:
     assert g.of_type("tunnel_down") == []
 
 
+def test_replacement_rekey_reports_both_old_spis() -> None:
+    """A rekey recognised from pair replacement alone names the whole replaced pair as old SPIs,
+    including the SA of the direction whose successor arrived first."""
+    g = Gw()
+    g.policies(T0 - 10)
+    i0, o0 = g.install(T0, soft=0, hard=0)
+    i1, o1 = g.install(T0 + 28800, gen=1, soft=0, hard=0)
+    done = g.of_type("rekey_completed")
+    assert len(done) == 1
+    assert done[0].detail["old_spis"] == [f"0x{i0.spi:08x}", f"0x{o0.spi:08x}"]
+    assert done[0].detail["new_spis"] == [f"0x{i1.spi:08x}", f"0x{o1.spi:08x}"]
+    assert g.json(T0 + 28800)["last_rekey"]["old_spis"] == done[0].detail["old_spis"]
+
 def test_hard_expire_counters_and_failure_reason() -> None:
     """A hard EXPIRE (no DELSA follows) gives the final counters, a rekey_failed and tunnel_down(hard_expired)."""
     g = Gw()
