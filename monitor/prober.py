@@ -39,6 +39,8 @@ ProbeKind = Literal["icmp", "udp"]
 IPPROTO_ICMP = 1
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
+ICMP_ECHO_REQUEST = 8
+ICMPV6_ECHO_REQUEST = 128
 # Correlator states in which the prober may act without waiting for idle_after of flat counters.
 IDLE_STATES = frozenset({"idle", "down"})
 
@@ -181,6 +183,8 @@ class SelectorView:
     proto: int = 0
     rport: int = 0
     rport_mask: int = 0
+    lport: int = 0
+    lport_mask: int = 0
 
     def admits(self, source: IPAddress, target: IPAddress, proto: int, dport: int) -> bool:
         """True if a packet source->target (proto, destination port) falls under this selector."""
@@ -190,10 +194,13 @@ class SelectorView:
             return False
         if self.proto not in (0, proto):
             return False
-        if proto == IPPROTO_UDP and self.rport_mask:
-            return (dport & self.rport_mask) == (self.rport & self.rport_mask)
-        # ICMP: the kernel reuses sport/dport for type/code; demand an unrestricted selector.
-        return proto == IPPROTO_UDP or self.rport_mask == 0
+        if proto == IPPROTO_UDP:
+            # the probe leaves from an ephemeral source port: only a selector that leaves it open admits it
+            return self.lport_mask == 0 and (dport & self.rport_mask) == (self.rport & self.rport_mask)
+        # ICMP: xfrm_flowi_sport()/xfrm_flowi_dport() match the type against the selector's sport and the
+        # code against its dport; an echo request is type 8 (ICMPv6: 128), code 0. Demand an open code.
+        echo = ICMP_ECHO_REQUEST if target.version == 4 else ICMPV6_ECHO_REQUEST
+        return self.rport_mask == 0 and (echo & self.lport_mask) == (self.lport & self.lport_mask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,13 +234,16 @@ def _selector(raw: Mapping[str, Any]) -> SelectorView | None:
         local, remote = (dst, src) if direction == "in" else (src, dst)
     else:
         return None
-    if direction == "in":
-        rport, rmask = int(raw.get("sport", 0)), int(raw.get("sport_mask", 0))
-    else:
-        rport, rmask = int(raw.get("dport", 0)), int(raw.get("dport_mask", 0))
-    if rmask == 0 and rport:
-        rmask = 0xFFFF
-    return SelectorView(local, remote, int(raw.get("proto", 0) or 0), rport, rmask)
+    remote_key, local_key = ("sport", "dport") if direction == "in" else ("dport", "sport")
+    rport, rmask = _port(raw, remote_key)
+    lport, lmask = _port(raw, local_key)
+    return SelectorView(local, remote, int(raw.get("proto", 0) or 0), rport, rmask, lport, lmask)
+
+
+def _port(raw: Mapping[str, Any], key: str) -> tuple[int, int]:
+    """``(port, mask)`` of one side; a port given without a mask is an exact match (mask 0xffff)."""
+    port, mask = int(raw.get(key, 0)), int(raw.get(f"{key}_mask", 0))
+    return port, (0xFFFF if mask == 0 and port else mask)
 
 
 def tunnel_view(tunnel: Mapping[str, Any]) -> TunnelView:
