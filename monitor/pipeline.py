@@ -225,6 +225,8 @@ class Pipeline:
                 self.correlator.on_xfrm_stat(item.netns, item.counters, now)
         elif kind == "netns_removed":
             self._dumps.pop(item.netns, None)
+            # no stale per-netns dump age (it would keep growing in /metrics and fire the dump-age alert)
+            self.stats.netns.pop(item.netns, None)
             self.correlator.on_netns_removed(item.netns, now)
         elif kind == "source_error":
             self.stats.source_errors += 1

@@ -191,3 +191,16 @@ def test_dump_request_with_truncated_attribute_does_not_raise() -> None:
         p.feed(d, T0 + 2)
     assert p.stats.netns["gw"].dumps == 1
     assert (c.tunnel_json(c.tunnel_ids()[0], T0 + 2) or {})["sas"] == []
+
+
+def test_netns_removed_drops_its_dump_stats() -> None:
+    """After netns_removed the netns has no dump bookkeeping left, so /metrics does not keep exporting a
+    growing last-dump age for it (which would fire the dump-age alert for a namespace that is gone)."""
+    p, c = _pipe()
+    for d in dump_datagrams("gone", 5, [], T0):
+        p.feed(d, T0)
+    assert p.stats.netns["gone"].dumps == 1
+    p.feed(Control("gone", "netns_removed", T0 + 1), T0 + 1)
+    assert "gone" not in p.stats.netns
+    assert "gone" not in p.stats.to_json()["netns"]
+    assert c.netns_names() == []
