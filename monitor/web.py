@@ -280,6 +280,8 @@ async def tunnels_handler(request: web.Request) -> web.StreamResponse:
         if len(buf) >= 500 or (i % 2000 == 1999 and buf):
             await resp.write((b"" if first else b",") + b",".join(buf))
             first, buf = False, []
+        if i % 500 == 499:
+            await asyncio.sleep(0)  # write() only waits when the transport is paused: yield regardless
     if buf:
         await resp.write((b"" if first else b",") + b",".join(buf))
     await resp.write(b"]}")
