@@ -320,17 +320,16 @@ class ProberRunner:
     def step(self) -> list[Probe]:
         """One decision round: observe, then start sending whatever is due. Returns the probes started."""
         now = self.clock()
+        namespaces: set[str] = set()  # of the tracked tunnels (every tracked one is a candidate)
         for tid in self._candidates(now):
             tunnel = self.tunnel_json(tid)
             if tunnel is None:
                 self.prober.forget(tid)
-            else:
-                self.prober.observe(tunnel, now)
+            elif self.prober.observe(tunnel, now):
+                namespaces.add(str(tunnel.get("netns", "")))
         addrs: dict[str, list[IPAddress]] = {}
         if any(s.source is None for s in self.prober.config.targets):  # a source must be picked
-            for tid in self.prober.tracked():
-                tunnel = self.tunnel_json(tid)
-                ns = str(tunnel.get("netns", "")) if tunnel else ""
+            for ns in namespaces:
                 if ns not in self._addrs:
                     try:
                         self._addrs[ns] = local_addresses(ns)
