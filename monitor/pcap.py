@@ -47,6 +47,10 @@ ARPHRD_NETLINK = 824
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
 SNAPLEN = 262144  # what tcpdump uses; no netlink datagram we read is longer
+# Largest record accepted: libpcap refuses caplen > 262144 for this link type; our writer adds the
+# 16-byte header to datagrams of up to SNAPLEN. Checked before reading, so a corrupt length cannot
+# make ``read`` allocate gigabytes.
+MAX_RECORD = SNAPLEN + 16
 NETNS_TAG = 0x4E53  # our netns-name records (see the module docstring)
 
 _MAGIC_US = 0xA1B2C3D4
@@ -113,6 +117,9 @@ def _read(f: BinaryIO, name: str) -> Iterator[CaptureRecord]:
         if len(hdr) < 16:
             raise CaptureFormatError(f"{name}: record header truncated at offset {offset}")
         sec, frac, incl, orig = rec.unpack(hdr)
+        if incl > MAX_RECORD:
+            raise CaptureFormatError(f"{name}: record at offset {offset} claims {incl} bytes, more than the "
+                                     f"{MAX_RECORD}-byte maximum (corrupt file?)")
         pkt = f.read(incl)
         if len(pkt) < incl:
             raise CaptureFormatError(f"{name}: record at offset {offset} truncated ({len(pkt)} of {incl} bytes)")

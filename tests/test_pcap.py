@@ -218,3 +218,32 @@ def test_netns_names_survive_a_round_trip(tmp_path: Path) -> None:
     with PcapWriter(single) as w:
         w.write(1.0, req, True)
     assert single.stat().st_size == 24 + 16 + 16 + len(req)
+
+
+def test_huge_record_length_is_refused_before_reading() -> None:
+    """A corrupt incl_len (4 GiB) is a clear CaptureFormatError, raised without asking the file for
+    that many bytes (BufferedReader.read(n) allocates n up front; without overcommit that is a
+    MemoryError, not the documented error)."""
+    import io
+
+    from monitor import pcap
+
+    good = encode_dump_request(X.XFRM_MSG_GETSA, 1)
+    body = _hand_pcap([(1, 0, 4, 6, good)], order="<", nano=False)
+    body += struct.pack("<IIII", 2, 0, 0xFFFFFFF0, 0xFFFFFFF0) + bytes(64)
+    asked: list[int] = []
+
+    class Recording(io.BytesIO):
+        def read(self, n: int | None = -1, /) -> bytes:
+            asked.append(-1 if n is None else n)
+            return super().read(n)
+
+    seen: list[CaptureRecord] = []
+
+    def consume() -> None:
+        seen.extend(pcap._read(Recording(body), "corrupt.pcap"))
+
+    with pytest.raises(CaptureFormatError, match="maximum"):
+        consume()
+    assert [good] == [r.data for r in seen]
+    assert max(asked) <= pcap.MAX_RECORD, asked
