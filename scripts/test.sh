@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian machine (as root), then run ALL tests:
-# lint + types, the fast suite, the external-program tests (tcpdump, prometheus, chromium, tmux),
+# lint + types, the fast suite, the external-program tests (tcpdump, prometheus, chromium, tmux, gcc),
 # the host-kernel tests in throwaway netns, and the VM tier (Debian's kernel under QEMU with strongSwan).
 #
 #   bash scripts/test.sh            # everything (what CI runs)
@@ -17,8 +17,8 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   APT=(apt-get -y -q -o DPkg::Lock::Timeout=900)
   "${APT[@]}" update >/dev/null
   "${APT[@]}" install --no-install-recommends \
-      iproute2 tcpdump prometheus chromium tmux systemd util-linux libcap2-bin \
-      python3-venv iputils-ping >/dev/null
+      iproute2 tcpdump prometheus chromium tmux systemd util-linux libcap2-bin procps \
+      python3-venv iputils-ping gcc libc6-dev linux-libc-dev >/dev/null
   echo "== VM harness (Debian kernel, QEMU, strongSwan, virtme-ng)"
   bash scripts/vm-setup.sh
   echo "== python environment"
