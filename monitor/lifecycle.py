@@ -196,8 +196,8 @@ class Lifecycle(Engine):
                 t.last_out_ts = max(last_out, used)
         if not announce:
             return st
-        if t.acq_deadline is not None and self._established(t):
-            t.acq_deadline = None
+        if (t.acq_deadline is not None or t.acq_count) and self._established(t):
+            t.acq_deadline, t.acq_count = None, 0  # the ACQUIREs were answered: no stale repeated_acquire
         if not ns.quiet:
             self._emit(now, "sa_added", t, {"spi": f"0x{sa.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
                                             "src": sa.saddr, "dst": sa.daddr, "reqid": sa.reqid,
@@ -298,8 +298,8 @@ class Lifecycle(Engine):
             t.last_in_ts = max(t.last_in_ts, used)
         else:
             t.last_out_ts = max(t.last_out_ts, used)
-        if t.acq_deadline is not None and self._established(t):
-            t.acq_deadline = None
+        if (t.acq_deadline is not None or t.acq_count) and self._established(t):
+            t.acq_deadline, t.acq_count = None, 0
         if t.rk_start is not None:
             self._check_rekey(t, now)
         ns.pending.add(t)

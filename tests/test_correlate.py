@@ -324,6 +324,24 @@ def test_acquire_followed_by_sa_is_fine() -> None:
     assert g.json(T0 + 100)["state"] == "up"
 
 
+def test_answered_acquires_leave_no_repeated_acquire_hint() -> None:
+    """ACQUIREs answered by an SA pair are forgotten: when the tunnel later goes down by an IKE delete
+    (no new ACQUIRE), it carries no stale repeated_acquire hint; new ACQUIREs count afresh."""
+    g = Gw(acquire_grace=30)
+    g.policies(T0 - 10)
+    g.ev(T0, acquire(seq=1))
+    g.ev(T0 + 1, acquire(seq=2))
+    i, o = g.install(T0 + 2)
+    g.run_until(T0 + 50)
+    g.ev(T0 + 100, delsa(o), delsa(i))
+    j = g.json(T0 + 100)
+    assert j["state"] == "down"
+    assert "repeated_acquire" not in [h["code"] for h in j["hints"]], j["hints"]
+    g.ev(T0 + 110, acquire(seq=3))
+    g.ev(T0 + 111, acquire(seq=4))
+    assert [e.detail["count"] for e in g.of_type("acquire")] == [1, 2, 1, 2]
+    assert "repeated_acquire" in [h["code"] for h in g.json(T0 + 111)["hints"]]
+
 def test_policies_without_sa_are_a_down_tunnel_that_never_vanishes() -> None:
     """Configured-but-down tunnels stay in the view however long nothing happens."""
     g = Gw(forget_after=60)
