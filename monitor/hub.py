@@ -256,6 +256,7 @@ class Hub:
         self.ring: deque[tuple[int, dict[str, Any], bytes]] = deque(maxlen=ring_size)
         self.meta: dict[str, tuple[str, str | None]] = {}  # id -> (netns, state)
         self.upd_seq: dict[str, int] = {}  # id -> seq label of its last full update
+        self._removed: deque[tuple[int, str]] = deque()  # (seq label, id) of removals, oldest first
         self.rows: dict[str, list[Any]] = {}  # id -> latest counters row
         self.row_gen: dict[str, int] = {}
         self.gen = 0
@@ -334,6 +335,7 @@ class Hub:
                 self.rows.pop(tid, None)
                 self.row_gen.pop(tid, None)
                 self.upd_seq[tid] = seq
+                self._forget_removed(tid, seq)
                 data = dumps({"schema": SCHEMA, "type": "tunnel_removed", "seq": seq, "ts": now,
                               "id": tid, "netns": old[0]})
                 new: tuple[str, str | None] = (old[0], None)
@@ -348,6 +350,15 @@ class Hub:
                     old is not None and f.state and f.tunnel_ok(tid, old[0], old[1])
                 ):
                     c.push_tunnel(tid, seq, data)
+
+    def _forget_removed(self, tid: str, seq: int) -> None:
+        """Record a removal; drop those older than the ring (no ``?since=`` resume can ask for them)."""
+        self._removed.append((seq, tid))
+        oldest = self.ring[0][0] if self.ring else seq + 1
+        while self._removed and self._removed[0][0] < oldest:
+            s, old = self._removed.popleft()
+            if old not in self.meta and self.upd_seq.get(old) == s:
+                del self.upd_seq[old]
 
     def publish_tunnels_soon(self, ids: Iterable[str], now: float) -> None:
         """Publish full updates now if they are few, else queue them for the chunked flush."""
