@@ -334,21 +334,8 @@ class Engine:
 EXPIRING_LIFETIME_FRACTION = 0.25
 
 
-def expiry_margin(sas: tuple[SAState | None, ...], configured: float) -> tuple[float, float]:
-    """The earliest hard expiry among ``sas`` (0: none) and the ``expiring`` margin that applies to it."""
-    first = None
-    for sa in sas:
-        if sa is not None and sa.hard_at and (first is None or sa.hard_at < first.hard_at):
-            first = sa
-    if first is None:
-        return 0.0, configured
-    life = first.hard_at - first.add_time if first.add_time else 0.0
-    margin = min(configured, EXPIRING_LIFETIME_FRACTION * life) if life > 0 else configured
-    return first.hard_at, margin
-
-
 def expiry_margin2(a: SAState | None, b: SAState | None, configured: float) -> tuple[float, float]:
-    """``expiry_margin((a, b), configured)`` without the tuple and the loop (the evaluation hot path)."""
+    """The earlier hard expiry of ``a`` and ``b`` (0: none) and the ``expiring`` margin that applies to it."""
     if a is None or not a.hard_at:
         first = b if b is not None and b.hard_at else None
     elif b is not None and b.hard_at and b.hard_at < a.hard_at:
