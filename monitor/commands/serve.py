@@ -74,6 +74,8 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
 
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -92,22 +94,24 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         if ready is not None:
             ready(host, port)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         daemon = app[DAEMON]
         stopper = asyncio.create_task(stop.wait())
         failer = asyncio.create_task(daemon.failed.wait())
-        done, _ = await asyncio.wait({stopper, failer}, return_when=asyncio.FIRST_COMPLETED)
-        if failer in done and daemon.items == 0:
-            stopper.cancel()
-            print(f"monitor serve: error: {daemon.error}", file=sys.stderr)
-            return 1
-        await stopper  # a source that fails later leaves /healthz degraded; keep serving
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        return 0
+        try:
+            done, _ = await asyncio.wait({stopper, failer}, return_when=asyncio.FIRST_COMPLETED)
+            if failer in done and daemon.items == 0:
+                print(f"monitor serve: error: {daemon.error}", file=sys.stderr)
+                return 1
+            await stopper  # a source that fails later leaves /healthz degraded; keep serving
+            return 0
+        finally:
+            for t in (stopper, failer):
+                t.cancel()
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
             await runner.cleanup()
 
