@@ -225,7 +225,10 @@ class KernelSource:
                 if exc.errno == errno.ENOBUFS:
                     self._overrun(w)
                     continue
-                raise
+                # a pending socket error (sk_err) is reported once: tell, keep reading; never raise into the loop
+                log.warning("netns %s: receive failed: %s", w.name, exc)
+                self._control(w.name, "source_error", message=f"netns {w.name}: receive failed: {exc}")
+                return
             data = bytes(w.buf[:n])
             self._queue.put_nowait(Datagram(w.name, data, time.time(), False))
             if w.pending is not None:
