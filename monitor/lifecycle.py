@@ -496,10 +496,11 @@ class Lifecycle(Engine):
     def _ev_policy_deleted(self, ns: NetnsState, ev: PolicyDeleted, now: float) -> None:
         index = ev.policy.index if ev.policy is not None and ev.policy.index else ev.id.index
         info = ns.policies.get(index)
-        if info is None:  # deleted by selector: find it by selector and direction
+        if info is None:  # deleted by selector: find it by the whole selector (not only its ranges) and direction
             sel = ev.id.sel
             src, dst = f"{sel.saddr}/{sel.prefixlen_s}", f"{sel.daddr}/{sel.prefixlen_d}"
-            info = next((i for i in ns.policies.values() if i.dir == ev.id.dir and i.src == src and i.dst == dst), None)
+            info = next((i for i in ns.policies.values() if i.dir == ev.id.dir and i.src == src and i.dst == dst
+                         and i.proto == sel.proto and i.sport == sel.sport and i.dport == sel.dport), None)
         if info is not None:
             self._remove_policy(ns, info, now)
 

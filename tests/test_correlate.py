@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from correlate_builders import acquire, delsa, expire, make_sa, newsa, updsa, with_counters
+from correlate_builders import acquire, delsa, expire, make_policy, make_sa, newpolicy, newsa, updsa, with_counters
 from correlate_harness import T0, Gw
 
+from monitor import xfrm as X
+from monitor.events import NlHeader, PolicyDeleted, PolicyId
 from monitor.tunnel import TRANSITIONS, TunnelState
 
 Steps = Callable[[Gw], None]
@@ -575,3 +577,17 @@ def test_traffic_seen_between_dumps_ends_idle() -> None:
     g.ev(T0 + 420, AsyncEvent(NlHeader(X.XFRM_MSG_NEWAE), SAId(i.daddr, i.spi, 2, 50), i.saddr, 0, 1,
                               lifetime=LifetimeCur(500, 5, 0, 0)))
     assert g.transitions()[-1] == (T0 + 420, "idle", "up")
+
+
+def test_policy_deleted_by_selector_removes_the_matching_port_policy() -> None:
+    """A DELPOLICY that names its policy only by selector (no index, no XFRMA_POLICY) removes the policy
+    whose whole selector matches, not another one with the same ranges but other ports."""
+    g = Gw()
+    base = make_policy(1)
+    ssh = base._replace(sel=base.sel._replace(proto=6, dport=22), index=100)
+    https = base._replace(sel=base.sel._replace(proto=6, dport=443), index=101)
+    g.ev(T0, newpolicy(ssh), newpolicy(https))
+    g.ev(T0 + 1, PolicyDeleted(NlHeader(X.XFRM_MSG_DELPOLICY), PolicyId(https.sel, 0, 1), None))
+    removed = g.of_type("policy_removed")
+    assert [e.detail["index"] for e in removed] == [101], [e.detail for e in removed]
+    assert [s["dport"] for s in g.json(T0 + 1)["selectors"]] == [22]
