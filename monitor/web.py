@@ -371,10 +371,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     daemon = app[DAEMON]
     await daemon.start()
     yield
-    sockets = app[SOCKETS]
-    for ws in [*sockets]:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(code=1001, message=b"server shutting down"), 1.0)
+    await _close_websockets(app)  # normally done by on_shutdown already; a no-op then
     await daemon.stop()
 
 
