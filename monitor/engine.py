@@ -135,6 +135,8 @@ class Engine:
         ns.tunnels.pop((t.reqid, t.if_id, t.mark, t.lo, t.hi), None)
         ns.unknown.discard(t)
         ns.pending.discard(t)
+        ns.changed.discard(t)
+        ns.rated.discard(t)
         self._tunnels.pop(t.id, None)
         self._dirty.add(t.id)
         # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so

@@ -591,3 +591,18 @@ def test_policy_deleted_by_selector_removes_the_matching_port_policy() -> None:
     removed = g.of_type("policy_removed")
     assert [e.detail["index"] for e in removed] == [101], [e.detail for e in removed]
     assert [s["dport"] for s in g.json(T0 + 1)["selectors"]] == [22]
+
+
+def test_forgotten_tunnel_is_not_reported_again_by_the_next_dump() -> None:
+    """A tunnel that had a rate and was then forgotten (no SA, no policy, no dump in between) is not
+    held on to: the next dump reports no change for it (no second removal of an id already gone)."""
+    g = Gw(forget_after=600)
+    i, o = g.install(T0)
+    g.traffic(T0 + 10, 0, 100, 100)
+    g.traffic(T0 + 20, 0, 200, 300)
+    g.ev(T0 + 30, delsa(o), delsa(i))
+    g.run_until(T0 + 1000)
+    assert g.c.tunnel_ids() == []
+    g.c.take_dirty()
+    g.dump(T0 + 1010)
+    assert g.c.take_dirty() == set()
