@@ -36,7 +36,7 @@ class ReplaySource:
     """
 
     def __init__(self, path: str | Path, speed: float | None = 1.0) -> None:
-        if speed is not None and speed < 0:
+        if speed is not None and not speed >= 0:  # also refuses nan
             raise ValueError("speed must be positive (or None for as fast as possible)")
         self.path = Path(path)
         self.speed = speed or None

@@ -203,3 +203,31 @@ def test_record_with_a_missing_netns_fails_cleanly(tmp_path: Path) -> None:
     assert "does not exist" in proc.stderr
     assert not out.exists()
     assert not netns_exists(name)
+
+
+@pytest.mark.parametrize("speed", ["0", "-2", "nan"])
+def test_replay_refuses_a_speed_that_is_not_positive(
+    speed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--speed must be a positive number: 0, negatives and nan (which compares false with everything,
+    so it used to slip through and play unpaced) give exit code 2 and a one-line error."""
+    path = tmp_path / "c.pcap"
+    _capture(path, [0.0])
+    assert main(["replay", "--speed", speed, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "--speed must be positive" in captured.err
+    assert captured.out == ""
+    with pytest.raises(ValueError, match="speed"):
+        ReplaySource(path, float(speed) if speed == "nan" else -1.0)
+
+
+@pytest.mark.parametrize("flag", ["--interval", "--duration"])
+def test_record_refuses_nan_interval_and_duration(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`monitor record --interval nan` / `--duration nan` are usage errors (exit 2), checked before any
+    socket is opened, and leave no capture file behind."""
+    out = tmp_path / "r.pcap"
+    assert main(["record", "--out", str(out), flag, "nan"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert not out.exists()

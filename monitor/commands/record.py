@@ -95,7 +95,7 @@ async def record(args: argparse.Namespace, out: Any = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``monitor record``."""
-    if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
+    if not args.interval > 0 or (args.duration is not None and not args.duration > 0):  # also refuses nan
         print("monitor record: error: --interval and --duration must be positive", file=sys.stderr)
         return 2
     try:

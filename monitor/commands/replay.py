@@ -105,7 +105,7 @@ async def replay(path: str, speed: float | None, json_lines: bool, out: TextIO |
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``monitor replay``."""
-    if not args.fast and args.speed <= 0:
+    if not args.fast and not args.speed > 0:  # also refuses nan
         print("monitor replay: error: --speed must be positive (or use --fast)", file=sys.stderr)
         return 2
     try:
