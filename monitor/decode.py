@@ -170,8 +170,6 @@ def _attrs(data: bytes, off: int, end: int) -> _AttrMap:
             raise MalformedMessage(f"attribute type {atype} has length {alen}, {end - off} bytes left")
         attrs[atype & X.NLA_TYPE_MASK] = (off + 4, alen - 4)
         off += (alen + 3) & ~3
-    if off < end and end - off >= 4:  # pragma: no cover - loop condition covers this
-        raise MalformedMessage("trailing bytes after attributes")
     return attrs
 
 
@@ -508,7 +506,7 @@ def _report(data: bytes, nl: NlHeader, start: int, end: int) -> Event:
     a = attrs.get(X.XFRMA_COADDR)
     if a is not None:
         _need(a[1], 16, "XFRMA_COADDR")
-        coaddr = format_address(bytes(data[a[0] : a[0] + 16]), sel.family or X.AF_INET)
+        coaddr = format_address(data[a[0] : a[0] + 16], sel.family or X.AF_INET)
     return Report(nl, data[start], sel, coaddr)
 
 
