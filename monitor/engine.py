@@ -183,10 +183,10 @@ class Engine:
 
     # ------------------------------------------------------------------ health evaluation
 
-    def _trigger(self, t: Tunnel, now: float, pair: Pair | None = None,  # noqa: PLR0911 (one per trigger)
-                 hm: tuple[float, float] | None = None) -> tuple[Trigger, tuple[Reason, ...]]:
+    def _trigger(self, t: Tunnel, now: float, pair: Pair,  # noqa: PLR0911 (one per trigger)
+                 hm: tuple[float, float]) -> tuple[Trigger, tuple[Reason, ...]]:
         cfg = self.config
-        nin, nout = t.newest_pair() if pair is None else pair
+        nin, nout = pair
         if nin is None or nout is None:
             if not t.sas:
                 return Trigger.LOST, self._one[t.down_cause]
@@ -194,7 +194,7 @@ class Engine:
             if t.down_cause != "no_sa":
                 return Trigger.LOST, (missing, self._reason(t.down_cause))
             return Trigger.LOST, (missing,)
-        hard, margin = expiry_margin2(nin, nout, cfg.expiring_margin) if hm is None else hm
+        hard, margin = hm
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
         if t.err_until > now:
@@ -211,19 +211,16 @@ class Engine:
     def _settle(self, t: Tunnel, now: float, quiet: bool = False) -> None:
         """``_evaluate`` then ``_schedule``, finding the newest SA of each direction (and its expiry) once."""
         pair = t.newest_pair()
-        hm = expiry_margin2(pair[0], pair[1], self.config.expiring_margin)
+        hm = expiry_margin(pair[0], pair[1], self.config.expiring_margin)
         self._evaluate(t, now, quiet, pair, hm)
         self._schedule(t, now, pair, hm)
 
-    def _evaluate(self, t: Tunnel, now: float, quiet: bool = False, pair: Pair | None = None,
-                  hm: tuple[float, float] | None = None) -> None:
+    def _evaluate(self, t: Tunnel, now: float, quiet: bool, pair: Pair, hm: tuple[float, float]) -> None:
         """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events.
 
         ``pair`` (``t.newest_pair()``, which evaluation does not change) and ``hm`` (its
-        ``expiry_margin2``) save finding them again.
+        ``expiry_margin``) are computed once by ``_settle``.
         """
-        if pair is None:
-            pair = t.newest_pair()
         old = state = t.state
         if state is TunnelState.DOWN and _DOWN_EXIT is not None and pair[0] is not None and pair[1] is not None:
             # both directions present: the trigger is not LOST, and every other trigger leaves ``down``
@@ -282,7 +279,7 @@ class Engine:
         if t.sas:
             if hm is None:
                 nin, nout = t.newest_pair() if pair is None else pair
-                hm = expiry_margin2(nin, nout, cfg.expiring_margin)
+                hm = expiry_margin(nin, nout, cfg.expiring_margin)
             hard, margin = hm
             if hard:
                 c = hard - margin
@@ -336,7 +333,7 @@ class Engine:
 EXPIRING_LIFETIME_FRACTION = 0.25
 
 
-def expiry_margin2(a: SAState | None, b: SAState | None, configured: float) -> tuple[float, float]:
+def expiry_margin(a: SAState | None, b: SAState | None, configured: float) -> tuple[float, float]:
     """The earlier hard expiry of ``a`` and ``b`` (0: none) and the ``expiring`` margin that applies to it."""
     if a is None or not a.hard_at:
         first = b if b is not None and b.hard_at else None
