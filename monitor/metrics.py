@@ -27,9 +27,10 @@ from typing import Any, NamedTuple
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from monitor.hub import STATES, TunnelView
+from monitor.hub import COUNTER_FIELDS, STATES, TunnelView
 
 TUNNEL_LABELS = ["netns", "reqid", "local", "remote"]
+_STATE = COUNTER_FIELDS.index("state")  # where counters_row() puts the state
 #: Values of the ``metrics_tunnels`` setting.
 MODES = ("all", "unhealthy", "none")
 #: States that ``metrics_tunnels = "unhealthy"`` leaves out of the per-tunnel series.
@@ -195,7 +196,7 @@ async def gather(view: TunnelView, now: float, chunk: int = 250, mode: str = "al
             row = rows(tid)
             if row is None:
                 continue
-            state = str(row[7])
+            state = str(row[_STATE])
             if mode == "none" or state in HEALTHY:
                 fresh[tid] = ns
                 counts[(ns, state)] += 1

@@ -335,7 +335,7 @@ def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
         "status": "degraded" if degraded else "ok",
         "seq": hub.view.seq,
         "instance": app[INSTANCE],
-        "uptime": time.time() - daemon.started,
+        "uptime": uptime,
         "source": {"kind": daemon.kind, "state": daemon.state, "alive": daemon.alive, "error": daemon.error},
         "netns": netns,
         "event_loop_lag": daemon.lag,
