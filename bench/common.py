@@ -17,9 +17,11 @@ from typing import Any
 
 from bench.decode_bench import _sa, machine_description, pack
 from monitor import xfrm as X
+from monitor.correlate import Correlator
 from monitor.encode import encode, encode_dump_request
 from monitor.events import SA, Done, NlHeader, SAAdded
 from monitor.items import Datagram
+from monitor.pipeline import Pipeline
 
 __all__ = [
     "ADD_BASE",
@@ -90,6 +92,18 @@ def dump_items(datagrams: Sequence[bytes], netns: str = "bench", seq: int = DUMP
 def pack_records(records: Sequence[bytes]) -> list[bytes]:
     """Records packed into datagrams of at most 32 KiB, as a dump ``recv`` returns them."""
     return pack(records)
+
+
+def loaded_pipeline(tunnels: int) -> tuple[Pipeline, Correlator]:
+    """A ``(Pipeline, Correlator)`` that has loaded one full dump of ``tunnels`` tunnels (2 SAs each), with the
+    load's events and dirty set drained: the starting point of the fan-out and metrics benchmarks."""
+    correlator = Correlator()
+    pipeline = Pipeline(correlator)
+    for it in dump_items(pack_records(list(dump_records(2 * tunnels))), ts=NOW0):
+        pipeline.feed(it, NOW0)
+    correlator.drain_events()
+    correlator.take_dirty()
+    return pipeline, correlator
 
 
 def rss_bytes(pid: int | None = None) -> int:

@@ -62,17 +62,9 @@ SCENARIOS: dict[str, dict[str, tuple[int, int, float, float, int, float | None]]
 # ------------------------------------------------------------------ the server process
 
 def _preload(tunnels: int) -> tuple[Any, Any]:
-    from bench.common import NOW0, dump_items, dump_records, pack_records
-    from monitor.correlate import Correlator
-    from monitor.pipeline import Pipeline
+    from bench.common import loaded_pipeline
 
-    correlator = Correlator()
-    pipeline = Pipeline(correlator)
-    for it in dump_items(pack_records(list(dump_records(2 * tunnels))), ts=NOW0):
-        pipeline.feed(it, NOW0)
-    correlator.drain_events()
-    correlator.take_dirty()
-    return pipeline, correlator
+    return loaded_pipeline(tunnels)
 
 
 class _IdleSource:

@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.common import NOW0, dump_items, dump_records, pack_records, write_result
+from bench.common import NOW0, loaded_pipeline, write_result
 from monitor import metrics
 from monitor.correlate import Correlator
-from monitor.pipeline import Pipeline
 
 MON = metrics.MonitorSample(enobufs={"bench": 0}, resyncs={"bench": 0}, lag=0.001,
                             dumps={"bench": {"last_dump": NOW0, "last_dump_duration": 0.5}},
@@ -35,13 +34,7 @@ MON = metrics.MonitorSample(enobufs={"bench": 0}, resyncs={"bench": 0}, lag=0.00
 
 def build(tunnels: int) -> Correlator:
     """A correlator holding ``tunnels`` tunnels after one full dump."""
-    correlator = Correlator()
-    pipeline = Pipeline(correlator)
-    for it in dump_items(pack_records(list(dump_records(2 * tunnels))), ts=NOW0):
-        pipeline.feed(it, NOW0)
-    correlator.drain_events()
-    correlator.take_dirty()
-    return correlator
+    return loaded_pipeline(tunnels)[1]
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
