@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: fleets of encoded SAs, RSS/CPU readings, percentiles, result files.
 
-Everything that builds netlink bytes goes through ``monitor.encode`` (via ``bench.decode_bench``'s SA
+Everything that builds netlink bytes goes through ``monitor.wire.encode`` (via ``bench.decode_bench``'s SA
 profiles), so the benchmarks feed the real decoder exactly what a kernel dump would return.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.decode_bench import _sa, machine_description, pack
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.encode import encode, encode_dump_request
-from monitor.events import SA, Done, NlHeader, SAAdded
-from monitor.items import Datagram
-from monitor.pipeline import Pipeline
+from monitor.health.correlate import Correlator
+from monitor.health.pipeline import Pipeline
+from monitor.sources.items import Datagram
+from monitor.wire import xfrm as X
+from monitor.wire.encode import encode, encode_dump_request
+from monitor.wire.events import SA, Done, NlHeader, SAAdded
 
 __all__ = [
     "ADD_BASE",

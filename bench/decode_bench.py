@@ -3,7 +3,7 @@
     python -m bench.decode_bench            # full run (about a minute), writes bench/results/decode.json
     python -m bench.decode_bench --quick    # a few seconds
 
-Mixes are built with ``monitor.encode`` and packed into datagrams of at most 32 KiB, as a GETSA
+Mixes are built with ``monitor.wire.encode`` and packed into datagrams of at most 32 KiB, as a GETSA
 dump ``recv`` returns them (``netlink_dump()`` sizes dump skbs to 32 KiB):
 
 * ``newsa_gcm``  NEWSA dump of rfc4106(gcm(aes)) SAs (160-bit key+salt, 128-bit ICV), ESN, NAT-T
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.pyroute2_baseline import MarshalXfrm, touch_attrs
-from monitor import xfrm as X
-from monitor.decode import decode_datagram
-from monitor.encode import encode
-from monitor.events import (
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode
+from monitor.wire.events import (
     SA,
     Algo,
     AsyncEvent,

@@ -1,4 +1,4 @@
-"""Fan-out: the real server (``monitor.web.create_app``) against real websocket clients on loopback.
+"""Fan-out: the real server (``monitor.serve.web.create_app``) against real websocket clients on loopback.
 
     python -m bench.fanout_bench            # scenarios a-d at full size, writes bench/results/fanout.json
     python -m bench.fanout_bench --quick    # smaller and shorter
@@ -80,8 +80,8 @@ class _IdleSource:
 async def _serve(port: int, tunnels: int) -> None:
     from aiohttp import web
 
-    from monitor.config import Settings
-    from monitor.web import HUB, create_app
+    from monitor.serve.config import Settings
+    from monitor.serve.web import HUB, create_app
 
     settings = Settings(host="127.0.0.1", port=port, log_level="warning")
     kw: dict[str, Any] = {}

@@ -3,10 +3,10 @@
 ``python -m bench.metrics_bench [--tunnels 5000,100000]`` builds a correlator holding N tunnels (2N SAs
 from ``bench.common``'s fleet, fed through the real decoder and pipeline), then times, on one thread:
 
-- ``gather``: :func:`monitor.metrics.gather` (runs on the event loop; the longest stretch between two
+- ``gather``: :func:`monitor.serve.metrics.gather` (runs on the event loop; the longest stretch between two
   yields is reported as ``max_block_s``, i.e. the longest the loop is blocked by a scrape;
   ``gather_cold_cpu_s`` is the first scrape, before the ``ScrapeCache`` knows the tunnels);
-- ``render``: :func:`monitor.metrics.render` (runs in a worker thread);
+- ``render``: :func:`monitor.serve.metrics.render` (runs in a worker thread);
 - the baseline ``render_prometheus_client``: the same samples through ``prometheus_client``'s
   ``generate_latest`` (what ``render`` used to be), for the ratio;
 - bytes of the exposition, for ``metrics_tunnels`` = all / unhealthy / none.
@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.common import NOW0, loaded_pipeline, write_result
-from monitor import metrics
-from monitor.correlate import Correlator
+from monitor.health.correlate import Correlator
+from monitor.serve import metrics
 
 MON = metrics.MonitorSample(enobufs={"bench": 0}, resyncs={"bench": 0}, lag=0.001,
                             dumps={"bench": {"last_dump": NOW0, "last_dump_duration": 0.5}},

@@ -44,8 +44,8 @@ def top(stats: pstats.Stats, n: int = 12) -> list[dict[str, Any]]:
 
 
 def _refresh_profile(n: int) -> dict[str, Any]:
-    from monitor.correlate import Correlator
-    from monitor.pipeline import Pipeline
+    from monitor.health.correlate import Correlator
+    from monitor.health.pipeline import Pipeline
 
     recs = list(dump_records(n))
     d1 = dump_items(pack_records(recs), ts=NOW0)

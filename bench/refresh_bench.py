@@ -8,10 +8,10 @@ What is timed, on one pinned core, on the same bytes in the same run:
 
 * **baseline**: a header-only walk over the dump's datagrams (``nlmsghdr`` length/type of every
   record, which any netlink consumer has to do) and pyroute2's generic ``Marshal.parse`` on a subset;
-* **first load**: an empty ``Correlator`` fed the whole dump through ``monitor.pipeline.Pipeline``
+* **first load**: an empty ``Correlator`` fed the whole dump through ``monitor.health.pipeline.Pipeline``
   (our GETSA request, the 32 KiB reply datagrams, NLMSG_DONE): decode, tunnel creation, quiet load;
   timed twice, interleaved: with CPython's default GC, and with the daemon's GC policy
-  (``monitor.daemon.LoadGc.update`` after every item, exactly as ``Daemon._feed`` calls it);
+  (``monitor.serve.daemon.LoadGc.update`` after every item, exactly as ``Daemon._feed`` calls it);
 * **steady-state refresh**: the next dump of the same SAs with every SA's ``curlft`` bytes/packets
   grown (patched into the encoded records), so every SA and tunnel is updated and rates computed.
 
@@ -52,14 +52,14 @@ from bench.common import (
     run_queue_wait,
     write_result,
 )
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.daemon import LoadGc
-from monitor.decode import decode_datagram
-from monitor.encode import encode_allocspi, encode_dump_request
-from monitor.events import SA, LifetimeCfg, LifetimeCur, NlHeader, Selector, Stats
-from monitor.items import Datagram
-from monitor.pipeline import Pipeline
+from monitor.health.correlate import Correlator
+from monitor.health.pipeline import Pipeline
+from monitor.serve.daemon import LoadGc
+from monitor.sources.items import Datagram
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode_allocspi, encode_dump_request
+from monitor.wire.events import SA, LifetimeCfg, LifetimeCur, NlHeader, Selector, Stats
 
 __all__ = ["TARGET_RSS_PER_SA", "TARGET_SECONDS", "allocspi_request", "header_walk", "run", "run_kernel"]
 
@@ -148,7 +148,7 @@ def run(n_sas: int = TARGET_SAS, repeats: int = 3, rss: bool = True) -> dict[str
     steady: list[tuple[float, float]] = []
     check: dict[str, Any] = {}
     for r in range(repeats):
-        # the daemon's path (GC held off during the initial load, then frozen: monitor.daemon.LoadGc),
+        # the daemon's path (GC held off during the initial load, then frozen: monitor.serve.daemon.LoadGc),
         # interleaved with the plain one so both see the same machine load
         p_gc = Pipeline(Correlator())
         first_gc.append(_timed(lambda p=p_gc: _feed_daemon_gc(p, items1, NOW0)))
@@ -264,7 +264,7 @@ def rss_per_sa(n_sas: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ kernel in the loop
 
 def allocspi_request(seq: int, i: int) -> bytes:
-    """``XFRM_MSG_ALLOCSPI`` for larval SA ``i`` (``monitor.encode.encode_allocspi``).
+    """``XFRM_MSG_ALLOCSPI`` for larval SA ``i`` (``monitor.wire.encode.encode_allocspi``).
 
     ESP, tunnel mode, reqid ``i + 1`` (distinct, so each request makes a new state:
     ``xfrm_find_acq()`` would otherwise return the existing one), SPI range 0xC0000000-0xCFFFFFFF.

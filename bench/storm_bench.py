@@ -13,7 +13,7 @@ the real ``Pipeline``/``Correlator`` and published to a real ``Hub`` before anyt
 * **ACQUIRE storm**: as many tunnels again with trap policies but no SAs (peers unreachable) each get
   3 ACQUIREs within 10 s (new down tunnels, ``acquire`` health events, negotiation_failed timers).
 
-Each storm runs twice through the real ``monitor.daemon.Daemon`` (the production shell: feed, drain,
+Each storm runs twice through the real ``monitor.serve.daemon.Daemon`` (the production shell: feed, drain,
 publish to the hub every 256 items, correlator timers, 1 s counters frames) inside an asyncio loop
 with a lag probe (5 ms sleeps; lag = how late each wake-up is):
 
@@ -48,12 +48,15 @@ from bench.common import (
     summary,
     write_result,
 )
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.daemon import Daemon
-from monitor.decode import decode_datagram
-from monitor.encode import encode
-from monitor.events import (
+from monitor.health.correlate import Correlator
+from monitor.health.pipeline import Pipeline
+from monitor.serve.daemon import Daemon
+from monitor.serve.hub import Hub
+from monitor.sources.items import Datagram, SourceItem
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode
+from monitor.wire.events import (
     SA,
     Acquire,
     Event,
@@ -69,10 +72,7 @@ from monitor.events import (
     Selector,
     Template,
 )
-from monitor.events import SAAdded as SAAddedEv
-from monitor.hub import Hub
-from monitor.items import Datagram, SourceItem
-from monitor.pipeline import Pipeline
+from monitor.wire.events import SAAdded as SAAddedEv
 
 __all__ = ["BenchSource", "acquire_storm", "rekey_storm", "run"]
 

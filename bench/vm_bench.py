@@ -37,12 +37,12 @@ SCRIPT = Path(__file__).with_name("vm_xfrm_monitor.sh")
 
 async def consume(expect: int, ready: Path | None, timeout: float = 300.0) -> dict[str, Any]:
     """In the guest: count SA notifications through KernelSource + Pipeline until ``expect`` arrived."""
-    from monitor import xfrm as X
-    from monitor.correlate import Correlator
-    from monitor.decode import iter_messages
-    from monitor.items import Control, Datagram
-    from monitor.pipeline import Pipeline
-    from monitor.source import KernelSource
+    from monitor.health.correlate import Correlator
+    from monitor.health.pipeline import Pipeline
+    from monitor.sources.items import Control, Datagram
+    from monitor.sources.kernel import KernelSource
+    from monitor.wire import xfrm as X
+    from monitor.wire.decode import iter_messages
 
     kinds = {X.XFRM_MSG_NEWSA: "add", X.XFRM_MSG_UPDSA: "update", X.XFRM_MSG_DELSA: "delete"}
     source = KernelSource(netns=("default",), interval=3600.0)

@@ -6,9 +6,10 @@ names (so they are not larval) and ``SA_DIR`` unless told otherwise.
 
 from __future__ import annotations
 
-from monitor import xfrm as X
-from monitor.encode import encode_datagram, encode_dump_request
-from monitor.events import (
+from monitor.sources.items import Datagram
+from monitor.wire import xfrm as X
+from monitor.wire.encode import encode_datagram, encode_dump_request
+from monitor.wire.events import (
     SA,
     Acquire,
     Algo,
@@ -31,7 +32,6 @@ from monitor.events import (
     Stats,
     Template,
 )
-from monitor.items import Datagram
 
 LOCAL = "192.0.2.1"
 PEER = "198.51.100.7"

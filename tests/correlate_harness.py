@@ -13,9 +13,9 @@ from correlate_builders import (
     with_counters,
 )
 
-from monitor.correlate import Correlator
-from monitor.events import SA, Event
-from monitor.health import HealthConfig, HealthEvent
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig, HealthEvent
+from monitor.wire.events import SA, Event
 
 T0 = 1_700_000_000.0
 

@@ -1,4 +1,4 @@
-"""Golden NETLINK_XFRM messages built by hand, independently of ``monitor.xfrm`` and ``monitor.encode``.
+"""Golden NETLINK_XFRM messages built by hand, independently of ``monitor.wire.xfrm`` and ``monitor.wire.encode``.
 
 Every builder writes fields into a zeroed ``bytearray`` at the offsets of the kernel's UAPI header
 (``include/uapi/linux/xfrm.h``, x86-64; the offsets are also checked against gcc by
@@ -174,10 +174,10 @@ def userpolicy_type(ptype: int) -> bytes:
 # --- the golden cases: (name, wire bytes, the event a correct decoder must return) --------------
 # Expected events are written out literally from the same numbers used to build the bytes.
 
-from monitor.events import (  # noqa: E402 - the builders above must not depend on monitor
+from monitor.wire.events import (  # noqa: E402 - the builders above must not depend on monitor
     SA as _SA,
 )
-from monitor.events import (  # noqa: E402
+from monitor.wire.events import (  # noqa: E402
     Acquire,
     Algo,
     AsyncEvent,

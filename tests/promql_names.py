@@ -1,7 +1,7 @@
 """Test helpers for deploy/: the metric and label names the monitor REALLY exports, and the names a PromQL
 expression uses.
 
-``exported()`` renders the real exposition with ``monitor.metrics.render`` (the code behind GET /metrics)
+``exported()`` renders the real exposition with ``monitor.serve.metrics.render`` (the code behind GET /metrics)
 over one tunnel in every state, and parses it back with prometheus_client's own text parser. Nothing in here
 lists metric names by hand.
 """
@@ -40,8 +40,8 @@ def full_tunnel(state: str) -> dict[str, Any]:
 
 def exported() -> Exported:
     """Render the real exposition and collect its series and labels."""
-    from monitor import metrics
-    from monitor.hub import STATES
+    from monitor.serve import metrics
+    from monitor.serve.hub import STATES
 
     tunnels = [metrics.sample(full_tunnel(s)) for s in STATES]
     mon = metrics.MonitorSample(

@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
-from monitor import xfrm as X
-from monitor.decode import decode_datagram
-from monitor.encode import encode, encode_allocspi, encode_dump_request
-from monitor.events import (
+from monitor.sources.items import Control, Datagram, SourceItem
+from monitor.sources.kernel import KernelSource
+from monitor.sources.netns import open_xfrm_socket
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode, encode_allocspi, encode_dump_request
+from monitor.wire.events import (
     SA,
     Event,
     LifetimeCfg,
@@ -24,9 +27,6 @@ from monitor.events import (
     Selector,
     Stats,
 )
-from monitor.items import Control, Datagram, SourceItem
-from monitor.netns import open_xfrm_socket
-from monitor.source import KernelSource
 
 
 class Collector:

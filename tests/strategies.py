@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
-from monitor import xfrm as X
-from monitor.events import (
+from monitor.wire import xfrm as X
+from monitor.wire.events import (
     SA,
     Acquire,
     Algo,

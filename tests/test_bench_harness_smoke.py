@@ -18,10 +18,10 @@ import pytest
 
 from bench import fanout_bench, refresh_bench, run, storm_bench
 from bench.common import dump_records, fleet_sa, patch_counters, write_result
-from monitor import xfrm as X
-from monitor.decode import decode_datagram
-from monitor.encode import encode
-from monitor.events import NlHeader, SAAdded
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode
+from monitor.wire.events import NlHeader, SAAdded
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from monitor.commands.check import ALL_STATES, CRITICAL, OK, UNKNOWN, WARNING, Thresholds, evaluate, read_replay
-from monitor.items import Datagram
-from monitor.pcap import PcapWriter
-from monitor.simfleet import ROLES, Fleet, FleetConfig
+from monitor.sources.items import Datagram
+from monitor.sources.simfleet import ROLES, Fleet, FleetConfig
+from monitor.wire.pcap import PcapWriter
 
 START = 1_700_000_000.0
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

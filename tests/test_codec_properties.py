@@ -15,10 +15,10 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.decode import decode_datagram
-from monitor.encode import encode, encode_datagram
 from monitor.errors import MalformedMessage
-from monitor.events import Event
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode, encode_datagram
+from monitor.wire.events import Event
 from tests import golden as G
 from tests.strategies import KNOWN_TYPES, events, sa_events
 

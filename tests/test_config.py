@@ -1,4 +1,4 @@
-"""monitor.config: precedence flags > env > TOML > defaults, validation with clear errors, docs in sync."""
+"""monitor.serve.config: precedence flags > env > TOML > defaults, validation with clear errors, docs in sync."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from monitor.cli import build_parser
 from monitor.commands.serve import settings_from_args
-from monitor.config import Settings, is_loopback, load_settings
 from monitor.errors import ConfigError
+from monitor.serve.config import Settings, is_loopback, load_settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

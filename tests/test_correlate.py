@@ -14,9 +14,9 @@ import pytest
 from correlate_builders import acquire, delsa, expire, make_policy, make_sa, newpolicy, newsa, updsa, with_counters
 from correlate_harness import T0, Gw
 
-from monitor import xfrm as X
-from monitor.events import NlHeader, PolicyDeleted, PolicyId
-from monitor.tunnel import TRANSITIONS, TunnelState
+from monitor.health.tunnel import TRANSITIONS, TunnelState
+from monitor.wire import xfrm as X
+from monitor.wire.events import NlHeader, PolicyDeleted, PolicyId
 
 Steps = Callable[[Gw], None]
 
@@ -468,8 +468,8 @@ def test_configured_local_addresses_give_direction() -> None:
 
 def test_flush_takes_everything_down() -> None:
     """FLUSHSA (one message, no per-SA DELSA) takes every tunnel down with reason flushed."""
-    from monitor import xfrm as X
-    from monitor.events import NlHeader, SAFlushed
+    from monitor.wire import xfrm as X
+    from monitor.wire.events import NlHeader, SAFlushed
     g = Gw()
     _up(g)
     g.ev(T0 + 5, SAFlushed(NlHeader(X.XFRM_MSG_FLUSHSA), 255))
@@ -493,8 +493,8 @@ def test_netns_removed() -> None:
 
 def test_nat_mapping_event_and_hint() -> None:
     """A MAPPING event becomes nat_mapping_changed and a temporary hint."""
-    from monitor import xfrm as X
-    from monitor.events import NatMapping, NlHeader, SAId
+    from monitor.wire import xfrm as X
+    from monitor.wire.events import NatMapping, NlHeader, SAId
     g = Gw(hint_ttl=100)
     i, _ = g.install(T0)
     g.ev(T0 + 1, NatMapping(NlHeader(X.XFRM_MSG_MAPPING), SAId(i.daddr, i.spi, 2, 50), 1,
@@ -569,8 +569,8 @@ def test_errors_reasons_reset_after_the_window() -> None:
 
 def test_traffic_seen_between_dumps_ends_idle() -> None:
     """Counters moving through an event (NEWAE) end the idle state without waiting for a dump."""
-    from monitor import xfrm as X
-    from monitor.events import AsyncEvent, LifetimeCur, NlHeader, SAId
+    from monitor.wire import xfrm as X
+    from monitor.wire.events import AsyncEvent, LifetimeCur, NlHeader, SAId
     g = Gw()
     up_to_idle(g)
     i, _ = g.gens[0]

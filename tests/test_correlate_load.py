@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from bench.common import NOW0, dump_items, dump_records, pack_records, patch_counters
-from monitor.correlate import Correlator
-from monitor.daemon import LoadGc
-from monitor.events import SA
-from monitor.items import Control
-from monitor.nsstate import NetnsState
-from monitor.pipeline import Pipeline
-from monitor.simfleet import Fleet, FleetConfig
+from monitor.health.correlate import Correlator
+from monitor.health.nsstate import NetnsState
+from monitor.health.pipeline import Pipeline
+from monitor.serve.daemon import LoadGc
+from monitor.sources.items import Control
+from monitor.sources.simfleet import Fleet, FleetConfig
+from monitor.wire.events import SA
 
 
 class GeneralPath(Correlator):

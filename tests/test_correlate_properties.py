@@ -17,10 +17,10 @@ from correlate_builders import delsa, expire, make_policy, make_sa, newpolicy, n
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.events import SA, AsyncEvent, Event, LifetimeCur, NlHeader, SAId
-from monitor.health import HealthConfig
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig
+from monitor.wire import xfrm as X
+from monitor.wire.events import SA, AsyncEvent, Event, LifetimeCur, NlHeader, SAId
 
 T0 = 1_700_000_000.0
 PEERS = ("198.51.100.7", "198.51.100.8")

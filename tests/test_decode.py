@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from monitor.decode import decode_datagram
 from monitor.errors import MalformedMessage
-from monitor.events import SA, Algo, Done, Event, NlHeader, SAAdded, Unknown
+from monitor.wire.decode import decode_datagram
+from monitor.wire.events import SA, Algo, Done, Event, NlHeader, SAAdded, Unknown
 from tests import golden as G
 
 CASES = sorted(G.GOLDEN)
@@ -231,13 +231,13 @@ def test_algos_are_name_and_bits_only() -> None:
     assert all(isinstance(ev.sa, SA) for ev in events)  # type: ignore[union-attr]
 
 
-# --- the SA fast path (monitor.decode_sa): compiled attribute layouts ----------------------------
+# --- the SA fast path (monitor.wire.decode_sa): compiled attribute layouts ----------------------------
 
 
 @pytest.fixture
 def fresh_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[object]]:
     """Empty layout tables, so a test sees the first (walked) and second (compiled) decode."""
-    from monitor import decode_sa
+    from monitor.wire import decode_sa
 
     layouts: dict[int, list[object]] = {}
     monkeypatch.setattr(decode_sa, "_LAYOUTS", layouts)

@@ -1,4 +1,4 @@
-"""Differential property of the SA fast path (``monitor.decode_sa``'s compiled attribute readers).
+"""Differential property of the SA fast path (``monitor.wire.decode_sa``'s compiled attribute readers).
 
 A compiled reader is chosen by attribute block length and nlattr headers only; its field values are
 read from the new message. So a message whose block has the same length as a compiled one but
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor import decode_sa
-from monitor.decode import decode_datagram
 from monitor.errors import MalformedMessage
-from monitor.events import Event
+from monitor.wire import decode_sa
+from monitor.wire.decode import decode_datagram
+from monitor.wire.events import Event
 from tests import golden as G
 
 _SA_GOLDEN = ["newsa_gcm", "newsa_cbc", "updsa_ipv6_extras", "delsa_larval", "expire_soft"]

@@ -7,9 +7,9 @@ import re
 import tomllib
 from pathlib import Path
 
-from monitor.config import Settings, read_toml
-from monitor.health import HealthConfig
-from monitor.prober import ProberConfig
+from monitor.health.model import HealthConfig
+from monitor.probe.prober import ProberConfig
+from monitor.serve.config import Settings, read_toml
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "config.example.toml"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from monitor.health import EVENT_TYPES, HINTS, REASONS
-from monitor.tunnel import TunnelState
+from monitor.health.model import EVENT_TYPES, HINTS, REASONS
+from monitor.health.tunnel import TunnelState
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "docs" / "operations.md"

@@ -1,5 +1,5 @@
 """deploy/grafana/dashboard.json: valid JSON whose every PromQL expression uses only metric and label names that
-monitor/metrics.py really exports (rendered and parsed back, see tests/promql_names.py)."""
+monitor/serve/metrics.py really exports (rendered and parsed back, see tests/promql_names.py)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from monitor.config import Settings, read_toml
+from monitor.serve.config import Settings, read_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 DS = ROOT / "deploy" / "kubernetes" / "daemonset.yaml"
@@ -64,7 +64,7 @@ def test_daemonset_host_network_net_admin_only_probes_and_scrape() -> None:
 
 
 def test_configmap_config_is_accepted_by_the_real_settings_loader(tmp_path: Path) -> None:
-    """The config.toml in the ConfigMap loads with monitor.config (plus the env the DaemonSet sets)."""
+    """The config.toml in the ConfigMap loads with monitor.serve.config (plus the env the DaemonSet sets)."""
     text = docs(DS)["ConfigMap"]["data"]["config.toml"]
     tomllib.loads(text)
     p = tmp_path / "config.toml"

@@ -1,5 +1,5 @@
 """Encoder tests: byte-exact against the hand-built golden messages (``tests/golden.py``), which follow
-the kernel header offsets and the kernel's attribute order, independently of ``monitor.xfrm``."""
+the kernel header offsets and the kernel's attribute order, independently of ``monitor.wire.xfrm``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from monitor.encode import encode, encode_datagram, encode_dump_request
-from monitor.events import Algo, SAAdded
+from monitor.wire.encode import encode, encode_datagram, encode_dump_request
+from monitor.wire.events import Algo, SAAdded
 from tests import golden as G
 
 # The golden SA messages carry real-looking keys; everything else has none.

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from monitor import xfrm as X
-from monitor.decode import decode_datagram
-from monitor.events import Done, SAAdded, SADeleted
-from monitor.items import Control, Datagram
-from monitor.source import KernelSource
+from monitor.sources.items import Control, Datagram
+from monitor.sources.kernel import KernelSource
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.events import Done, SAAdded, SADeleted
 from tests.source_helpers import Collector, RawXfrm
 
 pytestmark = pytest.mark.hostkernel

@@ -1,4 +1,4 @@
-"""Unit tests of monitor.hub: serialise-once fan-out, coalescing, bounded queues, gaps, resume."""
+"""Unit tests of monitor.serve.hub: serialise-once fan-out, coalescing, bounded queues, gaps, resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from monitor.hub import COUNTER_FIELDS, Filters, Hub
+from monitor.serve.hub import COUNTER_FIELDS, Filters, Hub
 from tests.test_web_fakes import FakeCorrelator, validate
 
 

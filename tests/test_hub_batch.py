@@ -1,4 +1,4 @@
-"""Batched sending (``Hub.serve(..., send_many=...)``) and its websocket framing (``monitor.web.text_frame``).
+"""Batched sending (``Hub.serve(..., send_many=...)``) and its websocket framing (``monitor.serve.web.text_frame``).
 
 The hub hands runs of ready messages to ``send_many`` so the server writes many frames per transport
 write (the change made because of the fan-out profile in bench/RESULTS.md). What a client receives
@@ -15,9 +15,9 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
-from monitor.config import Settings
-from monitor.hub import MAX_BATCH, Filters, Hub
-from monitor.web import HUB, create_app, text_frame
+from monitor.serve.config import Settings
+from monitor.serve.hub import MAX_BATCH, Filters, Hub
+from monitor.serve.web import HUB, create_app, text_frame
 from tests.test_web_fakes import FakeCorrelator, FakePipeline, QueueSource
 
 
@@ -187,7 +187,7 @@ async def test_flusher_skips_detached_clients() -> None:
 
 def test_snapshot_message_equals_nested_serialisation() -> None:
     """A snapshot built from pre-serialised tunnels is byte-identical to serialising the nested message."""
-    from monitor.hub import _snapshot_message, dumps
+    from monitor.serve.hub import _snapshot_message, dumps
 
     tunnels = [{"id": "ns:1:a-b", "sas": [{"spi": "0x1", "pair": (1, 2)}], "rate_in_bps": 1.5, "probe": None},
                {"id": "ns:2:c-d", "reasons": [], "state": "up"}]

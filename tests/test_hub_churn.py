@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from monitor.hub import Filters, Hub
+from monitor.serve.hub import Filters, Hub
 from tests.test_hub import Sink, wait_for
 from tests.test_web_fakes import FakeCorrelator
 

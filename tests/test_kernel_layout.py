@@ -1,6 +1,6 @@
 """Proof that our struct layouts match the kernel's: compile a C program against the system's
 ``/usr/include/linux/xfrm.h`` with gcc, print ``sizeof``/``offsetof`` and enum values, and compare
-them with ``monitor.xfrm`` and with the offsets the golden builders in ``tests/golden.py`` use.
+them with ``monitor.wire.xfrm`` and with the offsets the golden builders in ``tests/golden.py`` use.
 
 Skipped (with the reason) when gcc or the kernel headers (Debian: linux-libc-dev) are missing.
 Attributes newer than the installed header (SA_DIR, NAT_KEEPALIVE_INTERVAL, SA_PCPU appeared in
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import xfrm as X
+from monitor.wire import xfrm as X
 
 HEADER = Path("/usr/include/linux/xfrm.h")
 
@@ -49,7 +49,7 @@ _SIZES = {
     "xfrm_usersa_flush": 1,
 }
 
-# (struct, field) -> the offset monitor.xfrm / tests/golden.py rely on
+# (struct, field) -> the offset monitor.wire.xfrm / tests/golden.py rely on
 _OFFSETS = {
     ("xfrm_selector", "dport"): 32,
     ("xfrm_selector", "sport"): 36,
@@ -124,7 +124,7 @@ _OFFSETS = {
     ("xfrm_replay_state_esn", "bmp"): 24,
 }
 
-# enum values in the header that monitor.xfrm must agree with (present in 6.1 headers and later)
+# enum values in the header that monitor.wire.xfrm must agree with (present in 6.1 headers and later)
 _ENUMS = {
     name: getattr(X, name)
     for name in dir(X)
@@ -163,7 +163,7 @@ def kernel_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
 
 
 def test_struct_sizes_match_gcc(kernel_layout: dict[str, int]) -> None:
-    """Every struct.Struct in monitor.xfrm has the size gcc gives the kernel struct."""
+    """Every struct.Struct in monitor.wire.xfrm has the size gcc gives the kernel struct."""
     ours = {f"sizeof {k}": v for k, v in _SIZES.items()}
     theirs = {k: v for k, v in kernel_layout.items() if k.startswith("sizeof ")}
     assert theirs == ours
@@ -177,7 +177,7 @@ def test_field_offsets_match_gcc(kernel_layout: dict[str, int]) -> None:
 
 
 def test_enum_values_match_header(kernel_layout: dict[str, int]) -> None:
-    """Message types, attribute types and multicast groups in monitor.xfrm equal the header's enums."""
+    """Message types, attribute types and multicast groups in monitor.wire.xfrm equal the header's enums."""
     ours = {f"enum {k}": v for k, v in _ENUMS.items()}
     theirs = {k: v for k, v in kernel_layout.items() if k.startswith("enum ")}
     assert len(ours) > 60

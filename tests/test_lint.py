@@ -5,7 +5,7 @@ from __future__ import annotations
 from correlate_builders import make_policy, newpolicy
 from correlate_harness import T0, Gw
 
-from monitor.lint import SelectorEntry, find_overlaps, uncovered_ranges
+from monitor.health.lint import SelectorEntry, find_overlaps, uncovered_ranges
 
 FAQ_RANGES = ["10.192.0.0/12", "100.64.0.0/10", "10.112.0.0/12", "10.176.0.0/12", "10.4.0.0/14",
               "10.56.0.0/13", "10.136.0.0/13", "10.208.0.0/13", "10.224.0.0/13"]

@@ -1,11 +1,11 @@
-"""monitor.metrics: series names, labels and values from tunnel JSON (unit level; see test_prometheus_real)."""
+"""monitor.serve.metrics: series names, labels and values from tunnel JSON (unit level; see test_prometheus_real)."""
 
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import metrics
-from monitor.hub import STATES
+from monitor.serve import metrics
+from monitor.serve.hub import STATES
 from tests.test_web_fakes import tunnel_doc
 
 

@@ -1,6 +1,6 @@
-"""monitor.metrics: the direct text renderer against prometheus_client, the label cache, ``metrics_tunnels``.
+"""monitor.serve.metrics: the direct text renderer against prometheus_client, the label cache, ``metrics_tunnels``.
 
-The reference is :func:`monitor.metrics.render_prometheus_client`: the same samples through
+The reference is :func:`monitor.serve.metrics.render_prometheus_client`: the same samples through
 ``prometheus_client``'s collector API and ``generate_latest`` (what ``/metrics`` used to serve).
 """
 
@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from monitor import config, metrics
 from monitor.errors import ConfigError
-from monitor.hub import STATES
-from monitor.web import HUB
+from monitor.serve import config, metrics
+from monitor.serve.hub import STATES
+from monitor.serve.web import HUB
 from tests.test_web_fakes import FakeCorrelator
 from tests.test_web_functional import Start, start, until  # noqa: F401 - the fixture is used by name
 

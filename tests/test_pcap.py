@@ -1,4 +1,4 @@
-"""Netlink pcap reader/writer (monitor.pcap): formats, direction, key scrubbing, tcpdump, real nlmon."""
+"""Netlink pcap reader/writer (monitor.wire.pcap): formats, direction, key scrubbing, tcpdump, real nlmon."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from monitor import xfrm as X
-from monitor.decode import decode_datagram
-from monitor.encode import encode, encode_datagram, encode_dump_request
 from monitor.errors import CaptureFormatError
-from monitor.events import SA, Algo, Done, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, Selector, Stats
-from monitor.pcap import CaptureRecord, PcapWriter, read_pcap, scrub_capture
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode, encode_datagram, encode_dump_request
+from monitor.wire.events import SA, Algo, Done, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, Selector, Stats
+from monitor.wire.pcap import CaptureRecord, PcapWriter, read_pcap, scrub_capture
 
 DATA = Path(__file__).parent / "data"
 REAL_NLMON = DATA / "strongswan-rekey-nlmon.pcap"
@@ -226,7 +226,7 @@ def test_huge_record_length_is_refused_before_reading() -> None:
     MemoryError, not the documented error)."""
     import io
 
-    from monitor import pcap
+    from monitor.wire import pcap
 
     good = encode_dump_request(X.XFRM_MSG_GETSA, 1)
     body = _hand_pcap([(1, 0, 4, 6, good)], order="<", nano=False)

@@ -8,13 +8,13 @@ import struct
 from correlate_builders import dump_datagrams, make_policy, make_sa, newpolicy, newsa, updsa, with_counters
 from correlate_harness import T0
 
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.encode import encode_datagram, encode_dump_request
-from monitor.events import NetlinkError, NlHeader
-from monitor.health import HealthConfig
-from monitor.items import Control, Datagram
-from monitor.pipeline import Pipeline
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig
+from monitor.health.pipeline import Pipeline
+from monitor.sources.items import Control, Datagram
+from monitor.wire import xfrm as X
+from monitor.wire.encode import encode_datagram, encode_dump_request
+from monitor.wire.events import NetlinkError, NlHeader
 
 
 def _pipe() -> tuple[Pipeline, Correlator]:
@@ -136,7 +136,7 @@ def test_controls() -> None:
 
 def test_no_key_byte_reaches_any_output() -> None:
     """SAs encoded with real key bytes: no key byte appears in events, tunnel JSON or stats."""
-    from monitor.encode import encode_sa
+    from monitor.wire.encode import encode_sa
     p, c = _pipe()
     key = bytes(range(0xA0, 0xB0))
     keys = {X.XFRMA_ALG_CRYPT: key, X.XFRMA_ALG_AUTH_TRUNC: key + key}

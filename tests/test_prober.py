@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from monitor.errors import ConfigError
-from monitor.prober import (
+from monitor.probe.prober import (
     Prober,
     ProberConfig,
     TokenBucket,
@@ -325,7 +325,7 @@ def test_selector_spellings() -> None:
 def test_runner_reads_each_tunnel_once_per_identity() -> None:
     """With a reqid target, a rescan reads only tunnels it has not seen before (reqid is part of a tunnel's
     identity) plus the tracked one; between rescans only the tracked one is read."""
-    from monitor.prober_io import ProberRunner
+    from monitor.probe.runner import ProberRunner
 
     reads: list[str] = []
     fleet = {f"t{i}": tunnel(f"t{i}", reqid=i, bytes_in=i) for i in range(100)}
@@ -358,7 +358,7 @@ async def test_runner_sender_crash_ends_the_probe_instead_of_leaving_it_in_fligh
     and the tunnel is probed again after the interval instead of staying 'in flight' forever."""
     import asyncio
 
-    from monitor.prober_io import ProberRunner
+    from monitor.probe.runner import ProberRunner
 
     class Exploding:
         calls = 0

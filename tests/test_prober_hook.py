@@ -16,10 +16,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from monitor.config import Settings
 from monitor.errors import ConfigError
-from monitor.prober import tunnel_view
-from monitor.web import HUB, create_app
+from monitor.probe.prober import tunnel_view
+from monitor.serve.config import Settings
+from monitor.serve.web import HUB, create_app
 from tests.test_web_fakes import validate
 
 PROBER = {

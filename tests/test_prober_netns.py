@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from monitor.prober import Probe, Prober, ProberConfig
-from monitor.prober_io import ProberRunner, ProbeSender, _open_icmp, in_netns, local_addresses
+from monitor.probe.prober import Probe, Prober, ProberConfig
+from monitor.probe.runner import ProberRunner, ProbeSender, _open_icmp, in_netns, local_addresses
 
 pytestmark = [
     pytest.mark.hostkernel,

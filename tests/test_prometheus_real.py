@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from monitor.config import Settings
-from monitor.web import HUB, create_app
+from monitor.serve.config import Settings
+from monitor.serve.web import HUB, create_app
 
 pytestmark = pytest.mark.external
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from monitor.correlate import Correlator
-from monitor.decode import decode_datagram
-from monitor.health import HealthConfig
-from monitor.items import Datagram
-from monitor.pcap import read_pcap
-from monitor.pipeline import Pipeline
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig
+from monitor.health.pipeline import Pipeline
+from monitor.sources.items import Datagram
+from monitor.wire.decode import decode_datagram
+from monitor.wire.pcap import read_pcap
 
 DATA = Path(__file__).resolve().parent / "data"
 PCAP = DATA / "strongswan-rekey-nlmon.pcap"

@@ -17,16 +17,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from monitor import xfrm as X
 from monitor.cli import main
 from monitor.commands.replay import replay
-from monitor.decode import decode_datagram
-from monitor.encode import encode, encode_dump_request
 from monitor.errors import CaptureFormatError
-from monitor.events import SA, Algo, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, Selector, Stats
-from monitor.items import Datagram
-from monitor.pcap import PcapWriter, read_pcap
-from monitor.replay import ReplaySource
+from monitor.sources.items import Datagram
+from monitor.sources.replay import ReplaySource
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode, encode_dump_request
+from monitor.wire.events import SA, Algo, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, Selector, Stats
+from monitor.wire.pcap import PcapWriter, read_pcap
 from tests.conftest import netns_exists
 
 ROOT = Path(__file__).resolve().parent.parent

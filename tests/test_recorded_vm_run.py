@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.pcap import read_pcap
-from monitor.scrub import scrub_keys
+from monitor.wire.pcap import read_pcap
+from monitor.wire.scrub import scrub_keys
 from tests.vm.test_monitor_vm import (  # noqa: F401 - fixtures and tests re-collected here on the recorded run
     dump_point,
     run,

@@ -1,4 +1,4 @@
-"""Key scrubbing (``monitor.scrub.scrub_keys``): every key byte zeroed, every length kept, and the
+"""Key scrubbing (``monitor.wire.scrub.scrub_keys``): every key byte zeroed, every length kept, and the
 scrubbed bytes decode to the same events. Keys are random and known, so their absence is provable."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.decode import decode_datagram
-from monitor.encode import encode, encode_sa
-from monitor.events import SA, Event, NlHeader, SAAdded, SADeleted, SAExpired, SAId, SAUpdated
-from monitor.scrub import scrub_keys
+from monitor.wire.decode import decode_datagram
+from monitor.wire.encode import encode, encode_sa
+from monitor.wire.events import SA, Event, NlHeader, SAAdded, SADeleted, SAExpired, SAId, SAUpdated
+from monitor.wire.scrub import scrub_keys
 from tests import golden as G
 from tests.strategies import nl_headers, sas_with_keys
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 
 from monitor.commands.serve import serve
-from monitor.config import Settings
+from monitor.serve.config import Settings
 
 
 async def test_failed_start_removes_signal_handlers_and_tasks() -> None:

@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.decode import decode_datagram
 from monitor.errors import ConfigError
-from monitor.events import Acquire, Done, NatMapping, PolicyAdded, SAAdded, SADeleted, SAExpired, SAUpdated
-from monitor.health import HealthConfig
-from monitor.items import Control, Datagram
-from monitor.pipeline import Pipeline
-from monitor.simfleet import ROLES, Fleet, FleetConfig
-from monitor.simulate import SimulatedSource
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig
+from monitor.health.pipeline import Pipeline
+from monitor.sources.items import Control, Datagram
+from monitor.sources.simfleet import ROLES, Fleet, FleetConfig
+from monitor.sources.simulate import SimulatedSource
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.events import Acquire, Done, NatMapping, PolicyAdded, SAAdded, SADeleted, SAExpired, SAUpdated
 
 START = 1_700_000_000.0
 DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]

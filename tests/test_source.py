@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from monitor import xfrm as X
-from monitor.decode import decode_datagram, iter_messages
-from monitor.encode import encode, encode_datagram
 from monitor.errors import NetnsNotFound, PermissionDenied, XfrmUnsupported
-from monitor.events import SA, Done, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, SADInfo, Selector, Stats
-from monitor.items import Control, Datagram, SourceItem
-from monitor.netns import parse_xfrm_stat
-from monitor.source import KernelSource
+from monitor.sources.items import Control, Datagram, SourceItem
+from monitor.sources.kernel import KernelSource
+from monitor.sources.netns import parse_xfrm_stat
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram, iter_messages
+from monitor.wire.encode import encode, encode_datagram
+from monitor.wire.events import SA, Done, LifetimeCfg, LifetimeCur, NlHeader, SAAdded, SADInfo, Selector, Stats
 
 
 def _sa(spi: int) -> SA:
@@ -175,7 +175,7 @@ def test_bad_interval_is_refused() -> None:
 
 async def test_slow_consumer_pauses_reading_and_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the high-water mark the source stops reading (the kernel buffer holds the rest); all arrive in order."""
-    monkeypatch.setattr("monitor.source._HIGH_WATER", 8)
+    monkeypatch.setattr("monitor.sources.kernel._HIGH_WATER", 8)
     fake = FakeKernel()
     src = KernelSource(interval=60, socket_factory=lambda name: fake)  # type: ignore[arg-type,return-value]
     async with contextlib.aclosing(src.items()) as gen:

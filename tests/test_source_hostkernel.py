@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from monitor import netns as N
-from monitor import xfrm as X
 from monitor.errors import NetnsNotFound
-from monitor.events import PolicyAdded, PolicyDeleted, SAAdded
-from monitor.items import Datagram
-from monitor.pcap import read_pcap
-from monitor.source import KernelSource
+from monitor.sources import netns as N
+from monitor.sources.items import Datagram
+from monitor.sources.kernel import KernelSource
+from monitor.wire import xfrm as X
+from monitor.wire.events import PolicyAdded, PolicyDeleted, SAAdded
+from monitor.wire.pcap import read_pcap
 from tests.conftest import netns_exists
 from tests.source_helpers import Collector, RawXfrm
 
@@ -112,7 +112,7 @@ def test_without_cap_net_admin_permission_is_denied() -> None:
         pytest.skip("needs root to drop to uid 65534")
     code = (
         "import asyncio\n"
-        "from monitor.source import KernelSource\n"
+        "from monitor.sources.kernel import KernelSource\n"
         "from monitor.errors import PermissionDenied\n"
         "async def main():\n"
         "    try:\n"

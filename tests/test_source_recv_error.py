@@ -7,8 +7,8 @@ import contextlib
 import errno
 from typing import Any
 
-from monitor.items import Control, Datagram
-from monitor.source import KernelSource
+from monitor.sources.items import Control, Datagram
+from monitor.sources.kernel import KernelSource
 from tests.test_source import FakeKernel
 
 

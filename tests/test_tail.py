@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 
 from monitor.commands.tail import Tailer
-from monitor.config import Settings
 from monitor.render import RESET, colour_enabled, format_event, summarise_detail
-from monitor.web import create_app
+from monitor.serve.config import Settings
+from monitor.serve.web import create_app
 
 TOKEN = "s3cret-token-for-tests"
 

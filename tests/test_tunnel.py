@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitor.tunnel import (
+from monitor.health.tunnel import (
     DIAGRAM_BEGIN,
     DIAGRAM_END,
     INITIAL_STATE,
@@ -87,8 +87,8 @@ def test_doc_diagram_is_generated_from_the_table() -> None:
 
 
 def test_cli_prints_the_diagram() -> None:
-    """``python -m monitor.tunnel --diagram`` prints the same diagram."""
-    out = subprocess.run([sys.executable, "-m", "monitor.tunnel", "--diagram"], capture_output=True, text=True,
+    """``python -m monitor.health.tunnel --diagram`` prints the same diagram."""
+    out = subprocess.run([sys.executable, "-m", "monitor.health.tunnel", "--diagram"], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert mermaid_diagram() == out
     assert main([]) == 2

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from monitor.config import Settings
-from monitor.web import DAEMON, HUB, create_app
+from monitor.serve.config import Settings
+from monitor.serve.web import DAEMON, HUB, create_app
 from tests.test_web_fakes import validate
 
 Start = Callable[..., Awaitable[tuple[TestServer, web.Application]]]

@@ -14,8 +14,8 @@ import urllib.request
 
 from aiohttp.test_utils import TestServer
 
-from monitor.config import Settings
-from monitor.web import create_app
+from monitor.serve.config import Settings
+from monitor.serve.web import create_app
 from tests.test_web_fakes import FakeCorrelator, FakePipeline, LagProbe, QueueSource
 
 MAX_LAG = 0.15  # seconds; streaming without yielding measured 0.24-0.45 s here, with yields 0.01-0.03 s

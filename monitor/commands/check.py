@@ -32,17 +32,17 @@ from typing import Any
 
 import orjson
 
-from monitor import netns as N
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.decode import iter_messages
 from monitor.errors import MonitorError, SourceError
-from monitor.health import HealthConfig
-from monitor.items import Control, Datagram
-from monitor.pcap import read_pcap
-from monitor.pipeline import Pipeline
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig
+from monitor.health.pipeline import Pipeline
 from monitor.render import colour_enabled, format_tunnel
-from monitor.simfleet import Fleet, FleetConfig
+from monitor.sources import netns as N
+from monitor.sources.items import Control, Datagram
+from monitor.sources.simfleet import Fleet, FleetConfig
+from monitor.wire import xfrm as X
+from monitor.wire.decode import iter_messages
+from monitor.wire.pcap import read_pcap
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -183,7 +183,7 @@ async def read_kernel(netns: Sequence[str], timeout: float) -> list[dict[str, An
         SourceError: no CAP_NET_ADMIN, no such namespace, no XFRM netlink.
         TimeoutError: the dumps did not complete within ``timeout`` seconds.
     """
-    from monitor.source import KernelSource  # noqa: PLC0415 - pyroute2 only when reading the kernel
+    from monitor.sources.kernel import KernelSource  # noqa: PLC0415 - pyroute2 only when reading the kernel
 
     names: list[str] = list(netns) or [N.DEFAULT]
     if names == ["all"]:

@@ -12,9 +12,9 @@ from collections import Counter
 from typing import Any
 
 from monitor.commands.replay import replay
-from monitor.decode import decode_datagram
 from monitor.errors import MalformedMessage, MonitorError
-from monitor.pcap import read_pcap
+from monitor.wire.decode import decode_datagram
+from monitor.wire.pcap import read_pcap
 
 
 def add_parser(sub: Any) -> None:

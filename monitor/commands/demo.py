@@ -1,6 +1,6 @@
 """``monitor demo``: ``monitor serve`` on a simulated fleet, no root and no IPsec needed.
 
-The simulated tunnels (``monitor.simfleet``) are encoded into kernel-layout netlink bytes and go
+The simulated tunnels (``monitor.sources.simfleet``) are encoded into kernel-layout netlink bytes and go
 through the real decoder, pipeline and correlator; the dashboard, websocket, REST API and
 ``/metrics`` are the real ones. Open the printed URL, or follow it with ``monitor tail``.
 """
@@ -13,8 +13,8 @@ import sys
 import webbrowser
 from typing import Any
 
-from monitor.config import DEFAULT_PORT, load_settings
 from monitor.errors import MonitorError
+from monitor.serve.config import DEFAULT_PORT, load_settings
 
 
 def add_parser(sub: Any) -> None:

@@ -1,7 +1,7 @@
 """``monitor record``: capture what the kernel source receives to a key-scrubbed netlink pcap.
 
 Everything the source sees goes to the file: multicast events, dump replies and our own dump
-requests (so a replay shows where each dump began). Keys are zeroed by ``monitor.pcap``'s writer.
+requests (so a replay shows where each dump began). Keys are zeroed by ``monitor.wire.pcap``'s writer.
 Stops on SIGINT, SIGTERM or after ``--duration`` seconds, then prints one summary line.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from monitor.errors import MonitorError
-from monitor.items import Control, Datagram
-from monitor.pcap import PcapWriter
+from monitor.sources.items import Control, Datagram
+from monitor.wire.pcap import PcapWriter
 
 FLUSH_EVERY = 0.5  # seconds; so a reader (or a killed recorder) sees a file at most this stale
 
@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
 
 async def record(args: argparse.Namespace, out: Any = None) -> int:
     """Run the capture until a signal or the duration; print the summary line (to ``out``, default stdout)."""
-    from monitor.source import KernelSource  # noqa: PLC0415 - pyroute2 only when reading the kernel
+    from monitor.sources.kernel import KernelSource  # noqa: PLC0415 - pyroute2 only when reading the kernel
 
     netns: Any = "all" if args.all_netns else (args.netns or ["default"])
     source = KernelSource(netns, interval=args.interval, aevents=args.aevents)

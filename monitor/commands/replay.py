@@ -16,12 +16,12 @@ from typing import Any, TextIO
 
 import orjson
 
-from monitor import xfrm as X
-from monitor.decode import decode_datagram
 from monitor.errors import MalformedMessage, MonitorError
-from monitor.events import Event, Unknown
-from monitor.items import Datagram
-from monitor.replay import ReplaySource
+from monitor.sources.items import Datagram
+from monitor.sources.replay import ReplaySource
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.events import Event, Unknown
 
 
 def add_parser(sub: Any) -> None:

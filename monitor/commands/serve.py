@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from monitor.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 from monitor.errors import MonitorError
+from monitor.serve.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 
 log = logging.getLogger("monitor.serve")
 
@@ -70,7 +70,7 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         settings: validated settings.
         ready: optional callable given the bound ``(host, port)`` once listening.
     """
-    from monitor.web import DAEMON, create_app  # noqa: PLC0415 - keep `monitor --help` fast
+    from monitor.serve.web import DAEMON, create_app  # noqa: PLC0415 - keep `monitor --help` fast
 
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitor.errors import CaptureFormatError
-from monitor.pcap import scrub_capture
+from monitor.wire.pcap import scrub_capture
 from vm.references import redact_keys
 from vm.vm import PROJECT_DIR, SCENARIO, run_in_vm, vm_available
 

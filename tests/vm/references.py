@@ -4,10 +4,10 @@ Two sides are compared by ``test_monitor_vm.py``:
 
 * **references**, produced by tools independent of the monitor: ``ip -s xfrm state`` / ``ip xfrm policy``
   text, ``swanctl --list-sas`` text, the scenario's ``rekeys.txt`` and ``scenario.log``, and the raw
-  nlmon capture of every netlink message in ns ``a`` (decoded with ``monitor.decode``, the codec, not
+  nlmon capture of every netlink message in ns ``a`` (decoded with ``monitor.wire.decode``, the codec, not
   the correlator);
 * **the monitor's view**: the recorder's capture replayed through the real pipeline
-  (``monitor.pcap`` reader -> ``monitor.items.Datagram`` -> ``Pipeline(Correlator(...))``), with the
+  (``monitor.wire.pcap`` reader -> ``monitor.sources.items.Datagram`` -> ``Pipeline(Correlator(...))``), with the
   correlator's timers run at the capture's pace, and a snapshot of every tunnel taken at the end of
   each SA dump.
 
@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor import xfrm as X
-from monitor.correlate import Correlator
-from monitor.decode import decode_datagram
 from monitor.errors import MalformedMessage
-from monitor.events import SA, SAAdded, SADeleted, SAExpired, SAUpdated
-from monitor.health import HealthConfig, HealthEvent
-from monitor.items import Datagram
-from monitor.pcap import read_pcap
-from monitor.pipeline import Pipeline
+from monitor.health.correlate import Correlator
+from monitor.health.model import HealthConfig, HealthEvent
+from monitor.health.pipeline import Pipeline
+from monitor.sources.items import Datagram
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram
+from monitor.wire.events import SA, SAAdded, SADeleted, SAExpired, SAUpdated
+from monitor.wire.pcap import read_pcap
 
 __all__ = [
     "DumpView",

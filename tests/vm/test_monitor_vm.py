@@ -1,7 +1,7 @@
 """The monitor in the loop on a real kernel (issue 3, scenarios 1 and 2; issue 7, the keepalive prober).
 
 Inside the VM, ``monitor record`` runs in ns ``a`` for the whole scenario (tests/vm/scenario.sh). Here its
-capture is replayed on the host through the real pipeline (``monitor.pcap`` -> ``Datagram`` ->
+capture is replayed on the host through the real pipeline (``monitor.wire.pcap`` -> ``Datagram`` ->
 ``Pipeline(Correlator())``), and what the monitor holds is compared with references taken in the same run
 by independent tools: ``ip -s xfrm state``, ``ip xfrm policy``, ``swanctl --list-sas``, the scenario's own
 SPI tracking (``rekeys.txt``) and the raw nlmon capture of every netlink message in ns ``a``.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from monitor.health import HealthConfig
+from monitor.health.model import HealthConfig
 from vm.references import (
     DumpView,
     KernelSA,

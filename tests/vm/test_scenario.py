@@ -46,8 +46,8 @@ def test_scenario_peer_death_removes_sas(vm_ok: Path) -> None:
 
 
 def test_scenario_capture_has_sa_lifecycle(vm_ok: Path) -> None:
-    from monitor import xfrm as X
-    from monitor.pcap import read_pcap
+    from monitor.wire import xfrm as X
+    from monitor.wire.pcap import read_pcap
 
     types = set()
     for rec in read_pcap(vm_ok / "nlmon-a.pcap"):

@@ -1,13 +1,18 @@
 """SA and policy event handlers of the correlator (pure): SA generations, counters, rekeys, policies.
 
-See ``monitor.correlate`` for the rules these handlers implement.
+See ``monitor.health.correlate`` for the rules these handlers implement.
 """
 
 from __future__ import annotations
 
-from monitor import xfrm as X
-from monitor.engine import _STR, ANY_PROTO, NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str, spi_list
-from monitor.events import (
+from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str, spi_list
+from monitor.health.model import (
+    hint,
+)
+from monitor.health.nsstate import NetnsState
+from monitor.health.tunnel import DIR_IN, DIR_OUT, PolicyInfo, SAState, Tunnel, TunnelState
+from monitor.wire import xfrm as X
+from monitor.wire.events import (
     SA,
     Acquire,
     AsyncEvent,
@@ -24,11 +29,6 @@ from monitor.events import (
     SAFlushed,
     SAUpdated,
 )
-from monitor.health import (
-    hint,
-)
-from monitor.nsstate import NetnsState
-from monitor.tunnel import DIR_IN, DIR_OUT, PolicyInfo, SAState, Tunnel, TunnelState
 
 __all__ = ["Lifecycle"]
 

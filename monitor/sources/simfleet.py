@@ -5,7 +5,7 @@ Theory of operation
 The fleet is one gateway (``192.0.2.1``) with N CHILD_SAs to peers in the documentation ranges.
 Each tunnel owns an inbound/outbound SA pair and out/in/fwd policies, managed the way strongSwan
 manages them (``shared/reference/xfrm-netlink.md`` section 4.1). Nothing here is a shortcut into
-the monitor: every change is *encoded* into the kernel's netlink byte layout with ``monitor.encode``
+the monitor: every change is *encoded* into the kernel's netlink byte layout with ``monitor.wire.encode``
 and handed out as ``Datagram`` items, so the real decoder, pipeline and correlator see it exactly
 as they would see the kernel.
 
@@ -36,9 +36,10 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from monitor import xfrm as X
-from monitor.encode import encode, encode_dump_request
-from monitor.events import (
+from monitor.sources.items import Control, Datagram, SourceItem
+from monitor.wire import xfrm as X
+from monitor.wire.encode import encode, encode_dump_request
+from monitor.wire.events import (
     SA,
     Acquire,
     Algo,
@@ -63,7 +64,6 @@ from monitor.events import (
     Stats,
     Template,
 )
-from monitor.items import Control, Datagram, SourceItem
 
 __all__ = ["ROLES", "Fleet", "FleetConfig", "outer_addresses"]
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from monitor.errors import MonitorError
-from monitor.hub import Hub
-from monitor.items import Control, Source
+from monitor.serve.hub import Hub
+from monitor.sources.items import Control, Source
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Core(Protocol):
 
 
 class Feeder(Protocol):
-    """``monitor.pipeline.Pipeline``."""
+    """``monitor.health.pipeline.Pipeline``."""
 
     def feed(self, item: Any, now: float) -> Any:
         """Feed one source item."""

@@ -19,7 +19,7 @@ Theory of operation (sans-IO, like the correlator: explicit ``now`` in, no socke
   source (local side) and its target (remote side), with a protocol and port the selector admits.
   Anything else is refused and reported in ``last_error``; it is never sent. Without this rule a probe
   that matches no IPsec policy would leave the host in the clear, towards an arbitrary address.
-- The I/O shell (``monitor.prober_io``) sends what ``due()`` returns and reports back with
+- The I/O shell (``monitor.probe.runner``) sends what ``due()`` returns and reports back with
   ``on_answer`` / ``on_lost`` / ``on_error``. ``probe_json(id)`` is the tunnel's ``probe`` field.
 """
 

@@ -19,8 +19,8 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 
-from monitor import xfrm as X
 from monitor.errors import NetnsNotFound, PermissionDenied, SourceError, XfrmUnsupported
+from monitor.wire import xfrm as X
 
 __all__ = [
     "DEFAULT",

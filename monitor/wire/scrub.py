@@ -8,7 +8,7 @@ losing detail is acceptable, leaking a key is not.
 
 from __future__ import annotations
 
-from monitor import xfrm as X
+from monitor.wire import xfrm as X
 
 __all__ = ["scrub_keys"]
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor import xfrm as X
-from monitor.correlate import Correlator, DumpKind
-from monitor.decode import decode_datagram, iter_messages
 from monitor.errors import MalformedMessage
-from monitor.events import Done, Event, NetlinkError
-from monitor.items import Control, Datagram, SourceItem
+from monitor.health.correlate import Correlator, DumpKind
+from monitor.sources.items import Control, Datagram, SourceItem
+from monitor.wire import xfrm as X
+from monitor.wire.decode import decode_datagram, iter_messages
+from monitor.wire.events import Done, Event, NetlinkError
 
 __all__ = ["DumpStats", "Pipeline", "PipelineStats"]
 

@@ -1,4 +1,4 @@
-"""``SimulatedSource``: the simulated fleet (``monitor.simfleet``) as a live, optionally accelerated source.
+"""``SimulatedSource``: the simulated fleet (``monitor.sources.simfleet``) as a live, optionally accelerated source.
 
 The fleet itself is pure; this shell only maps real time to simulated time and sleeps between
 steps. Simulated time starts at the wall-clock time of the first ``items()`` iteration and runs
@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator
 
 from monitor.errors import ConfigError
-from monitor.items import SourceItem
-from monitor.simfleet import Fleet, FleetConfig
+from monitor.sources.items import SourceItem
+from monitor.sources.simfleet import Fleet, FleetConfig
 
 __all__ = ["SimulatedSource"]
 

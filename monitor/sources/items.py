@@ -1,7 +1,7 @@
 """What a source hands to the pipeline: raw datagrams and control notes, tagged with netns and time.
 
 Sources (the live kernel, a replayed capture, the simulator) all yield ``SourceItem``s, so the pure
-``monitor.pipeline`` treats them identically. ``ts`` is wall-clock seconds (``time.time()`` at
+``monitor.health.pipeline`` treats them identically. ``ts`` is wall-clock seconds (``time.time()`` at
 receive, or the capture's timestamp).
 """
 

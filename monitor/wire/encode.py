@@ -1,6 +1,6 @@
 """Pure NETLINK_XFRM encoder: typed events in, byte-exact kernel layouts out.
 
-The inverse of ``monitor.decode``: ``decode_datagram(encode(ev)) == [ev]`` for every event the
+The inverse of ``monitor.wire.decode``: ``decode_datagram(encode(ev)) == [ev]`` for every event the
 decoder produces. Attribute order follows the kernel's ``copy_to_user_state_extra()``
 (``net/xfrm/xfrm_user.c``) so that synthetic dumps look like real ones, byte for byte in size.
 
@@ -10,12 +10,12 @@ caller passes real ones in ``keys`` (used by tests that prove keys never leak).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Mapping
 from functools import singledispatch
+from socket import AF_INET, AF_INET6, inet_pton  # address text conversion only (pure)
 
-from monitor import xfrm as X
-from monitor.events import (
+from monitor.wire import xfrm as X
+from monitor.wire.events import (
     SA,
     Acquire,
     Algo,
@@ -58,8 +58,8 @@ KeyMap = Mapping[int, bytes]  # XFRMA_ALG_* attribute type -> key bytes
 def pack_address(addr: str, family: int) -> bytes:
     """Pack an address string into a 16-byte ``xfrm_address_t``."""
     if family == X.AF_INET6:
-        return socket.inet_pton(socket.AF_INET6, addr)
-    return socket.inet_pton(socket.AF_INET, addr) + bytes(12)
+        return inet_pton(AF_INET6, addr)
+    return inet_pton(AF_INET, addr) + bytes(12)
 
 
 def _attr(atype: int, payload: bytes) -> bytes:

@@ -2,9 +2,9 @@
 
 ``Engine`` holds what every part of the correlator shares (the tunnel and netns tables, the event
 list with its global ``seq``, the dirty set, the deadline heap) and the health evaluation: evidence
--> ``Trigger`` -> ``monitor.tunnel.TRANSITIONS`` -> state, reasons and events. ``monitor.lifecycle``
-adds the SA and policy event handlers on top, and ``monitor.correlate.Correlator`` the public API.
-See ``monitor.correlate`` for the rules.
+-> ``Trigger`` -> ``monitor.health.tunnel.TRANSITIONS`` -> state, reasons and events. ``monitor.health.lifecycle``
+adds the SA and policy event handlers on top, and ``monitor.health.correlate.Correlator`` the public API.
+See ``monitor.health.correlate`` for the rules.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from monitor import xfrm as X
-from monitor.health import (
+from monitor.health.model import (
     REASONS,
     STATE_CHANGED,
     TUNNEL_DOWN,
@@ -25,8 +24,9 @@ from monitor.health import (
     hint,
     reason,
 )
-from monitor.nsstate import NetnsState
-from monitor.tunnel import DIR_IN, DIR_OUT, TRANSITIONS, SAState, Trigger, Tunnel, TunnelState, tunnel_id
+from monitor.health.nsstate import NetnsState
+from monitor.health.tunnel import DIR_IN, DIR_OUT, TRANSITIONS, SAState, Trigger, Tunnel, TunnelState, tunnel_id
+from monitor.wire import xfrm as X
 
 __all__ = ["ANY_PROTO", "INF", "NLM_MULTI", "ZERO_ADDRESSES", "DumpKind", "Engine", "intern_str", "spi_list"]
 
@@ -141,7 +141,7 @@ class Engine:
         self._dirty.add(t.id)
         # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so
         # refcounting frees all of it at once: the daemon freezes loaded state out of the cyclic GC
-        # (monitor.daemon.LoadGc), which would never find these cycles
+        # (monitor.serve.daemon.LoadGc), which would never find these cycles
         t.sas.clear()
         t.policies.clear()
 

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from monitor.errors import ConfigError
-from monitor.prober import ProberConfig
+from monitor.probe.prober import ProberConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -79,7 +79,7 @@ class Settings:
     log_level: str = "info"
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.prober.ProberConfig``).
+    #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).
     prober: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ One NETLINK_XFRM socket per watched namespace serves both multicast events and o
 kernel's ordering between them is kept. The socket joins its groups *before* the first dump (the
 kernel's dump has no consistency flag; the pipeline reconciles dump results with events that
 arrive meanwhile). Bytes are read raw with ``loop.add_reader`` and handed on untouched: the pure
-``monitor.decode`` is the parser, pyroute2 only creates sockets inside named namespaces.
+``monitor.wire.decode`` is the parser, pyroute2 only creates sockets inside named namespaces.
 
 Per namespace a poll task runs, every ``interval`` seconds: GETSA dump, GETPOLICY dump, GETSADINFO,
 then ``/proc/net/xfrm_stat``. One request is outstanding at a time (the kernel allows one dump per
@@ -32,11 +32,11 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Literal
 
-from monitor import netns as N
-from monitor import xfrm as X
-from monitor.encode import encode_dump_request
 from monitor.errors import PermissionDenied, SourceError
-from monitor.items import Control, ControlKind, Datagram, SourceItem
+from monitor.sources import netns as N
+from monitor.sources.items import Control, ControlKind, Datagram, SourceItem
+from monitor.wire import xfrm as X
+from monitor.wire.encode import encode_dump_request
 
 __all__ = ["DEFAULT_GROUPS", "KernelSource"]
 
@@ -46,7 +46,7 @@ DEFAULT_GROUPS = (
     X.XFRMNLGRP_ACQUIRE, X.XFRMNLGRP_EXPIRE, X.XFRMNLGRP_SA, X.XFRMNLGRP_POLICY,
     X.XFRMNLGRP_REPORT, X.XFRMNLGRP_MIGRATE, X.XFRMNLGRP_MAPPING,
 )
-RECV_SIZE = 262144  # > the kernel's 32 KiB dump skbs; equals monitor.pcap.SNAPLEN
+RECV_SIZE = 262144  # > the kernel's 32 KiB dump skbs; equals monitor.wire.pcap.SNAPLEN
 REQUEST_TIMEOUT = 60.0
 _HIGH_WATER = 4096  # queued datagrams before the readers pause
 _BURST = 64  # datagrams read per reader callback before yielding to the loop

@@ -26,7 +26,7 @@ Theory of operation
   is complete. Old SAs deleted later (strongSwan waits ~5 s) have a successor, so that is no failure.
   A hard EXPIRE or a DELSA of the newest SA of a direction with no successor fails the rekey.
 * **State** is evaluated (``_evaluate``) from the evidence into a ``Trigger``, and moved through
-  ``monitor.tunnel.TRANSITIONS``. Evaluation of touched tunnels is deferred to the end of each
+  ``monitor.health.tunnel.TRANSITIONS``. Evaluation of touched tunnels is deferred to the end of each
   ``on_events`` batch (or dump), so a batch never produces an intermediate flap.
 """
 
@@ -36,8 +36,17 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.engine import INF, NLM_MULTI, DumpKind
-from monitor.events import (
+from monitor.health.engine import INF, NLM_MULTI, DumpKind
+from monitor.health.lifecycle import Lifecycle
+from monitor.health.model import (
+    STATE_CHANGED,
+    TUNNEL_DOWN,
+    HealthConfig,
+    HealthEvent,
+)
+from monitor.health.nsstate import NetnsState, apply_xfrm_stat, run_lint
+from monitor.health.tunnel import Tunnel, TunnelState
+from monitor.wire.events import (
     Acquire,
     AsyncEvent,
     Event,
@@ -53,15 +62,6 @@ from monitor.events import (
     SAFlushed,
     SAUpdated,
 )
-from monitor.health import (
-    STATE_CHANGED,
-    TUNNEL_DOWN,
-    HealthConfig,
-    HealthEvent,
-)
-from monitor.lifecycle import Lifecycle
-from monitor.nsstate import NetnsState, apply_xfrm_stat, run_lint
-from monitor.tunnel import Tunnel, TunnelState
 
 __all__ = ["Correlator", "DumpKind"]
 

@@ -9,9 +9,9 @@ Rules / theory of operation
 * A tunnel id is ``"{netns}:{reqid}:{lo}-{hi}"`` plus ``":if{if_id}"`` / ``":m{mark:x}"`` when
   non-zero. It has no ``/`` (URL-path safe) and does not change across rekeys or restarts.
 * The **state** is one of ``TunnelState``. Every evaluation turns the tunnel's evidence into one
-  ``Trigger`` (the most severe condition that holds, see ``monitor.correlate``), and the next state
+  ``Trigger`` (the most severe condition that holds, see ``monitor.health.correlate``), and the next state
   is ``TRANSITIONS[state][trigger]``. The table is the single source of truth; the diagram in
-  ``docs/health-model.md`` is generated from it (``python -m monitor.tunnel --diagram``).
+  ``docs/health-model.md`` is generated from it (``python -m monitor.health.tunnel --diagram``).
 * Per-SA state is a ``__slots__`` object holding only numbers and interned strings, never the
   decoded ``SA`` record, so 200k SAs fit in a few hundred MB.
 """
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from monitor.health import Reason
+from monitor.health.model import Reason
 
 __all__ = [
     "DIR_IN",
@@ -43,7 +43,7 @@ DIR_OUT: Final = 2  # XFRM_SA_DIR_OUT
 
 
 class TunnelState(enum.StrEnum):
-    """Health states, most severe first in ``monitor.correlate``'s evaluation order."""
+    """Health states, most severe first in ``monitor.health.correlate``'s evaluation order."""
 
     UP = "up"  #: both directions have a live SA and traffic (or no reason to worry yet)
     IDLE = "idle"  #: SAs up, no bytes either way for ``idle_after``
@@ -317,7 +317,7 @@ class Tunnel:
 
 
 # --- the diagram ------------------------------------------------------------------------------------
-DIAGRAM_BEGIN: Final = "<!-- BEGIN GENERATED STATE DIAGRAM (python -m monitor.tunnel --diagram) -->"
+DIAGRAM_BEGIN: Final = "<!-- BEGIN GENERATED STATE DIAGRAM (python -m monitor.health.tunnel --diagram) -->"
 DIAGRAM_END: Final = "<!-- END GENERATED STATE DIAGRAM -->"
 
 
@@ -350,14 +350,14 @@ def _write_diagram(path: str) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m monitor.tunnel --diagram [--write docs/health-model.md]``."""
+    """``python -m monitor.health.tunnel --diagram [--write docs/health-model.md]``."""
     if "--write" in argv:
         _write_diagram(argv[argv.index("--write") + 1])
         return 0
     if "--diagram" in argv:
         sys.stdout.write(mermaid_diagram())
         return 0
-    sys.stderr.write("usage: python -m monitor.tunnel --diagram | --write FILE\n")
+    sys.stderr.write("usage: python -m monitor.health.tunnel --diagram | --write FILE\n")
     return 2
 
 

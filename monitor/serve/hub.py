@@ -15,7 +15,7 @@ Theory of operation
 * Every queued entry carries a ``seq`` label: the newest event ``seq`` when it was queued. Content that
   is generated lazily (snapshots, catch-ups) may be newer than its label, never older, so the stream
   stays monotonic in ``seq`` and every state message is idempotent.
-* Stall detection is the caller's job via :meth:`Hub.stalled` (``monitor.web`` closes such clients
+* Stall detection is the caller's job via :meth:`Hub.stalled` (``monitor.serve.web`` closes such clients
   with code 4008).
 """
 
@@ -40,7 +40,7 @@ MAX_REPLIES = 8
 SYNC_TUNNELS = 500
 #: Rows per counters frame: a big fleet's interval goes out as several frames, serialised between yields.
 COUNTERS_CHUNK = 5000
-# The row layout of ``Correlator.counters_row`` (monitor/tunnel.py ``Tunnel.counters_row``).
+# The row layout of ``Correlator.counters_row`` (monitor/health/tunnel.py ``Tunnel.counters_row``).
 COUNTER_FIELDS = ("id", "bytes_in", "bytes_out", "packets_in", "packets_out", "rate_in_bps", "rate_out_bps",
                   "state")
 _STATE = COUNTER_FIELDS.index("state")
@@ -53,7 +53,7 @@ MAX_BATCH = 256
 
 
 class TunnelView(Protocol):
-    """What the hub reads from the correlator (``monitor.correlate.Correlator`` satisfies it)."""
+    """What the hub reads from the correlator (``monitor.health.correlate.Correlator`` satisfies it)."""
 
     @property
     def seq(self) -> int:
@@ -156,7 +156,7 @@ class Client:
         self.progress = time.monotonic()
         self.sent_messages = 0
         self.dropped_total = 0
-        #: Set by the transport (monitor.web): called once when the client is found stalled.
+        #: Set by the transport (monitor.serve.web): called once when the client is found stalled.
         self.on_stall: Callable[[], None] | None = None
         #: Set by the transport for the hub's flusher: ``can_write()`` (not paused, not closing) and
         #: ``write_run(messages)`` (write them now, synchronously, in order).

@@ -24,7 +24,7 @@ index, 0 for ``"default"``. The first time another namespace is written, one ext
 protocol ``NETNS_TAG`` (0x4E53, "NS", not a netlink family, so XFRM readers skip it), address =
 its index, payload = the UTF-8 name. Files of the default namespace alone have no such records.
 
-Key material: ``PcapWriter.write`` passes every datagram through ``monitor.scrub.scrub_keys``;
+Key material: ``PcapWriter.write`` passes every datagram through ``monitor.wire.scrub.scrub_keys``;
 there is no way to write unscrubbed bytes with this module.
 """
 
@@ -36,9 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
 
-from monitor import xfrm as X
 from monitor.errors import CaptureFormatError
-from monitor.scrub import scrub_keys
+from monitor.wire import xfrm as X
+from monitor.wire.scrub import scrub_keys
 
 __all__ = ["LINKTYPE_NETLINK", "CaptureRecord", "PcapWriter", "read_pcap", "scrub_capture"]
 

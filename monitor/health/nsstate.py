@@ -3,7 +3,7 @@
 ``NetnsState`` holds the SA and policy indexes of one network namespace plus its dump bookkeeping.
 ``apply_xfrm_stat`` turns counter increases into hints on the netns and, where the evidence points
 at specific tunnels, on those tunnels. ``run_lint`` attaches ``selector_overlap`` hints to tunnels
-and ``uncovered_remote_range`` hints to the netns (see ``monitor.lint``).
+and ``uncovered_remote_range`` hints to the netns (see ``monitor.health.lint``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from monitor.health import HealthConfig, Reason, hint
-from monitor.lint import SelectorEntry, find_overlaps, uncovered_ranges
-from monitor.tunnel import PolicyInfo, SAState, Tunnel, TunnelState
+from monitor.health.lint import SelectorEntry, find_overlaps, uncovered_ranges
+from monitor.health.model import HealthConfig, Reason, hint
+from monitor.health.tunnel import PolicyInfo, SAState, Tunnel, TunnelState
 
 __all__ = ["NetnsState", "apply_xfrm_stat", "run_lint"]
 

@@ -1,6 +1,6 @@
 """The SA hot path of the decoder: ``struct xfrm_usersa_info`` plus its attributes to ``SA``.
 
-Split from ``monitor.decode`` (which re-exports ``format_address``) because it is where the time
+Split from ``monitor.wire.decode`` (which re-exports ``format_address``) because it is where the time
 goes: every dump record and every SA notification comes through ``_sa``. Pure: the module-level
 dicts below are bounded memo tables from raw bytes to immutable values, so a decode never depends
 on what was decoded before. None of them is ever keyed by key material: algorithm headers are cut
@@ -9,14 +9,14 @@ before ``alg_key``.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
+from socket import AF_INET, AF_INET6, inet_ntop  # address text conversion only (pure)
 from typing import Any
 
-from monitor import xfrm as X
 from monitor.errors import MalformedMessage
-from monitor.events import (
+from monitor.wire import xfrm as X
+from monitor.wire.events import (
     SA,
     Algo,
     Encap,
@@ -47,13 +47,13 @@ def format_address(raw: bytes, family: int) -> str:
     if family == X.AF_INET6:
         s = _V6.get(raw)
         if s is None:
-            s = socket.inet_ntop(socket.AF_INET6, raw)
+            s = inet_ntop(AF_INET6, raw)
             if len(_V6) < _CACHE_MAX:
                 _V6[raw] = s
         return s
     s = _V4.get(raw)
     if s is None:
-        s = socket.inet_ntop(socket.AF_INET, raw[:4])
+        s = inet_ntop(AF_INET, raw[:4])
         if len(_V4) < _CACHE_MAX:
             _V4[raw] = s
     return s

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from monitor.hub import COUNTER_FIELDS, STATES, TunnelView
+from monitor.serve.hub import COUNTER_FIELDS, STATES, TunnelView
 
 TUNNEL_LABELS = ["netns", "reqid", "local", "remote"]
 _STATE = COUNTER_FIELDS.index("state")  # where counters_row() puts the state

@@ -1,6 +1,6 @@
 """Play a netlink capture back as source items (I/O: file reading and asyncio sleeps).
 
-``ReplaySource(path, speed)`` yields each NETLINK_XFRM record of a pcap file (``monitor.pcap``) as a
+``ReplaySource(path, speed)`` yields each NETLINK_XFRM record of a pcap file (``monitor.wire.pcap``) as a
 ``Datagram`` with its original timestamp, direction and namespace, so the pure pipeline cannot
 tell it from the live kernel: our own dump requests are in the capture too, which marks where
 each dump begins.
@@ -16,8 +16,8 @@ import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from monitor.items import Datagram, SourceItem
-from monitor.pcap import read_pcap
+from monitor.sources.items import Datagram, SourceItem
+from monitor.wire.pcap import read_pcap
 
 __all__ = ["ReplaySource"]
 

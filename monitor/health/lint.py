@@ -12,8 +12,8 @@ VPNs (xfrm interfaces, VTI marks) legitimately use ``0.0.0.0/0`` selectors on ev
 from __future__ import annotations
 
 import bisect
-import socket
 from collections.abc import Iterable, Sequence
+from socket import AF_INET, AF_INET6, inet_pton  # address text conversion only (pure)
 from typing import NamedTuple
 
 __all__ = ["Overlap", "SelectorEntry", "find_overlaps", "uncovered_ranges"]
@@ -41,9 +41,9 @@ def _range(text: str) -> tuple[int, int, int] | None:
     addr, _, plen = text.partition("/")
     try:
         if ":" in addr:
-            family, bits, raw = 6, 128, socket.inet_pton(socket.AF_INET6, addr)
+            family, bits, raw = 6, 128, inet_pton(AF_INET6, addr)
         else:
-            family, bits, raw = 4, 32, socket.inet_pton(socket.AF_INET, addr)
+            family, bits, raw = 4, 32, inet_pton(AF_INET, addr)
         n = int(plen) if plen else bits
     except (OSError, ValueError):
         return None

@@ -20,13 +20,13 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSMsgType, web
 
-from monitor.config import Settings
-from monitor.daemon import Daemon
 from monitor.errors import ConfigError
-from monitor.hub import SCHEMA, Filters, Hub, TunnelView, dumps
-from monitor.items import Source
-from monitor.metrics import MonitorSample, scrape
-from monitor.prober_io import ProbedCorrelator, ProberService, prober_from_settings
+from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
+from monitor.serve.config import Settings
+from monitor.serve.daemon import Daemon
+from monitor.serve.hub import SCHEMA, Filters, Hub, TunnelView, dumps
+from monitor.serve.metrics import MonitorSample, scrape
+from monitor.sources.items import Source
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def build_source(settings: Settings) -> Source:
     """The source named by ``settings.source`` (imported lazily: only the one used is loaded)."""
     kind = settings.source_kind
     if kind == "simulate":
-        from monitor.simulate import SimulatedSource  # noqa: PLC0415 - lazy: only the source in use
+        from monitor.sources.simulate import SimulatedSource  # noqa: PLC0415 - lazy: only the source in use
 
         return SimulatedSource(tunnels=settings.tunnels, speed=settings.speed or 1.0, seed=settings.seed)
     if kind == "replay":
@@ -67,10 +67,10 @@ def build_source(settings: Settings) -> Source:
         assert path is not None
         if not path.is_file():
             raise ConfigError(f"replay file {str(path)!r} does not exist or is not a file")
-        from monitor.replay import ReplaySource  # noqa: PLC0415 - lazy: only the source in use
+        from monitor.sources.replay import ReplaySource  # noqa: PLC0415 - lazy: only the source in use
 
         return ReplaySource(path, settings.speed)
-    from monitor.source import KernelSource  # noqa: PLC0415 - lazy: pyroute2 only when needed
+    from monitor.sources.kernel import KernelSource  # noqa: PLC0415 - lazy: pyroute2 only when needed
 
     netns: Any = "all" if settings.all_netns else (settings.netns or ("default",))
     return KernelSource(netns=netns, interval=settings.interval, aevents=settings.aevents)
@@ -78,9 +78,9 @@ def build_source(settings: Settings) -> Source:
 
 def build_core(settings: Settings) -> tuple[Any, Any]:
     """A real ``(pipeline, correlator)`` pair configured from ``settings.health``."""
-    from monitor.correlate import Correlator  # noqa: PLC0415 - keeps create_app importable for fakes
-    from monitor.health import HealthConfig  # noqa: PLC0415
-    from monitor.pipeline import Pipeline  # noqa: PLC0415
+    from monitor.health.correlate import Correlator  # noqa: PLC0415 - keeps create_app importable for fakes
+    from monitor.health.model import HealthConfig  # noqa: PLC0415
+    from monitor.health.pipeline import Pipeline  # noqa: PLC0415
 
     try:
         hc = HealthConfig(**dict(settings.health))

@@ -1,4 +1,4 @@
-"""Keepalive prober: the thin asyncio shell around ``monitor.prober`` (sockets, netns, clock).
+"""Keepalive prober: the thin asyncio shell around ``monitor.probe.prober`` (sockets, netns, clock).
 
 ``ProbeSender.send(probe, timeout)`` sends one probe and waits for its answer:
 
@@ -30,14 +30,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from monitor.prober import IPAddress, Probe, Prober, ProberConfig
+from monitor.probe.prober import IPAddress, Probe, Prober, ProberConfig
 
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
-# Names under which the monitor's own netns is known (no setns needed); "default" is monitor.netns.DEFAULT.
+# Names under which the monitor's own netns is known (no setns needed); "default" is monitor.sources.netns.DEFAULT.
 OWN_NETNS = frozenset({"", "default", "host", "self"})
 
 _libc: ctypes.CDLL | None = None
@@ -375,7 +375,7 @@ class ProbedCorrelator:
 
     Every attribute is the wrapped correlator's, except: ``tunnel_json``/``snapshot`` set the tunnel's
     ``probe`` field, and ``take_dirty`` also returns tunnels whose probe results changed (so websocket clients
-    get an update). ``monitor.web.create_app`` wraps the correlator in this when ``[prober] enabled = true``.
+    get an update). ``monitor.serve.web.create_app`` wraps the correlator in this when ``[prober] enabled = true``.
     """
 
     def __init__(self, inner: Any, prober: Prober) -> None:

@@ -14,7 +14,7 @@ length) raises ``MalformedMessage``; no other exception can escape ``decode_data
 Key bytes inside ``XFRMA_ALG_*`` attributes are never read: only the 64-byte name and the key
 length are unpacked, so no key byte is ever copied into a Python object.
 
-SA messages (NEWSA, UPDSA, DELSA, EXPIRE; every dump record) are built by ``monitor.decode_sa``,
+SA messages (NEWSA, UPDSA, DELSA, EXPIRE; every dump record) are built by ``monitor.wire.decode_sa``,
 the measured hot path: raw-bytes memo tables for selectors, lifetimes, algorithms and addresses,
 and per-layout compiled attribute readers. Its theory of operation and the profile that led to it
 are in that module and in ``bench/RESULTS.md``.
@@ -25,8 +25,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from monitor import xfrm as X
-from monitor.decode_sa import (
+from monitor.errors import MalformedMessage
+from monitor.wire import xfrm as X
+from monitor.wire.decode_sa import (
     _MARK,
     _REPLAY,
     _V4,
@@ -39,8 +40,7 @@ from monitor.decode_sa import (
     _sa,
     format_address,
 )
-from monitor.errors import MalformedMessage
-from monitor.events import (
+from monitor.wire.events import (
     Acquire,
     Algo,
     AsyncEvent,
