@@ -31,6 +31,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROJECT_DIR = HERE.parent.parent
 SCENARIO = HERE / "scenario.sh"
+SUITE = HERE / "suite.sh"
+LIB = HERE / "lib.sh"
+SCENARIOS_DIR = HERE / "scenarios"
+
+
+def scenario_names() -> list[str]:
+    """Scenarios one boot runs: ``main`` (scenario.sh) then tests/vm/scenarios/*.sh, or env MONITOR_VM_ONLY."""
+    only = os.environ.get("MONITOR_VM_ONLY", "").strip()
+    if only:
+        return [n.strip() for n in only.split(",") if n.strip()]
+    return ["main", *sorted(p.stem for p in SCENARIOS_DIR.glob("*.sh"))]
 SETUP_SCRIPT = PROJECT_DIR / "scripts" / "vm-setup.sh"
 HIDDEN_IN_GUEST = ("/var/tmp", "/var/cache", "/var/log")
 
