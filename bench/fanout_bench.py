@@ -81,7 +81,8 @@ async def _serve(port: int, tunnels: int) -> None:
     from aiohttp import web
 
     from monitor.serve.config import Settings
-    from monitor.serve.web import HUB, create_app
+    from monitor.serve.handlers import HUB
+    from monitor.serve.web import create_app
 
     settings = Settings(host="127.0.0.1", port=port, log_level="warning")
     kw: dict[str, Any] = {}

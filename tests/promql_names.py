@@ -41,7 +41,7 @@ def full_tunnel(state: str) -> dict[str, Any]:
 def exported() -> Exported:
     """Render the real exposition and collect its series and labels."""
     from monitor.serve import metrics
-    from monitor.serve.hub import STATES
+    from monitor.serve.protocol import STATES
 
     tunnels = [metrics.sample(full_tunnel(s)) for s in STATES]
     mon = metrics.MonitorSample(

@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from monitor.serve.hub import COUNTER_FIELDS, Filters, Hub
+from monitor.serve import session as hub_session
+from monitor.serve.hub import Hub
+from monitor.serve.protocol import COUNTER_FIELDS, Filters
 from tests.test_web_fakes import FakeCorrelator, validate
 
 
@@ -107,7 +109,7 @@ async def test_gap_message_then_more_events() -> None:
     cl = hub.attach(Filters())
     sink = Sink()
     sink.open.clear()
-    task = asyncio.create_task(hub.serve(cl, sink, since=None, snapshot=False))
+    task = asyncio.create_task(hub_session.serve(hub, cl, sink, since=None, snapshot=False))
     for _ in range(5):
         c.emit("sa_added", "t0")
     hub.publish_events(c.drain_events())
@@ -161,7 +163,7 @@ async def test_counters_frame_and_catch_up() -> None:
     label, value = slow.q[("c",)]
     assert value is None
     sink = Sink()
-    await hub._catch_up(slow, label, sink)
+    await hub_session.catch_up(hub, slow, label, sink)
     assert len(sink.msgs) == 1
     rows = {r[0]: r for r in sink.msgs[0]["rows"]}
     assert set(rows) == {"t0", "t1"}
@@ -204,7 +206,7 @@ async def test_snapshot_chunks_then_deltas_in_seq_order() -> None:
     c, hub = make(5, snapshot_chunk=2)
     cl = hub.attach(Filters())
     sink = Sink()
-    task = asyncio.create_task(hub.serve(cl, sink, since=None, snapshot=None))
+    task = asyncio.create_task(hub_session.serve(hub, cl, sink, since=None, snapshot=None))
     await wait_for(lambda: any(m.get("last") for m in sink.msgs), "last snapshot chunk")
     c.emit("rekey_started", "t1")
     c.update("t1", state="rekeying")
@@ -232,7 +234,7 @@ async def test_resume_replays_missed_events_without_snapshot() -> None:
     hub.publish_tunnels(["t2"], 1e9)
     cl = hub.attach(Filters())
     sink = Sink()
-    task = asyncio.create_task(hub.serve(cl, sink, since=last, snapshot=None))
+    task = asyncio.create_task(hub_session.serve(hub, cl, sink, since=last, snapshot=None))
     await wait_for(lambda: any(m["type"] == "tunnel" for m in sink.msgs), "tunnel after resume")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -253,7 +255,7 @@ async def test_resume_too_old_gets_gap_and_snapshot() -> None:
     hub.note_dirty(c.take_dirty(), 1e9)
     cl = hub.attach(Filters())
     sink = Sink()
-    task = asyncio.create_task(hub.serve(cl, sink, since=1, snapshot=None))
+    task = asyncio.create_task(hub_session.serve(hub, cl, sink, since=1, snapshot=None))
     await wait_for(lambda: any(m.get("last") for m in sink.msgs), "snapshot")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""Batched sending (``Hub.serve(..., send_many=...)``) and its websocket framing (``monitor.serve.web.text_frame``).
+"""Batched sending (``session.serve(..., send_many=...)``) and its websocket framing (``monitor.serve.web.text_frame``).
 
 The hub hands runs of ready messages to ``send_many`` so the server writes many frames per transport
 write (the change made because of the fan-out profile in bench/RESULTS.md). What a client receives
@@ -15,9 +15,14 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
+from monitor.serve import session as hub_session
+from monitor.serve.client_queue import MAX_BATCH
 from monitor.serve.config import Settings
-from monitor.serve.hub import MAX_BATCH, Filters, Hub
-from monitor.serve.web import HUB, create_app, text_frame
+from monitor.serve.handlers import HUB
+from monitor.serve.hub import Hub
+from monitor.serve.protocol import Filters
+from monitor.serve.web import create_app
+from monitor.serve.websocket import text_frame
 from tests.test_web_fakes import FakeCorrelator, FakePipeline, QueueSource
 
 
@@ -56,7 +61,7 @@ async def test_events_go_out_in_batches_in_order() -> None:
     c = hub.attach(Filters())
     hub.publish_events([_event(i) for i in range(1, 601)])
     rec = Recorder()
-    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    task = asyncio.create_task(hub_session.serve(hub, c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
     await _until(lambda: sum(1 for m in rec.msgs if m["type"] == "event") == 600, "600 events")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -75,7 +80,7 @@ async def test_gap_interrupts_a_batch_and_keeps_its_place() -> None:
     c = hub.attach(Filters())
     hub.publish_events([_event(i) for i in range(1, 11)])  # 5 queued, 6..10 dropped into one gap
     rec = Recorder()
-    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    task = asyncio.create_task(hub_session.serve(hub, c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
     await _until(lambda: any(m["type"] == "gap" for m in rec.msgs), "the gap")
     hub.publish_events([_event(11)])
     await _until(lambda: any(m.get("seq") == 11 and m["type"] == "event" for m in rec.msgs), "event 11")
@@ -143,7 +148,7 @@ async def test_flusher_writes_idle_clients_in_order() -> None:
     rec = Recorder()
     wire = Wire(rec)
     c.can_write, c.write_run = wire.can_write, wire.write_run
-    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    task = asyncio.create_task(hub_session.serve(hub, c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
     await _until(lambda: c.idle, "the writer to go idle")
     hub.publish_events([_event(1), _event(2)])
     hub.publish_events([_event(3)])
@@ -174,7 +179,7 @@ async def test_flusher_skips_detached_clients() -> None:
     rec = Recorder()
     wire = Wire(rec)
     c.can_write, c.write_run = wire.can_write, wire.write_run
-    task = asyncio.create_task(hub.serve(c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
+    task = asyncio.create_task(hub_session.serve(hub, c, rec.send, since=None, snapshot=False, send_many=rec.send_many))
     await _until(lambda: c.idle, "the writer to go idle")
     hub.publish_events([_event(1)])
     hub.detach(c)
@@ -187,7 +192,7 @@ async def test_flusher_skips_detached_clients() -> None:
 
 def test_snapshot_message_equals_nested_serialisation() -> None:
     """A snapshot built from pre-serialised tunnels is byte-identical to serialising the nested message."""
-    from monitor.serve.hub import _snapshot_message, dumps
+    from monitor.serve.protocol import dumps, snapshot_message
 
     tunnels = [{"id": "ns:1:a-b", "sas": [{"spi": "0x1", "pair": (1, 2)}], "rate_in_bps": 1.5, "probe": None},
                {"id": "ns:2:c-d", "reasons": [], "state": "up"}]
@@ -195,5 +200,5 @@ def test_snapshot_message_equals_nested_serialisation() -> None:
         for chunk in (tunnels, []):
             nested = dumps({"schema": 1, "type": "snapshot", "seq": 7, "ts": 1e9 + 0.25, "chunk": 3, "last": last,
                             "tunnels": chunk})
-            assert _snapshot_message(7, 1e9 + 0.25, 3, last, [dumps(t) for t in chunk]) == nested
-    assert orjson.loads(_snapshot_message(7, 1.0, 0, True, [dumps(t) for t in tunnels]))["tunnels"][1]["state"] == "up"
+            assert snapshot_message(7, 1e9 + 0.25, 3, last, [dumps(t) for t in chunk]) == nested
+    assert orjson.loads(snapshot_message(7, 1.0, 0, True, [dumps(t) for t in tunnels]))["tunnels"][1]["state"] == "up"

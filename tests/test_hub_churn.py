@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from monitor.serve.hub import Filters, Hub
+from monitor.serve import session as hub_session
+from monitor.serve.hub import Hub
+from monitor.serve.protocol import Filters
 from tests.test_hub import Sink, wait_for
 from tests.test_web_fakes import FakeCorrelator
 
@@ -43,7 +45,7 @@ async def test_resume_still_sees_a_removal_inside_the_ring() -> None:
     churn(c, hub, 50, 2)
     cl = hub.attach(Filters())
     sink = Sink()
-    task = asyncio.create_task(hub.serve(cl, sink, since=since, snapshot=None))
+    task = asyncio.create_task(hub_session.serve(hub, cl, sink, since=since, snapshot=None))
     await wait_for(lambda: sum(m["type"] == "tunnel_removed" for m in sink.msgs) >= 2, "two removals")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

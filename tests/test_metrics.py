@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.serve import metrics
-from monitor.serve.hub import STATES
+from monitor.serve.protocol import STATES
 from tests.test_web_fakes import tunnel_doc
 
 

@@ -18,8 +18,8 @@ from prometheus_client.utils import floatToGoString
 
 from monitor.errors import ConfigError
 from monitor.serve import config, metrics
-from monitor.serve.hub import STATES
-from monitor.serve.web import HUB
+from monitor.serve.handlers import HUB
+from monitor.serve.protocol import STATES
 from tests.test_web_fakes import FakeCorrelator
 from tests.test_web_functional import Start, start, until  # noqa: F401 - the fixture is used by name
 

@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestServer
 from monitor.errors import ConfigError
 from monitor.probe.prober import tunnel_view
 from monitor.serve.config import Settings
-from monitor.serve.web import HUB, create_app
+from monitor.serve.handlers import HUB
+from monitor.serve.web import create_app
 from tests.test_web_fakes import validate
 
 PROBER = {

@@ -16,7 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from monitor.serve.config import Settings
-from monitor.serve.web import HUB, create_app
+from monitor.serve.handlers import HUB
+from monitor.serve.web import create_app
 
 pytestmark = pytest.mark.external
 

@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from monitor.serve.config import Settings
-from monitor.serve.web import DAEMON, HUB, create_app
+from monitor.serve.handlers import DAEMON, HUB
+from monitor.serve.web import create_app
 from tests.test_web_fakes import validate
 
 Start = Callable[..., Awaitable[tuple[TestServer, web.Application]]]

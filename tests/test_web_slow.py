@@ -25,7 +25,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from monitor.serve.config import Settings
-from monitor.serve.web import DAEMON, HUB, SOCKETS, create_app
+from monitor.serve.handlers import DAEMON, HUB, SOCKETS
+from monitor.serve.web import create_app
 from tests.test_web_fakes import FakeCorrelator, FakePipeline, LagProbe, QueueSource, validate
 
 # seconds. A blocked loop here would mean the server waits on the stalled client: that lasts until

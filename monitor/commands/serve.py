@@ -70,7 +70,8 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         settings: validated settings.
         ready: optional callable given the bound ``(host, port)`` once listening.
     """
-    from monitor.serve.web import DAEMON, create_app  # noqa: PLC0415 - keep `monitor --help` fast
+    from monitor.serve.handlers import DAEMON  # noqa: PLC0415 - keep `monitor --help` fast
+    from monitor.serve.web import create_app  # noqa: PLC0415 - keep `monitor --help` fast
 
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from monitor.serve.hub import COUNTER_FIELDS, STATES, TunnelView
+from monitor.serve.protocol import STATE_COLUMN, STATES, TunnelView
 
 TUNNEL_LABELS = ["netns", "reqid", "local", "remote"]
-_STATE = COUNTER_FIELDS.index("state")  # where counters_row() puts the state
+_STATE = STATE_COLUMN  # where counters_row() puts the state
 #: Values of the ``metrics_tunnels`` setting.
 MODES = ("all", "unhealthy", "none")
 #: States that ``metrics_tunnels = "unhealthy"`` leaves out of the per-tunnel series.

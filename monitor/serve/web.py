@@ -11,48 +11,41 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from monitor.errors import ConfigError
 from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
 from monitor.serve.config import Settings
 from monitor.serve.daemon import Daemon
-from monitor.serve.hub import SCHEMA, Filters, Hub, TunnelView, dumps
-from monitor.serve.metrics import MonitorSample, scrape
+from monitor.serve.handlers import (
+    CORRELATOR,
+    DAEMON,
+    HUB,
+    INSTANCE,
+    SETTINGS,
+    SOCKETS,
+    BadParam,
+    error,
+    events_handler,
+    healthz_handler,
+    metrics_handler,
+    tunnel_handler,
+    tunnels_handler,
+)
+from monitor.serve.hub import Hub
+from monitor.serve.websocket import ws_handler
 from monitor.sources.items import Source
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-HUB = web.AppKey("hub", Hub)
-DAEMON = web.AppKey("daemon", Daemon)
-CORRELATOR = web.AppKey("correlator", TunnelView)
-SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
-INSTANCE = web.AppKey("instance", str)
-
-CLOSE_STALLED = 4008
-MAX_DETAIL_IDS = 1000
 STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_PATHS = ("/", "/favicon.ico")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    """A JSON error response (``{"schema": 1, "error": {...}}``)."""
-    body = dumps({"schema": SCHEMA, "error": {"code": code, "message": message}})
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=dumps(obj), content_type="application/json")
 
 
 def build_source(settings: Settings) -> Source:
@@ -107,257 +100,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except BadParam as exc:
         return error(400, "bad_request", str(exc))
-
-
-def origin_allowed(request: web.Request) -> bool:
-    """No Origin, a same-origin Origin, or one listed in ``allowed_origins``."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    if origin.rstrip("/") in request.app[SETTINGS].allowed_origins:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == request.host
-
-
-class BadParam(Exception):
-    """A bad query parameter; the middleware turns it into a 400 JSON error."""
-
-
-def _filters(request: web.Request) -> Filters:
-    try:
-        return Filters.from_query(request.query)
-    except ValueError as exc:
-        raise BadParam(str(exc)) from None
-
-
-def _int_param(request: web.Request, name: str, default: int | None, lo: int = 0) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        v = lo - 1
-    if v < lo:
-        raise BadParam(f"{name} must be an integer >= {lo}, got {raw!r}")
-    return v
-
-
-# -- websocket -------------------------------------------------------------------------------------
-
-async def ws_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /ws``: see docs/api.md."""
-    if not origin_allowed(request):
-        return error(403, "forbidden", f"origin {request.headers.get('Origin')!r} is not allowed")
-    filters = _filters(request)
-    since = _int_param(request, "since", None)
-    snap_raw = request.query.get("snapshot")
-    snapshot = None if snap_raw is None else snap_raw not in ("0", "false", "no")
-    settings, hub = request.app[SETTINGS], request.app[HUB]
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024, compress=False,
-                               timeout=settings.close_grace)
-    await ws.prepare(request)
-    transport = request.transport
-    request.app[SOCKETS].add(ws)
-    client = hub.attach(filters)
-
-    async def send(data: bytes) -> None:
-        await ws.send_frame(data, WSMsgType.TEXT)
-
-    async def send_many(datas: list[bytes]) -> None:
-        # Several text frames in ONE transport write (bench/RESULTS.md, fan-out profile: one write per
-        # frame was half the server's time). Uncompressed server frames are just header + payload.
-        if len(datas) == 1 or transport is None:
-            for data in datas:
-                await send(data)
-            return
-        if ws.closed or transport.is_closing():
-            raise ConnectionResetError("websocket is closing")
-        transport.write(b"".join([text_frame(d) for d in datas]))
-        proto = request.protocol
-        if proto is not None and proto.writing_paused:  # flow control, as aiohttp's own writer does
-            await proto._drain_helper()
-
-    def can_write() -> bool:
-        proto = request.protocol
-        return not (transport is None or ws.closed or transport.is_closing()
-                    or (proto is not None and proto.writing_paused))
-
-    def write_run(datas: list[bytes]) -> None:
-        assert transport is not None  # can_write() said so
-        transport.write(b"".join([text_frame(d) for d in datas]))
-
-    client.can_write, client.write_run = can_write, write_run
-    writer = asyncio.create_task(hub.serve(client, send, since=since, snapshot=snapshot, send_many=send_many))
-    reader = asyncio.create_task(_read_ops(ws, hub, client))
-    stalled = False
-
-    def on_stall() -> None:
-        nonlocal stalled
-        stalled = True
-        writer.cancel()
-
-    client.on_stall = on_stall
-    try:
-        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        hub.detach(client)
-        request.app[SOCKETS].discard(ws)
-        for t in (writer, reader):
-            t.cancel()
-        for t in (writer, reader):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        if stalled:
-            try:
-                await asyncio.wait_for(ws.close(code=CLOSE_STALLED, message=b"client too slow", drain=False),
-                                       settings.close_grace)
-            except (TimeoutError, Exception):
-                if transport is not None:
-                    transport.abort()
-        elif not ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), settings.close_grace)
-    return ws
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, uncompressed, final websocket text frame (RFC 6455 5.2), as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-
-
-async def _read_ops(ws: web.WebSocketResponse, hub: Hub, client: Any) -> None:
-    async for msg in ws:
-        if msg.type is not WSMsgType.TEXT:
-            continue
-        try:
-            req = orjson.loads(msg.data)
-            op = req.get("op") if isinstance(req, dict) else None
-        except orjson.JSONDecodeError:
-            op, req = None, None
-        if op == "detail":
-            ids = req.get("ids") if isinstance(req, dict) else None
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_DETAIL_IDS:
-                reply = _ws_error(f"detail needs 'ids': a list of at most {MAX_DETAIL_IDS} tunnel ids")
-            else:
-                reply = hub.detail(ids)
-        elif op == "ping":
-            reply = dumps({"schema": SCHEMA, "type": "pong", "seq": hub.view.seq})
-        else:
-            reply = _ws_error("not a JSON object" if req is None else f"unknown op {op!r}")
-        while not client.push_reply(reply):
-            await asyncio.sleep(0.05)  # back-pressure on the client's own requests
-
-
-def _ws_error(message: str) -> bytes:
-    return dumps({"schema": SCHEMA, "type": "error", "code": "bad_request", "message": message})
-
-
-# -- REST ------------------------------------------------------------------------------------------
-
-async def tunnels_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/tunnels``: streamed in chunks so that 100k tunnels do not block the loop."""
-    filters = _filters(request)
-    view, daemon = request.app[CORRELATOR], request.app[DAEMON]
-    now = daemon.clock()
-    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-    await resp.prepare(request)
-    await resp.write(b'{"schema":%d,"seq":%d,"ts":%s,"tunnels":[' % (SCHEMA, view.seq, dumps(now)))
-    buf: list[bytes] = []
-    first = True
-    for i, tid in enumerate(list(view.tunnel_ids())):
-        if filters.tunnel and tid not in filters.tunnel:
-            continue
-        t = view.tunnel_json(tid, now)
-        if t is not None and filters.tunnel_ok(tid, str(t.get("netns")), t.get("state")):
-            buf.append(dumps(t))
-        if len(buf) >= 500 or (i % 2000 == 1999 and buf):
-            await resp.write((b"" if first else b",") + b",".join(buf))
-            first, buf = False, []
-        if i % 500 == 499:
-            await asyncio.sleep(0)  # write() only waits when the transport is paused: yield regardless
-    if buf:
-        await resp.write((b"" if first else b",") + b",".join(buf))
-    await resp.write(b"]}")
-    await resp.write_eof()
-    return resp
-
-
-async def tunnel_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/tunnels/{id}``."""
-    tid = request.match_info["id"]
-    view, daemon = request.app[CORRELATOR], request.app[DAEMON]
-    now = daemon.clock()
-    t = view.tunnel_json(tid, now)
-    if t is None:
-        return error(404, "not_found", f"no tunnel with id {tid!r}")
-    return _json({"schema": SCHEMA, "seq": view.seq, "ts": now, "tunnel": t})
-
-
-async def events_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/events?since=SEQ&limit=N``."""
-    filters = _filters(request)
-    since = _int_param(request, "since", None)
-    limit = min(_int_param(request, "limit", 1000, lo=1) or 1000, 10_000)
-    hub = request.app[HUB]
-    events, truncated = hub.events_since(since, filters)
-    more = len(events) > limit
-    oldest = hub.ring[0][0] if hub.ring else None
-    return _json({"schema": SCHEMA, "seq": hub.view.seq, "oldest_seq": oldest, "truncated": truncated,
-                  "more": more, "events": events[:limit]})
-
-
-def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
-    """The ``/healthz`` document and its HTTP status."""
-    settings, daemon, hub = app[SETTINGS], app[DAEMON], app[HUB]
-    now = daemon.clock()
-    stale = settings.effective_stale_after
-    netns: dict[str, dict[str, float | None]] = {}
-    degraded = daemon.state == "failed"
-    uptime = time.time() - daemon.started
-    check = daemon.kind == "kernel" and daemon.alive  # dump ages only mean something for a live kernel
-    for ns, d in daemon.dump_stats().items():
-        end, dur = d.get("last_dump"), d.get("last_dump_duration")
-        age = None if end is None else max(0.0, now - end)
-        netns[ns] = {"last_dump_age": age, "last_dump_duration": dur}
-        if check and ((age is None and uptime > stale) or (age is not None and age > stale)):
-            degraded = True
-    if check and not netns and uptime > stale:
-        degraded = True
-    doc = {
-        "schema": SCHEMA,
-        "status": "degraded" if degraded else "ok",
-        "seq": hub.view.seq,
-        "instance": app[INSTANCE],
-        "uptime": uptime,
-        "source": {"kind": daemon.kind, "state": daemon.state, "alive": daemon.alive, "error": daemon.error},
-        "netns": netns,
-        "event_loop_lag": daemon.lag,
-        "clients": len(hub.clients),
-    }
-    return (503 if degraded else 200), doc
-
-
-async def healthz_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /healthz``: 200 ok, 503 degraded."""
-    status, doc = health_doc(request.app)
-    return _json(doc, status)
-
-
-async def metrics_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /metrics``: Prometheus text format."""
-    daemon, hub = request.app[DAEMON], request.app[HUB]
-    mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
-                        dumps=daemon.dump_stats(), now=daemon.clock(), clients=len(hub.clients),
-                        gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total)
-    body = await scrape(request.app[CORRELATOR], mon, request.app[SETTINGS].metrics_tunnels)
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def index_handler(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,173 @@
+"""REST, ``/healthz`` and ``/metrics`` handlers, and what every handler shares (I/O shell).
+
+Shared state lives under typed ``web.AppKey``s set by ``monitor.serve.web.create_app``; bad query
+parameters raise :class:`BadParam`, which the auth middleware turns into a 400 JSON error. The
+websocket handler is in :mod:`monitor.serve.websocket`. The protocol is specified in ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from monitor.serve.config import Settings
+from monitor.serve.daemon import Daemon
+from monitor.serve.hub import Hub
+from monitor.serve.metrics import MonitorSample, scrape
+from monitor.serve.protocol import SCHEMA, Filters, TunnelView, dumps
+
+SETTINGS = web.AppKey("settings", Settings)
+HUB = web.AppKey("hub", Hub)
+DAEMON = web.AppKey("daemon", Daemon)
+CORRELATOR = web.AppKey("correlator", TunnelView)
+SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
+INSTANCE = web.AppKey("instance", str)
+
+
+def error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    """A JSON error response (``{"schema": 1, "error": {...}}``)."""
+    body = dumps({"schema": SCHEMA, "error": {"code": code, "message": message}})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=dumps(obj), content_type="application/json")
+
+
+def origin_allowed(request: web.Request) -> bool:
+    """No Origin, a same-origin Origin, or one listed in ``allowed_origins``."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin.rstrip("/") in request.app[SETTINGS].allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == request.host
+
+
+class BadParam(Exception):
+    """A bad query parameter; the middleware turns it into a 400 JSON error."""
+
+
+def query_filters(request: web.Request) -> Filters:
+    try:
+        return Filters.from_query(request.query)
+    except ValueError as exc:
+        raise BadParam(str(exc)) from None
+
+
+def int_param(request: web.Request, name: str, default: int | None, lo: int = 0) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        v = lo - 1
+    if v < lo:
+        raise BadParam(f"{name} must be an integer >= {lo}, got {raw!r}")
+    return v
+
+# -- REST ------------------------------------------------------------------------------------------
+
+async def tunnels_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/tunnels``: streamed in chunks so that 100k tunnels do not block the loop."""
+    filters = query_filters(request)
+    view, daemon = request.app[CORRELATOR], request.app[DAEMON]
+    now = daemon.clock()
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    await resp.write(b'{"schema":%d,"seq":%d,"ts":%s,"tunnels":[' % (SCHEMA, view.seq, dumps(now)))
+    buf: list[bytes] = []
+    first = True
+    for i, tid in enumerate(list(view.tunnel_ids())):
+        if filters.tunnel and tid not in filters.tunnel:
+            continue
+        t = view.tunnel_json(tid, now)
+        if t is not None and filters.tunnel_ok(tid, str(t.get("netns")), t.get("state")):
+            buf.append(dumps(t))
+        if len(buf) >= 500 or (i % 2000 == 1999 and buf):
+            await resp.write((b"" if first else b",") + b",".join(buf))
+            first, buf = False, []
+        if i % 500 == 499:
+            await asyncio.sleep(0)  # write() only waits when the transport is paused: yield regardless
+    if buf:
+        await resp.write((b"" if first else b",") + b",".join(buf))
+    await resp.write(b"]}")
+    await resp.write_eof()
+    return resp
+
+
+async def tunnel_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/tunnels/{id}``."""
+    tid = request.match_info["id"]
+    view, daemon = request.app[CORRELATOR], request.app[DAEMON]
+    now = daemon.clock()
+    t = view.tunnel_json(tid, now)
+    if t is None:
+        return error(404, "not_found", f"no tunnel with id {tid!r}")
+    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": now, "tunnel": t})
+
+
+async def events_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/events?since=SEQ&limit=N``."""
+    filters = query_filters(request)
+    since = int_param(request, "since", None)
+    limit = min(int_param(request, "limit", 1000, lo=1) or 1000, 10_000)
+    hub = request.app[HUB]
+    events, truncated = hub.events_since(since, filters)
+    more = len(events) > limit
+    oldest = hub.ring[0][0] if hub.ring else None
+    return json_response({"schema": SCHEMA, "seq": hub.view.seq, "oldest_seq": oldest, "truncated": truncated,
+                  "more": more, "events": events[:limit]})
+
+
+def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
+    """The ``/healthz`` document and its HTTP status."""
+    settings, daemon, hub = app[SETTINGS], app[DAEMON], app[HUB]
+    now = daemon.clock()
+    stale = settings.effective_stale_after
+    netns: dict[str, dict[str, float | None]] = {}
+    degraded = daemon.state == "failed"
+    uptime = time.time() - daemon.started
+    check = daemon.kind == "kernel" and daemon.alive  # dump ages only mean something for a live kernel
+    for ns, d in daemon.dump_stats().items():
+        end, dur = d.get("last_dump"), d.get("last_dump_duration")
+        age = None if end is None else max(0.0, now - end)
+        netns[ns] = {"last_dump_age": age, "last_dump_duration": dur}
+        if check and ((age is None and uptime > stale) or (age is not None and age > stale)):
+            degraded = True
+    if check and not netns and uptime > stale:
+        degraded = True
+    doc = {
+        "schema": SCHEMA,
+        "status": "degraded" if degraded else "ok",
+        "seq": hub.view.seq,
+        "instance": app[INSTANCE],
+        "uptime": uptime,
+        "source": {"kind": daemon.kind, "state": daemon.state, "alive": daemon.alive, "error": daemon.error},
+        "netns": netns,
+        "event_loop_lag": daemon.lag,
+        "clients": len(hub.clients),
+    }
+    return (503 if degraded else 200), doc
+
+
+async def healthz_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /healthz``: 200 ok, 503 degraded."""
+    status, doc = health_doc(request.app)
+    return json_response(doc, status)
+
+
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /metrics``: Prometheus text format."""
+    daemon, hub = request.app[DAEMON], request.app[HUB]
+    mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
+                        dumps=daemon.dump_stats(), now=daemon.clock(), clients=len(hub.clients),
+                        gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total)
+    body = await scrape(request.app[CORRELATOR], mon, request.app[SETTINGS].metrics_tunnels)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
