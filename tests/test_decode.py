@@ -231,17 +231,17 @@ def test_algos_are_name_and_bits_only() -> None:
     assert all(isinstance(ev.sa, SA) for ev in events)  # type: ignore[union-attr]
 
 
-# --- the SA fast path (monitor.wire.decode_sa): compiled attribute layouts ----------------------------
+# --- the SA fast path (monitor.wire.decode_sa, monitor.wire.sa_layout): compiled attribute layouts ---------
 
 
 @pytest.fixture
 def fresh_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[object]]:
     """Empty layout tables, so a test sees the first (walked) and second (compiled) decode."""
-    from monitor.wire import decode_sa
+    from monitor.wire import sa_layout
 
     layouts: dict[int, list[object]] = {}
-    monkeypatch.setattr(decode_sa, "_LAYOUTS", layouts)
-    monkeypatch.setattr(decode_sa, "_layouts_count", [0])
+    monkeypatch.setattr(sa_layout, "LAYOUTS", layouts)
+    monkeypatch.setattr(sa_layout, "layouts_count", [0])
     return layouts
 
 
