@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from monitor.health.model import HealthConfig
-from monitor.probe.prober import ProberConfig
+from monitor.probe.targets import ProberConfig
 from monitor.serve.config import Settings, read_toml
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "config.example.toml"

@@ -8,14 +8,9 @@ from typing import Any
 import pytest
 
 from monitor.errors import ConfigError
-from monitor.probe.prober import (
-    Prober,
-    ProberConfig,
-    TokenBucket,
-    check_probe,
-    pick_source,
-    tunnel_view,
-)
+from monitor.probe.prober import Prober, TokenBucket
+from monitor.probe.safety import check_probe, pick_source, tunnel_view
+from monitor.probe.targets import ProberConfig
 
 ip = ipaddress.ip_address
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from monitor.errors import ConfigError
-from monitor.probe.prober import tunnel_view
+from monitor.probe.safety import tunnel_view
 from monitor.serve.config import Settings
 from monitor.serve.handlers import HUB
 from monitor.serve.web import create_app

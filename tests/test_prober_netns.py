@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from monitor.probe.prober import Probe, Prober, ProberConfig
-from monitor.probe.runner import ProberRunner, ProbeSender, _open_icmp, in_netns, local_addresses
+from monitor.probe.prober import Probe, Prober
+from monitor.probe.runner import ProberRunner
+from monitor.probe.sender import ProbeSender, _open_icmp, in_netns, local_addresses
+from monitor.probe.targets import ProberConfig
 
 pytestmark = [
     pytest.mark.hostkernel,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from monitor.probe.prober import check_probe, tunnel_view
+from monitor.probe.safety import check_probe, tunnel_view
 
 ip = ipaddress.ip_address
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 import monitor.probe.runner as pio
-from monitor.probe.prober import Prober, ProberConfig
+from monitor.probe.prober import Prober
+from monitor.probe.targets import ProberConfig
 
 
 def test_tracked_tunnel_is_read_once_per_step_when_picking_a_source(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from monitor.errors import ConfigError
-from monitor.probe.prober import ProberConfig
+from monitor.probe.targets import ProberConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
