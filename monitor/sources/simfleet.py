@@ -6,8 +6,8 @@ The fleet is one gateway (``192.0.2.1``) with N CHILD_SAs to peers in the docume
 Each tunnel owns an inbound/outbound SA pair and out/in/fwd policies, managed the way strongSwan
 manages them (``shared/reference/xfrm-netlink.md`` section 4.1). Nothing here is a shortcut into
 the monitor: every change is *encoded* into the kernel's netlink byte layout with ``monitor.wire.encode``
-and handed out as ``Datagram`` items, so the real decoder, pipeline and correlator see it exactly
-as they would see the kernel.
+(the records are built in ``monitor.sources.simfleet_kernel``) and handed out as ``Datagram`` items,
+so the real decoder, pipeline and correlator see it exactly as they would see the kernel.
 
 Time is an argument. ``step(now)`` runs every scheduled action whose time is ``<= now`` in time
 order and returns the datagrams they produced, each stamped with its own action time. Traffic is
@@ -34,56 +34,43 @@ import functools
 import heapq
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from monitor.sources.items import Control, Datagram, SourceItem
+from monitor.sources.simfleet_kernel import (
+    CHARON_PID,
+    LOCAL,
+    MONITOR_PID,
+    POLICY_FWD,
+    POLICY_IN,
+    POLICY_OUT,
+    SimSA,
+    SimTunnel,
+    dump_datagrams,
+    policy_record,
+    sa_record,
+    touch,
+)
 from monitor.wire import xfrm as X
-from monitor.wire.encode import encode, encode_dump_request
+from monitor.wire.encode import encode
 from monitor.wire.events import (
-    SA,
     Acquire,
-    Algo,
-    Done,
-    Encap,
     Event,
-    LifetimeCfg,
-    LifetimeCur,
     NatMapping,
     NlHeader,
-    Policy,
     PolicyAdded,
     PolicyUpdated,
-    Replay,
-    ReplayEsn,
     SAAdded,
     SADeleted,
     SAExpired,
     SAId,
     SAUpdated,
     Selector,
-    Stats,
-    Template,
 )
 
 __all__ = ["ROLES", "Fleet", "FleetConfig", "outer_addresses"]
 
 ROLES = ("healthy", "idle", "oneway", "dies", "failrekey", "nat", "errors")
-
-# include/uapi/linux/xfrm.h: enum { XFRM_POLICY_IN = 0, XFRM_POLICY_OUT = 1, XFRM_POLICY_FWD = 2 };
-POLICY_IN, POLICY_OUT, POLICY_FWD = 0, 1, 2
-MODE_TUNNEL = 1  # XFRM_MODE_TUNNEL
-XFRM_STATE_ESN = 128
-UDP_ENCAP_ESPINUDP = 2
-CHARON_PID = 4242  # the IKE daemon's netlink port id: notifications caused by its requests carry it
-MONITOR_PID = 7777  # our own socket's port id: dump replies are addressed to it
-MAX_DATAGRAM = 32768  # netlink_dump() fills skbs of about 32 KiB
-LOCAL = "192.0.2.1"
-ANY = "0.0.0.0"  # noqa: S104 - an address field in a struct, nothing binds to it
-
-_GCM = Algo("rfc4106(gcm(aes))", 160, 128)
-_CBC = Algo("cbc(aes)", 256)
-_SHA256 = Algo("hmac(sha256)", 256)
-_SHA256_TRUNC = Algo("hmac(sha256)", 256, 128)
 
 
 def outer_addresses(n: int) -> list[str]:
@@ -111,48 +98,6 @@ class FleetConfig:
     policies: bool = True  # dump policies (GETPOLICY) after each SA dump, as KernelSource does
 
 
-@dataclass
-class _SA:
-    spi: int
-    inbound: bool
-    add_time: float
-    soft: float  # seconds after add_time
-    hard: float
-    rate: float  # bytes per second while current
-    pkt_size: int
-    larval: bool = False
-    bytes: float = 0.0
-    packets: float = 0.0
-    last: float = 0.0  # counters integrated up to here
-    use_time: float = 0.0
-    lastused: float = 0.0
-    replay_errs: int = 0
-    integrity_errs: int = 0
-    alive: bool = True
-    current: bool = True  # carries the tunnel's traffic
-
-
-@dataclass
-class _Tunnel:
-    index: int
-    role: str
-    reqid: int
-    remote: str
-    local_net: str
-    remote_net: str
-    aead: bool
-    encap_sport: int | None  # peer's NAT-T source port, None without UDP encap
-    if_id: int | None
-    rate_in: float
-    rate_out: float
-    sas: list[_SA] = field(default_factory=list)
-    rekeying: bool = False
-    up: bool = True
-    rekeys: int = 0
-    larval: _SA | None = None
-    policy_added: float = 0.0
-
-
 class Fleet:
     """The simulated fleet. Deterministic for a given seed, config and sequence of ``step`` times."""
 
@@ -168,7 +113,7 @@ class Fleet:
         self._nlseq = 1000  # charon's request sequence numbers
         self._dumpseq = 1  # our own dump request sequence numbers
         self._acqseq = 0
-        self.tunnels: list[_Tunnel] = []
+        self.tunnels: list[SimTunnel] = []
         self.stat: dict[str, int] = {"XfrmInStateSeqError": 0, "XfrmInStateProtoError": 0,
                                      "XfrmOutNoStates": 0, "XfrmInNoStates": 0}
         if start is not None:
@@ -191,7 +136,7 @@ class Fleet:
         """When the next scheduled action is due (``None`` before the first ``step``)."""
         return self._queue[0][0] if self._queue else None
 
-    def current_sas(self) -> Iterator[tuple[_Tunnel, _SA]]:
+    def current_sas(self) -> Iterator[tuple[SimTunnel, SimSA]]:
         """Every SA the kernel would list in a dump right now (for tests and docs)."""
         for tun in self.tunnels:
             for sa in tun.sas:
@@ -230,7 +175,7 @@ class Fleet:
         for i in range(cfg.tunnels):
             role = ROLES[i] if 0 < i < len(ROLES) else "healthy"
             mbit = rng.choice((0.05, 0.2, 1.0, 4.0, 12.0)) * 125_000
-            tun = _Tunnel(
+            tun = SimTunnel(
                 index=i, role=role, reqid=i + 1, remote=remotes[i],
                 local_net=f"10.0.{i // 256}.{i % 256}",
                 remote_net=f"10.{1 + i // 256}.{i % 256}.0",
@@ -257,7 +202,7 @@ class Fleet:
             self._schedule_role(tun, start)
         self._at(start, self._dump_sas)
 
-    def _schedule_role(self, tun: _Tunnel, start: float) -> None:
+    def _schedule_role(self, tun: SimTunnel, start: float) -> None:
         cfg, rng = self.config, self.rng
         if tun.role == "idle":
             self._at(start + cfg.idle_teardown, lambda t: self._teardown(tun, t, then_idle=True))
@@ -268,13 +213,13 @@ class Fleet:
         elif tun.role == "errors":
             self._at(start + rng.uniform(5, 15), lambda t: self._errors(tun, t))
 
-    def _make_sa(self, tun: _Tunnel, inbound: bool, add_time: float) -> _SA:
+    def _make_sa(self, tun: SimTunnel, inbound: bool, add_time: float) -> SimSA:
         cfg, rng = self.config, self.rng
         rekey, life, rand = (cfg.fail_lifetimes if tun.role == "failrekey"
                              else (cfg.rekey_time, cfg.life_time, cfg.rand_time))
         soft = rekey - rng.uniform(0.0, rand)  # jitter drawn per SA install
         rate = tun.rate_in if inbound else tun.rate_out
-        sa = _SA(spi=self._new_spi(), inbound=inbound, add_time=add_time, soft=soft, hard=life,
+        sa = SimSA(spi=self._new_spi(), inbound=inbound, add_time=add_time, soft=soft, hard=life,
                  rate=rate, pkt_size=rng.choice((120, 600, 1200, 1400)), last=add_time)
         if rate > 0:
             sa.use_time = add_time + 0.1
@@ -282,7 +227,7 @@ class Fleet:
         self._at(add_time + life, lambda t: self._hard(tun, sa, t))
         return sa
 
-    def _install(self, tun: _Tunnel, t: float, notify: bool = True) -> None:
+    def _install(self, tun: SimTunnel, t: float, notify: bool = True) -> None:
         """A new CHILD_SA: UPDSA new inbound, NEWSA new outbound, UPDPOLICY out (new SPI)."""
         for sa in tun.sas:
             sa.current = False
@@ -293,16 +238,16 @@ class Fleet:
             tun.larval.alive = False
             tun.larval = None
         if notify:
-            self._emit(t, SAUpdated(self._charon(X.XFRM_MSG_UPDSA), self._sa(tun, new_in, t)),
-                       SAAdded(self._charon(X.XFRM_MSG_NEWSA), self._sa(tun, new_out, t)),
-                       PolicyUpdated(self._charon(X.XFRM_MSG_UPDPOLICY), self._policy(tun, POLICY_OUT)))
+            self._emit(t, SAUpdated(self._charon(X.XFRM_MSG_UPDSA), sa_record(tun, new_in, t, self._acqseq)),
+                       SAAdded(self._charon(X.XFRM_MSG_NEWSA), sa_record(tun, new_out, t, self._acqseq)),
+                       PolicyUpdated(self._charon(X.XFRM_MSG_UPDPOLICY), policy_record(tun, POLICY_OUT)))
 
     # --- lifecycle actions -----------------------------------------------------------------------------
 
-    def _soft(self, tun: _Tunnel, sa: _SA, t: float) -> None:
+    def _soft(self, tun: SimTunnel, sa: SimSA, t: float) -> None:
         if not sa.alive:
             return
-        self._emit(t, SAExpired(NlHeader(X.XFRM_MSG_EXPIRE), self._sa(tun, sa, t), False))
+        self._emit(t, SAExpired(NlHeader(X.XFRM_MSG_EXPIRE), sa_record(tun, sa, t, self._acqseq), False))
         if not sa.current or tun.rekeying:
             return  # the peer direction's soft expire, or an old SA awaiting deletion
         tun.rekeying = True
@@ -311,13 +256,13 @@ class Fleet:
             return
         self._at(t + self.rng.uniform(0.3, 2.0), lambda t2: self._rekeyed(tun, t2))
 
-    def _rekeyed(self, tun: _Tunnel, t: float) -> None:
+    def _rekeyed(self, tun: SimTunnel, t: float) -> None:
         old = [sa for sa in tun.sas if sa.alive and sa.current]
         if not old:
             return
         tun.rekeys += 1
         for sa in old:
-            self._touch(sa, t)  # before _install stops their traffic
+            touch(sa, t)  # before _install stops their traffic
         self._install(tun, t)
         for sa in old:
             if not sa.inbound:
@@ -325,21 +270,21 @@ class Fleet:
             else:
                 self._at(t + self.config.delete_rekeyed_delay, functools.partial(self._delete, tun, sa))
 
-    def _delete(self, tun: _Tunnel, sa: _SA, t: float) -> None:
+    def _delete(self, tun: SimTunnel, sa: SimSA, t: float) -> None:
         if not sa.alive:
             return
-        self._touch(sa, t)
-        full = self._sa(tun, sa, t)
+        touch(sa, t)
+        full = sa_record(tun, sa, t, self._acqseq)
         sa.alive = False
         self._emit(t, SADeleted(self._charon(X.XFRM_MSG_DELSA),
                                 SAId(full.daddr, sa.spi, X.AF_INET, X.IPPROTO_ESP), full))
         tun.sas = [s for s in tun.sas if s.alive]
 
-    def _hard(self, tun: _Tunnel, sa: _SA, t: float) -> None:
+    def _hard(self, tun: SimTunnel, sa: SimSA, t: float) -> None:
         if not sa.alive:
             return
-        self._touch(sa, t)
-        full = self._sa(tun, sa, t)
+        touch(sa, t)
+        full = sa_record(tun, sa, t, self._acqseq)
         sa.alive = False  # the kernel deletes it and sends only EXPIRE(hard=1)
         tun.sas = [s for s in tun.sas if s.alive]
         self._emit(t, SAExpired(NlHeader(X.XFRM_MSG_EXPIRE), full, True))
@@ -348,7 +293,7 @@ class Fleet:
             self._at(t + self.rng.uniform(1.0, 4.0), lambda t2: self._acquire(tun, t2))
             self._at(t + self.config.outage / 2, lambda t2: self._back(tun, t2))
 
-    def _teardown(self, tun: _Tunnel, t: float, then_idle: bool) -> None:
+    def _teardown(self, tun: SimTunnel, t: float, then_idle: bool) -> None:
         """The peer deletes the CHILD_SA (idle timeout or DPD): charon DELSAs both directions."""
         for sa in sorted(tun.sas, key=lambda s: s.inbound):  # out first, as remove_outbound does
             self._delete(tun, sa, t)
@@ -357,15 +302,15 @@ class Fleet:
         self._at(t + self.rng.uniform(2.0, 6.0), lambda t2: self._acquire(tun, t2))
         self._at(t + delay, lambda t2: self._back(tun, t2))
 
-    def _acquire(self, tun: _Tunnel, t: float) -> None:
+    def _acquire(self, tun: SimTunnel, t: float) -> None:
         """Outbound traffic hits the trap policy: ACQUIRE and a larval SPI-0 state."""
         if tun.up or tun.larval is not None:
             return
         self._acqseq += 1
         self.stat["XfrmOutNoStates"] += self.rng.randint(1, 20)
-        tun.larval = _SA(spi=0, inbound=False, add_time=t, soft=0, hard=self.config.acq_expires,
+        tun.larval = SimSA(spi=0, inbound=False, add_time=t, soft=0, hard=self.config.acq_expires,
                          rate=0.0, pkt_size=0, larval=True, last=t, current=False)
-        pol = self._policy(tun, POLICY_OUT)
+        pol = policy_record(tun, POLICY_OUT)
         self._emit(t, Acquire(NlHeader(X.XFRM_MSG_ACQUIRE), tun.remote, 0, X.IPPROTO_ESP, LOCAL,
                               Selector(f"{tun.remote_net[:-1]}1", f"{tun.local_net}", family=X.AF_INET,
                                        prefixlen_d=32, prefixlen_s=32, proto=1),
@@ -374,15 +319,15 @@ class Fleet:
         larval = tun.larval
         self._at(t + self.config.acq_expires, lambda t2: self._larval_expired(tun, larval, t2))
 
-    def _larval_expired(self, tun: _Tunnel, larval: _SA, t: float) -> None:
+    def _larval_expired(self, tun: SimTunnel, larval: SimSA, t: float) -> None:
         if not larval.alive:
             return
         larval.alive = False
         tun.larval = None
-        self._emit(t, SAExpired(NlHeader(X.XFRM_MSG_EXPIRE), self._sa(tun, larval, t), True))
+        self._emit(t, SAExpired(NlHeader(X.XFRM_MSG_EXPIRE), sa_record(tun, larval, t, self._acqseq), True))
         self._at(t + 0.5, lambda t2: self._acquire(tun, t2))  # traffic keeps knocking
 
-    def _back(self, tun: _Tunnel, t: float) -> None:
+    def _back(self, tun: SimTunnel, t: float) -> None:
         """The peer answers again: a fresh CHILD_SA (and the idle tunnel gets some traffic)."""
         if tun.up:
             return
@@ -395,14 +340,14 @@ class Fleet:
         if tun.role == "dies":
             self._at(t + self.rng.uniform(200, 300), lambda t2: self._teardown(tun, t2, then_idle=False))
 
-    def _go_idle(self, tun: _Tunnel, t: float) -> None:
+    def _go_idle(self, tun: SimTunnel, t: float) -> None:
         for sa in tun.sas:
-            self._touch(sa, t)
+            touch(sa, t)
             sa.rate = 0.0
         tun.rate_in = tun.rate_out = 0.0
         self._at(t + self.config.idle_teardown, lambda t2: self._teardown(tun, t2, then_idle=True))
 
-    def _nat_change(self, tun: _Tunnel, t: float) -> None:
+    def _nat_change(self, tun: SimTunnel, t: float) -> None:
         inbound = [sa for sa in tun.sas if sa.alive and sa.current and sa.inbound]
         if inbound and tun.encap_sport is not None:
             new_port = self.rng.randrange(20000, 60000)
@@ -412,7 +357,7 @@ class Fleet:
             tun.encap_sport = new_port
         self._at(t + self.rng.uniform(0.5, 1.5) * self.config.nat_interval, lambda t2: self._nat_change(tun, t2))
 
-    def _errors(self, tun: _Tunnel, t: float) -> None:
+    def _errors(self, tun: SimTunnel, t: float) -> None:
         for sa in tun.sas:
             if sa.alive and sa.current and sa.inbound:
                 replay, integrity = self.rng.randint(1, 12), self.rng.randint(0, 4)
@@ -425,20 +370,8 @@ class Fleet:
     # --- dumps ------------------------------------------------------------------------------------------
 
     def _dump(self, t: float, request_type: int, records: list[bytes]) -> None:
-        netns = self.config.netns
         self._dumpseq += 1
-        seq = self._dumpseq
-        self._out.append(Datagram(netns, encode_dump_request(request_type, seq), t, outgoing=True))
-        done = encode(Done(NlHeader(X.NLMSG_DONE, X.NLM_F_MULTI, seq, MONITOR_PID)))
-        chunk: list[bytes] = []
-        size = 0
-        for rec in [*records, done]:
-            if chunk and size + len(rec) > MAX_DATAGRAM:
-                self._out.append(Datagram(netns, b"".join(chunk), t))
-                chunk, size = [], 0
-            chunk.append(rec)
-            size += len(rec)
-        self._out.append(Datagram(netns, b"".join(chunk), t))
+        self._out.extend(dump_datagrams(self.config.netns, request_type, self._dumpseq, records, t))
 
     def _dump_sas(self, t: float) -> None:
         """A periodic GETSA dump: request, NLM_F_MULTI NEWSA records with counters, NLMSG_DONE."""
@@ -446,8 +379,8 @@ class Fleet:
         nl = NlHeader(X.XFRM_MSG_NEWSA, X.NLM_F_MULTI, seq, MONITOR_PID)
         records = []
         for tun, sa in self.current_sas():
-            self._touch(sa, t)
-            records.append(encode(SAAdded(nl, self._sa(tun, sa, t))))
+            touch(sa, t)
+            records.append(encode(SAAdded(nl, sa_record(tun, sa, t, self._acqseq))))
         self._dump(t, X.XFRM_MSG_GETSA, records)
         if self.config.policies:
             self._dump_policies(t)
@@ -458,7 +391,7 @@ class Fleet:
     def _dump_policies(self, t: float) -> None:
         seq = self._dumpseq + 1
         nl = NlHeader(X.XFRM_MSG_NEWPOLICY, X.NLM_F_MULTI, seq, MONITOR_PID)
-        records = [encode(PolicyAdded(nl, self._policy(tun, d)))
+        records = [encode(PolicyAdded(nl, policy_record(tun, d)))
                    for tun in self.tunnels for d in (POLICY_OUT, POLICY_IN, POLICY_FWD)]
         self._dump(t, X.XFRM_MSG_GETPOLICY, records)
 
@@ -467,68 +400,7 @@ class Fleet:
         for tun in self.tunnels:
             for sa in tun.sas:
                 if sa.current and sa.rate > 0:
-                    self._touch(sa, t)
+                    touch(sa, t)
                     base = tun.rate_in if sa.inbound else tun.rate_out
                     sa.rate = min(max(sa.rate * self.rng.uniform(0.8, 1.25), base * 0.3), base * 3)
 
-    # --- message building ---------------------------------------------------------------------------
-
-    def _touch(self, sa: _SA, t: float) -> None:
-        """Integrate traffic counters up to ``t``."""
-        if t <= sa.last:
-            return
-        if sa.current and sa.rate > 0:
-            sa.bytes += sa.rate * (t - sa.last)
-            sa.packets += sa.rate * (t - sa.last) / sa.pkt_size
-            sa.lastused = t
-            if not sa.use_time:
-                sa.use_time = sa.last
-        sa.last = t
-
-    def _sa(self, tun: _Tunnel, sa: _SA, t: float) -> SA:
-        """The kernel's view of one SA (``struct xfrm_usersa_info`` plus attributes)."""
-        self._touch(sa, t)
-        src, dst = (tun.remote, LOCAL) if sa.inbound else (LOCAL, tun.remote)
-        packets = int(sa.packets)
-        cur = LifetimeCur(int(sa.bytes), packets, int(sa.add_time), int(sa.use_time))
-        stats = Stats(0, sa.replay_errs, sa.integrity_errs)
-        sel = Selector(ANY, ANY, family=X.AF_INET)  # tunnel-mode SAs carry no selector
-        if sa.larval:
-            return SA(sel, dst, 0, X.IPPROTO_ESP, src, LifetimeCfg(), cur, stats, self._acqseq, tun.reqid,
-                      X.AF_INET, MODE_TUNNEL, 0, 0, replay=Replay(0, 0, 0))
-        lft = LifetimeCfg(soft_add_expires_seconds=int(sa.soft), hard_add_expires_seconds=int(sa.hard))
-        aead = enc = auth = auth_trunc = None
-        replay: Replay | None = None
-        esn: ReplayEsn | None = None
-        if tun.aead:
-            aead = _GCM
-            esn = (ReplayEsn(0, packets, 0, 0, 32, (0xFFFFFFFF,)) if sa.inbound
-                   else ReplayEsn(packets, 0, 0, 0, 32, (0,)))
-        else:
-            enc, auth, auth_trunc = _CBC, _SHA256, _SHA256_TRUNC
-            replay = (Replay(0, packets & 0xFFFFFFFF, 0xFFFFFFFF) if sa.inbound
-                      else Replay(packets & 0xFFFFFFFF, 0, 0))
-        encap = None
-        if tun.encap_sport is not None:
-            sport, dport = (tun.encap_sport, 4500) if sa.inbound else (4500, tun.encap_sport)
-            encap = Encap(UDP_ENCAP_ESPINUDP, sport, dport, ANY)
-        return SA(sel, dst, sa.spi, X.IPPROTO_ESP, src, lft, cur, stats, 0, tun.reqid, X.AF_INET, MODE_TUNNEL,
-                  0 if tun.aead else 32, XFRM_STATE_ESN if tun.aead else 0, enc=enc, auth=auth,
-                  auth_trunc=auth_trunc, aead=aead, encap=encap, replay=replay, replay_esn=esn,
-                  lastused=int(sa.lastused) if sa.lastused else None, if_id=tun.if_id,
-                  sa_dir=X.XFRM_SA_DIR_IN if sa.inbound else X.XFRM_SA_DIR_OUT)
-
-    def _policy(self, tun: _Tunnel, direction: int) -> Policy:
-        """strongSwan's policies for one CHILD_SA: out carries the current outbound SPI."""
-        out = direction == POLICY_OUT
-        local_sel, remote_sel = f"{tun.local_net}", tun.remote_net
-        if out:
-            sel = Selector(remote_sel, local_sel, family=X.AF_INET, prefixlen_d=24, prefixlen_s=32)
-            spis = [sa.spi for sa in tun.sas if sa.alive and sa.current and not sa.inbound]
-            tmpl = Template(tun.remote, spis[0] if spis else 0, X.IPPROTO_ESP, X.AF_INET, LOCAL, tun.reqid,
-                            MODE_TUNNEL)
-        else:
-            sel = Selector(local_sel, remote_sel, family=X.AF_INET, prefixlen_d=32, prefixlen_s=24)
-            tmpl = Template(LOCAL, 0, X.IPPROTO_ESP, X.AF_INET, tun.remote, tun.reqid, MODE_TUNNEL)
-        return Policy(sel, LifetimeCfg(), LifetimeCur(0, 0, int(tun.policy_added), 0), 375423,
-                      (tun.index + 1) * 8 + direction, direction, 0, 0, 0, (tmpl,), 0, None, tun.if_id)
