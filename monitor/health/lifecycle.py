@@ -1,28 +1,22 @@
-"""SA and policy event handlers of the correlator (pure): SA generations, counters, rekeys, policies.
+"""SA event handlers of the correlator (pure): SA generations, rekeys, expiry and removal.
+
+Counters are in ``monitor.health.counters``, policies, ACQUIREs and NAT mappings in
+``monitor.health.policies``; ``Lifecycle`` joins them.
 
 See ``monitor.health.correlate`` for the rules these handlers implement.
 """
 
 from __future__ import annotations
 
-from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str, spi_list
-from monitor.health.model import (
-    hint,
-)
+from monitor.health.counters import Counters
+from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, intern_str, spi_list
 from monitor.health.nsstate import NetnsState
-from monitor.health.tunnel import DIR_IN, DIR_OUT, PolicyInfo, SAState, Tunnel, TunnelState
+from monitor.health.policies import Policies
+from monitor.health.tunnel import DIR_IN, DIR_OUT, SAState, Tunnel
 from monitor.wire import xfrm as X
 from monitor.wire.events import (
     SA,
-    Acquire,
     AsyncEvent,
-    NatMapping,
-    Policy,
-    PolicyAdded,
-    PolicyDeleted,
-    PolicyExpired,
-    PolicyFlushed,
-    PolicyUpdated,
     SAAdded,
     SADeleted,
     SAExpired,
@@ -32,75 +26,11 @@ from monitor.wire.events import (
 
 __all__ = ["Lifecycle"]
 
-class Lifecycle(Engine):
-    """Applies decoded XFRM events to SAs, policies and tunnels."""
+
+class Lifecycle(Counters, Policies):
+    """Applies decoded XFRM events to SAs, policies and tunnels (counters and policies: the mixins)."""
 
     # ------------------------------------------------------------------ SAs
-
-    def _count(self, ns: NetnsState, st: SAState, nbytes: int, npackets: int, now: float) -> None:
-        """Raise the SA's counters to ``nbytes``/``npackets`` (never lower); add the increase to the tunnel."""
-        db = nbytes - st.bytes
-        dp = npackets - st.packets
-        if db <= 0 and dp <= 0:
-            return
-        t = st.tunnel
-        if db < 0:
-            db = 0
-        else:
-            st.bytes = nbytes
-        if dp < 0:
-            dp = 0
-        else:
-            st.packets = npackets
-        if st.dir == DIR_IN:
-            t.bytes_in += db
-            t.packets_in += dp
-            t.d_bi += db
-            t.d_pi += dp
-            t.last_in_ts = max(t.last_in_ts, now)
-        else:
-            t.bytes_out += db
-            t.packets_out += dp
-            t.d_bo += db
-            t.d_po += dp
-            t.last_out_ts = max(t.last_out_ts, now)
-        ns.changed.add(t)
-        self._dirty.add(t.id)
-        if t.state is not TunnelState.UP:  # idle / one-way may end with this traffic
-            ns.pending.add(t)
-
-    def _bump(self, ns: NetnsState, st: SAState, sa: SA, now: float) -> None:
-        """Apply an SA record's counters, drop counters and last-use time to the SA and its tunnel."""
-        cur = sa.cur
-        if cur.bytes > st.bytes or cur.packets > st.packets:
-            self._count(ns, st, cur.bytes, cur.packets, now)
-        stats = sa.stats
-        replay = stats.replay + stats.replay_window
-        if replay > st.replay or stats.integrity_failed > st.integrity:
-            self._errors(ns, st, replay, stats.integrity_failed, now)
-        if sa.lastused is not None and sa.lastused > st.lastused:
-            st.lastused = sa.lastused
-
-    def _errors(self, ns: NetnsState, st: SAState, replay: int, integrity: int, now: float) -> None:
-        t = st.tunnel
-        codes = []
-        for code, new, old in (("replay_errors", replay, st.replay), ("integrity_errors", integrity, st.integrity)):
-            if new > old:
-                if code == "replay_errors":
-                    t.replay_errors += new - old
-                    st.replay = new
-                else:
-                    t.integrity_errors += new - old
-                    st.integrity = new
-                codes.append(code)
-                self._emit(now, code, t, {"spi": f"0x{st.spi:08x}", "delta": new - old,
-                                          "total": t.replay_errors if code == "replay_errors" else t.integrity_errors})
-        if not ns.quiet:
-            # codes seen within the current window accumulate; a new window starts afresh
-            t.err_codes = tuple(sorted(set(t.err_codes) | set(codes))) if t.err_until > now else tuple(codes)
-            t.err_until = now + self.config.errors_window
-            self._touch(ns, t)
-        self._dirty.add(t.id)
 
     def _ev_sa_added(self, ns: NetnsState, ev: SAAdded, now: float) -> None:
         sa = ev.sa
@@ -417,100 +347,3 @@ class Lifecycle(Engine):
         for st in list(ns.sas.values()):
             if ev.proto in ANY_PROTO or st.proto == ev.proto:
                 self._remove_sa(ns, st, now, "flushed")
-
-    def _ev_acquire(self, ns: NetnsState, ev: Acquire, now: float) -> None:
-        tmpl = next((tp for tp in ev.templates if tp.proto in (X.IPPROTO_ESP, X.IPPROTO_AH)),
-                    ev.templates[0] if ev.templates else None)
-        reqid = tmpl.reqid if tmpl is not None else 0
-        local, remote = ev.saddr, ev.daddr
-        if tmpl is not None and tmpl.saddr not in ZERO_ADDRESSES and tmpl.daddr not in ZERO_ADDRESSES:
-            local, remote = tmpl.saddr, tmpl.daddr
-        if local in ZERO_ADDRESSES or remote in ZERO_ADDRESSES:
-            local, remote = ev.sel.saddr, ev.sel.daddr
-        mark = ev.mark.value if ev.mark else (ev.policy.mark.value if ev.policy.mark else 0)
-        t = self._tunnel(ns, reqid, if_id=ev.if_id or 0, mark=mark, a=local, b=remote, now=now)
-        self._learn_local(ns, t, local)
-        t.acq_count += 1
-        if t.acq_deadline is None and not self._established(t):
-            t.acq_deadline = now + self.config.acquire_grace
-        self._emit(now, "acquire", t, {"count": t.acq_count, "src": ev.sel.saddr, "dst": ev.sel.daddr,
-                                       "proto": ev.sel.proto, "seq": ev.seq})
-        self._touch(ns, t)
-
-    def _ev_mapping(self, ns: NetnsState, ev: NatMapping, now: float) -> None:
-        st = ns.sas.get((ev.id.spi, ev.id.daddr, ev.id.proto))
-        if st is None:
-            return
-        t = st.tunnel
-        self._emit(now, "nat_mapping_changed", t, {"spi": f"0x{st.spi:08x}", "old": f"{ev.old_saddr}:{ev.old_sport}",
-                                                   "new": f"{ev.new_saddr}:{ev.new_sport}"})
-        if t.hints is None:
-            t.hints = {}
-        t.hints["nat_mapping"] = (hint("nat_mapping"), now + self.config.hint_ttl)
-        self._touch(ns, t)
-
-    # ------------------------------------------------------------------ policies
-
-    def _ev_policy(self, ns: NetnsState, ev: PolicyAdded | PolicyUpdated, now: float) -> None:
-        self._policy_upsert(ns, ev.policy, now, record=bool(ev.nl.flags & NLM_MULTI))
-
-    def _policy_upsert(self, ns: NetnsState, p: Policy, now: float, record: bool) -> None:
-        tmpl = next((tp for tp in p.templates if tp.proto in (X.IPPROTO_ESP, X.IPPROTO_AH)),
-                    p.templates[0] if p.templates else None)
-        if tmpl is None:
-            return  # not an IPsec policy (allow/block/bypass): no tunnel
-        a, b = tmpl.saddr, tmpl.daddr  # the SA's source and destination
-        if a in ZERO_ADDRESSES or b in ZERO_ADDRESSES:  # transport mode: the SA runs between the selector's hosts
-            a, b = p.sel.saddr, p.sel.daddr
-        t = self._tunnel(ns, tmpl.reqid, if_id=p.if_id or 0, mark=p.mark.value if p.mark else 0, a=a, b=b, now=now)
-        self._learn_local(ns, t, a if p.dir == 1 else b)
-        sel = p.sel
-        old = ns.policies.get(p.index)
-        if old is not None and old.tunnel is not t:
-            self._remove_policy(ns, old, now)
-            old = None
-        if old is None:
-            info = PolicyInfo(p.index, p.dir, src=intern_str(f"{sel.saddr}/{sel.prefixlen_s}") or "",
-                              dst=intern_str(f"{sel.daddr}/{sel.prefixlen_d}") or "", proto=sel.proto,
-                              sport=sel.sport, dport=sel.dport, tunnel=t)
-            ns.policies[p.index] = info
-            t.policies.append(info)
-            ns.lint_dirty = True
-            self._emit(now, "policy_added", t, {"index": p.index, "dir": p.dir, **info.selector_json()})
-            self._touch(ns, t)
-        else:
-            info = old
-        if ns.pol_dump_begin is not None and info.gen != ns.pgen:
-            info.gen = ns.pgen
-            ns.pseen += 1
-
-    def _remove_policy(self, ns: NetnsState, info: PolicyInfo, now: float) -> None:
-        ns.policies.pop(info.index, None)
-        t = info.tunnel
-        if info in t.policies:
-            t.policies.remove(info)
-        ns.lint_dirty = True
-        self._emit(now, "policy_removed", t, {"index": info.index, "dir": info.dir, **info.selector_json()})
-        self._touch(ns, t)
-
-    def _ev_policy_deleted(self, ns: NetnsState, ev: PolicyDeleted, now: float) -> None:
-        index = ev.policy.index if ev.policy is not None and ev.policy.index else ev.id.index
-        info = ns.policies.get(index)
-        if info is None:  # deleted by selector: find it by the whole selector (not only its ranges) and direction
-            sel = ev.id.sel
-            src, dst = f"{sel.saddr}/{sel.prefixlen_s}", f"{sel.daddr}/{sel.prefixlen_d}"
-            info = next((i for i in ns.policies.values() if i.dir == ev.id.dir and i.src == src and i.dst == dst
-                         and i.proto == sel.proto and i.sport == sel.sport and i.dport == sel.dport), None)
-        if info is not None:
-            self._remove_policy(ns, info, now)
-
-    def _ev_policy_expired(self, ns: NetnsState, ev: PolicyExpired, now: float) -> None:
-        if ev.hard:
-            info = ns.policies.get(ev.policy.index)
-            if info is not None:
-                self._remove_policy(ns, info, now)
-
-    def _ev_policy_flushed(self, ns: NetnsState, ev: PolicyFlushed, now: float) -> None:
-        for info in list(ns.policies.values()):
-            self._remove_policy(ns, info, now)
-

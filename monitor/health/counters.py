@@ -1,0 +1,86 @@
+"""Counters of the correlator (pure): bytes and packets that never go down, and drop counters.
+
+An SA record's counters only ever raise the SA's (a record older than what was seen changes nothing);
+the increase is added to the tunnel's totals, so totals continue across rekeys. Replay and integrity
+failures become ``replay_errors`` / ``integrity_errors`` events and an ``errors`` window.
+"""
+
+from __future__ import annotations
+
+from monitor.health.engine import Engine
+from monitor.health.nsstate import NetnsState
+from monitor.health.tunnel import DIR_IN, SAState, TunnelState
+from monitor.wire.events import (
+    SA,
+)
+
+__all__ = ["Counters"]
+
+
+class Counters(Engine):
+    """SA counters into tunnel totals; drop counters into events."""
+
+    def _count(self, ns: NetnsState, st: SAState, nbytes: int, npackets: int, now: float) -> None:
+        """Raise the SA's counters to ``nbytes``/``npackets`` (never lower); add the increase to the tunnel."""
+        db = nbytes - st.bytes
+        dp = npackets - st.packets
+        if db <= 0 and dp <= 0:
+            return
+        t = st.tunnel
+        if db < 0:
+            db = 0
+        else:
+            st.bytes = nbytes
+        if dp < 0:
+            dp = 0
+        else:
+            st.packets = npackets
+        if st.dir == DIR_IN:
+            t.bytes_in += db
+            t.packets_in += dp
+            t.d_bi += db
+            t.d_pi += dp
+            t.last_in_ts = max(t.last_in_ts, now)
+        else:
+            t.bytes_out += db
+            t.packets_out += dp
+            t.d_bo += db
+            t.d_po += dp
+            t.last_out_ts = max(t.last_out_ts, now)
+        ns.changed.add(t)
+        self._dirty.add(t.id)
+        if t.state is not TunnelState.UP:  # idle / one-way may end with this traffic
+            ns.pending.add(t)
+
+    def _bump(self, ns: NetnsState, st: SAState, sa: SA, now: float) -> None:
+        """Apply an SA record's counters, drop counters and last-use time to the SA and its tunnel."""
+        cur = sa.cur
+        if cur.bytes > st.bytes or cur.packets > st.packets:
+            self._count(ns, st, cur.bytes, cur.packets, now)
+        stats = sa.stats
+        replay = stats.replay + stats.replay_window
+        if replay > st.replay or stats.integrity_failed > st.integrity:
+            self._errors(ns, st, replay, stats.integrity_failed, now)
+        if sa.lastused is not None and sa.lastused > st.lastused:
+            st.lastused = sa.lastused
+
+    def _errors(self, ns: NetnsState, st: SAState, replay: int, integrity: int, now: float) -> None:
+        t = st.tunnel
+        codes = []
+        for code, new, old in (("replay_errors", replay, st.replay), ("integrity_errors", integrity, st.integrity)):
+            if new > old:
+                if code == "replay_errors":
+                    t.replay_errors += new - old
+                    st.replay = new
+                else:
+                    t.integrity_errors += new - old
+                    st.integrity = new
+                codes.append(code)
+                self._emit(now, code, t, {"spi": f"0x{st.spi:08x}", "delta": new - old,
+                                          "total": t.replay_errors if code == "replay_errors" else t.integrity_errors})
+        if not ns.quiet:
+            # codes seen within the current window accumulate; a new window starts afresh
+            t.err_codes = tuple(sorted(set(t.err_codes) | set(codes))) if t.err_until > now else tuple(codes)
+            t.err_until = now + self.config.errors_window
+            self._touch(ns, t)
+        self._dirty.add(t.id)
