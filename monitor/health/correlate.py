@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-* Inputs, all with ``now`` (wall-clock seconds, the same clock as the kernel's ``curlft.add_time``):
+* Inputs, all with ``now`` (core time: monotonic for a live kernel, the capture's clock for a replay; kernel wall-clock
+  timestamps are converted with ``wall_skew``, see ``monitor.health.engine``):
   ``on_events`` (decoded netlink events), ``on_dump_begin``/``on_dump_end`` (around a full SA or
   policy dump), ``on_xfrm_stat``, ``on_resync`` (events were lost), ``on_netns_removed`` and
   ``on_timer``. Outputs: ``drain_events()``, ``take_dirty()``, ``tunnel_json()``, ``snapshot()``.
@@ -275,7 +276,7 @@ class Correlator(Lifecycle):
         t = self._tunnels.get(tid)
         if t is None:
             return None
-        return t.to_json(now, self._derived_hints(t))
+        return t.to_json(now, self._derived_hints(t), self.wall_skew)
 
     def counters_row(self, tid: str) -> list[Any] | None:
         """Compact per-tunnel counters for periodic websocket frames:
@@ -287,7 +288,7 @@ class Correlator(Lifecycle):
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """Every tunnel's JSON, sorted by id."""
-        return [self._tunnels[tid].to_json(now, self._derived_hints(self._tunnels[tid]))
+        return [self._tunnels[tid].to_json(now, self._derived_hints(self._tunnels[tid]), self.wall_skew)
                 for tid in sorted(self._tunnels)]
 
     def netns_names(self) -> list[str]:
@@ -333,10 +334,10 @@ class Correlator(Lifecycle):
                     settle(t, now, True)
         if ok and (initial or resync):
             self._seq += 1
-            self._events.append(HealthEvent(self._seq, now, "resync", None, ns.name, {
+            self._events.append(HealthEvent(self._seq, now + self.wall_skew, "resync", None, ns.name, {
                 "reason": "initial" if initial else "resync", "kind": kind, "tunnels": len(ns.tunnels),
                 "sas": len(ns.sas), "policies": len(ns.policies),
-                "removed": ns.last_removed if kind == "sa" else 0}))
+                "removed": ns.last_removed if kind == "sa" else 0}, now))
 
     # ------------------------------------------------------------------ dumps
 

@@ -68,6 +68,12 @@ class Engine:
         config: thresholds; the defaults of ``HealthConfig`` when omitted.
         """
         self.config = config if config is not None else HealthConfig()
+        #: Wall-clock time minus core time, set by the I/O shell before each call. Every ``now`` the core
+        #: gets, and every instant it keeps, is core time: monotonic for a live kernel (a wall-clock step
+        #: can then neither fire nor delay a timer), the capture's own clock for a replay. Kernel
+        #: timestamps (``curlft.add_time``, ``XFRMA_LASTUSED``: wall-clock seconds) are converted to core
+        #: time as they come in (``- wall_skew``); instants go out as wall time (``+ wall_skew``).
+        self.wall_skew = 0.0
         self._tunnels: dict[str, Tunnel] = {}
         self._ns: dict[str, NetnsState] = {}
         self._events: list[HealthEvent] = []
@@ -97,8 +103,8 @@ class Engine:
             if ns is not None and ns.quiet:
                 return
         self._seq += 1
-        self._events.append(HealthEvent(self._seq, now, etype, t.id if t is not None else None,
-                                        t.netns if t is not None else (netns or ""), detail))
+        self._events.append(HealthEvent(self._seq, now + self.wall_skew, etype, t.id if t is not None else None,
+                                        t.netns if t is not None else (netns or ""), detail, now))
 
     def _touch(self, ns: NetnsState, t: Tunnel) -> None:
         ns.pending.add(t)

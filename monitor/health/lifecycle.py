@@ -73,9 +73,8 @@ class Lifecycle(Counters, Policies):
             ns.seen += 1
         return st
 
-    @staticmethod
-    def _lifetimes(st: SAState, sa: SA) -> None:
-        add = float(sa.cur.add_time) or st.add_time
+    def _lifetimes(self, st: SAState, sa: SA) -> None:
+        add = (float(sa.cur.add_time) - self.wall_skew) if sa.cur.add_time else st.add_time
         st.add_time = add
         lft = sa.lft
         st.soft_at = add + lft.soft_add_expires_seconds if lft.soft_add_expires_seconds and add else 0.0
@@ -105,7 +104,7 @@ class Lifecycle(Counters, Policies):
         auth = sa.auth_trunc or sa.auth
         st.auth = intern_str(auth.name) if auth else None
         st.aead = intern_str(sa.aead.name) if sa.aead else None
-        st.add_time = float(sa.cur.add_time) or now
+        st.add_time = (float(sa.cur.add_time) - self.wall_skew) if sa.cur.add_time else now
         self._lifetimes(st, sa)
         was_established = bool(t.sas) and self._established(t)
         older = any(o.dir == st.dir for o in t.sas)
@@ -118,7 +117,7 @@ class Lifecycle(Counters, Policies):
         last_in, last_out = t.last_in_ts, t.last_out_ts
         self._bump(ns, st, sa, now)
         if ns.quiet:  # initial load: history unknown; XFRMA_LASTUSED (if any) says when traffic last moved
-            used = float(sa.lastused) if sa.lastused else now
+            used = (float(sa.lastused) - self.wall_skew) if sa.lastused else now
             t.last_in_ts, t.last_out_ts = last_in, last_out
             if st.dir == DIR_IN:
                 t.last_in_ts = max(last_in, used)
@@ -183,7 +182,7 @@ class Lifecycle(Counters, Policies):
         if aead is not None:
             st.aead = _STR.get(aead.name) or intern_str(aead.name)
         cur = sa.cur
-        add = st.add_time = float(cur.add_time) or now
+        add = st.add_time = (float(cur.add_time) - self.wall_skew) if cur.add_time else now
         lft = sa.lft
         if lft.soft_add_expires_seconds and add:
             st.soft_at = add + lft.soft_add_expires_seconds
@@ -221,7 +220,7 @@ class Lifecycle(Counters, Policies):
         if lastused:
             if lastused > 0:
                 st.lastused = lastused
-            used = float(lastused)
+            used = float(lastused) - self.wall_skew
         else:
             used = now
         if sa_dir == DIR_IN:

@@ -90,7 +90,8 @@ class HealthConfig:
 
 class HealthEvent(NamedTuple):
     """One health event. ``seq`` is global and strictly increasing; ``tunnel`` is None for netns-wide
-    events (``resync``)."""
+    events (``resync``). ``ts`` is wall-clock time (for display and records); ``mono`` the core's own
+    clock (monotonic; the capture's clock for a replay), for ordering and durations."""
 
     seq: int
     ts: float
@@ -98,6 +99,7 @@ class HealthEvent(NamedTuple):
     tunnel: str | None
     netns: str
     detail: dict[str, Any]
+    mono: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The public dict: ``{seq, ts, type, tunnel, netns, detail}``."""

@@ -141,14 +141,14 @@ class SAState:
         self.auth: str | None = None
         self.aead: str | None = None
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        """The public per-SA dict (``sas[]`` of the tunnel JSON)."""
+    def to_json(self, now: float, wall_skew: float = 0.0) -> dict[str, Any]:
+        """The public per-SA dict (``sas[]`` of the tunnel JSON); instants in wall time (core + ``wall_skew``)."""
         return {
             "spi": f"0x{self.spi:08x}",
             "direction": "in" if self.dir == DIR_IN else "out",
             "bytes": self.bytes,
             "packets": self.packets,
-            "added": self.add_time,
+            "added": self.add_time + wall_skew if self.add_time else self.add_time,
             "soft_expires_in": round(self.soft_at - now, 3) if self.soft_at else None,
             "hard_expires_in": round(self.hard_at - now, 3) if self.hard_at else None,
             "enc": self.enc,
@@ -273,8 +273,11 @@ class Tunnel:
         return [self.id, self.bytes_in, self.bytes_out, self.packets_in, self.packets_out,
                 round(self.rate_bi, 3), round(self.rate_bo, 3), str(self.state)]
 
-    def to_json(self, now: float, extra_hints: Sequence[Reason] = ()) -> dict[str, Any]:
-        """The public tunnel dict (schema 1). Rates are bytes (packets) per second."""
+    def to_json(self, now: float, extra_hints: Sequence[Reason] = (), wall_skew: float = 0.0) -> dict[str, Any]:
+        """The public tunnel dict (schema 1). Rates are bytes (packets) per second.
+
+        ``now`` and every stored instant are core time (monotonic); instants are shown in wall time,
+        ``core + wall_skew`` (see ``monitor.health.engine.Engine.wall_skew``)."""
         hard = self.hard_expires_at()
         hints = [h.to_json() for h in extra_hints]
         if self.hints:
@@ -293,7 +296,7 @@ class Tunnel:
             "local": self.local,
             "remote": self.remote,
             "state": str(self.state),
-            "since": self.since,
+            "since": self.since + wall_skew,
             "reasons": [r.to_json() for r in self.reasons],
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
@@ -305,10 +308,11 @@ class Tunnel:
             "rate_out_pps": round(self.rate_po, 3),
             "rekeys": self.rekeys,
             "rekey_failures": self.rekey_failures,
-            "last_rekey": self.last_rekey,
+            "last_rekey": ({**self.last_rekey, "ts": self.last_rekey["ts"] + wall_skew}
+                           if self.last_rekey is not None and wall_skew else self.last_rekey),
             "hard_expires_in": round(hard - now, 3) if hard else None,
             "selectors": sels,
-            "sas": [sa.to_json(now) for sa in sorted(self.sas, key=lambda s: (s.dir, s.order))],
+            "sas": [sa.to_json(now, wall_skew) for sa in sorted(self.sas, key=lambda s: (s.dir, s.order))],
             "hints": hints,
             "replay_errors": self.replay_errors,
             "integrity_errors": self.integrity_errors,

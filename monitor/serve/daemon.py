@@ -1,10 +1,11 @@
 """The I/O shell between a source and the pure core: feed, drain, re-arm, publish.
 
 It follows aioquic's ``asyncio/protocol.py`` loop: every item a source yields goes into
-``Pipeline.feed(item, now)`` with ``now`` from the wall clock (or the source's own clock, for the
-accelerated simulator); then the correlator's new events and changed tunnels go to the hub, and one
-``loop.call_at`` timer is re-armed from ``correlator.next_deadline()``. ``loop.time()`` is used only to
-schedule; the pure core only ever sees wall-clock ``now`` values.
+``Pipeline.feed(item, now)`` with ``now`` from the monotonic clock (or the source's own clock, for the
+accelerated simulator and replayed captures); then the correlator's new events and changed tunnels go to
+the hub, and one ``loop.call_at`` timer is re-armed from ``correlator.next_deadline()``. The wall clock is
+never fed to the core: before each call the daemon sets the core's ``wall_skew`` (wall minus core time), so
+a clock step (NTP at boot) moves only how instants are shown, never a timer, an idle decision or a duration.
 
 Besides that it owns: the periodic ``counters`` frame, the event-loop lag probe, the stalled-client
 watchdog, and the per-netns source statistics shown by ``/healthz`` and ``/metrics``.
@@ -143,7 +144,12 @@ class Daemon:
         kind: str = "kernel",
         counters_interval: float = 1.0,
         clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` is the core's clock (default: the source's own ``now`` if it has one, for the simulator
+        and replays, else ``time.monotonic``); ``wall_clock`` (default ``time.time``) is only used to show
+        instants, through the core's ``wall_skew``. With an injected ``clock`` and no ``wall_clock`` the
+        injected clock is taken as the wall clock too (skew 0)."""
         self.source = source
         self.pipeline = pipeline
         self.correlator = correlator
@@ -151,12 +157,17 @@ class Daemon:
         self.kind = kind
         self.counters_interval = counters_interval
         src_now = getattr(source, "now", None)
-        self.clock: Callable[[], float] = clock or (src_now if callable(src_now) else time.time)
+        own = callable(src_now) and clock is None
+        self.clock: Callable[[], float] = clock or (src_now if own and src_now is not None else time.monotonic)
+        #: True when the core runs on a clock of its own (monotonic) and wall time is only for display.
+        self.live = (clock is None and not own) or wall_clock is not None
+        self.wall_clock: Callable[[], float] = wall_clock or time.time
+        self.core = getattr(pipeline, "correlator", correlator)  # the pure core (under any wrapper)
+        self.mono_started = time.monotonic()
         self.state = "starting"  # running | finished | failed
         self.error: str | None = None
         self.items = 0
         self.feed_errors = 0
-        self.started = time.time()
         self.enobufs: Counter[str] = Counter()
         self.controls: Counter[tuple[str, str]] = Counter()
         self.netns_seen: set[str] = set()
@@ -273,6 +284,7 @@ class Daemon:
                 self.netns_seen.discard(item.netns)
             elif item.kind == "source_error":
                 log.error("source error in netns %s: %s", item.netns, item.message)
+        self.sync_wall()
         try:
             self.pipeline.feed(item, self.clock())
         except MonitorError as exc:
@@ -282,9 +294,23 @@ class Daemon:
         if self._publish_handle is None:
             self._publish_handle = asyncio.get_running_loop().call_soon(self.publish)
 
+    def sync_wall(self) -> None:
+        """Tell the core how far the wall clock is from its own clock (it may have been stepped)."""
+        if self.live and hasattr(self.core, "wall_skew"):
+            self.core.wall_skew = self.wall_clock() - self.clock()
+
+    def wall(self, now: float) -> float:
+        """A core instant as wall-clock time (for display)."""
+        return now + (float(getattr(self.core, "wall_skew", 0.0)) if self.live else 0.0)
+
+    def uptime(self) -> float:
+        """Seconds since the daemon was created, from the monotonic clock (a clock step cannot change it)."""
+        return time.monotonic() - self.mono_started
+
     def publish(self) -> None:
         """Push new events and changed tunnels to the hub, then re-arm the timer."""
         self._publish_handle = None
+        self.sync_wall()
         now = self.clock()
         events = self.correlator.drain_events()
         dirty = self.correlator.take_dirty()
@@ -308,13 +334,14 @@ class Daemon:
             return
         loop = asyncio.get_running_loop()
         # Convert the wall-clock deadline into loop time; the source clock may be accelerated.
-        speed = float(getattr(self.source, "speed", 1.0) or 1.0) if self.clock is not time.time else 1.0
+        speed = 1.0 if self.live else float(getattr(self.source, "speed", 1.0) or 1.0)
         delay = max(0.0, (deadline - self.clock()) / speed)
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._deadline = None
+        self.sync_wall()
         self.correlator.on_timer(self.clock())
         self.publish()
 

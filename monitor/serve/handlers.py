@@ -8,7 +8,6 @@ websocket handler is in :mod:`monitor.serve.websocket`. The protocol is specifie
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,7 +80,7 @@ async def tunnels_handler(request: web.Request) -> web.StreamResponse:
     now = daemon.clock()
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
-    await resp.write(b'{"schema":%d,"seq":%d,"ts":%s,"tunnels":[' % (SCHEMA, view.seq, dumps(now)))
+    await resp.write(b'{"schema":%d,"seq":%d,"ts":%s,"tunnels":[' % (SCHEMA, view.seq, dumps(daemon.wall(now))))
     buf: list[bytes] = []
     first = True
     for i, tid in enumerate(list(view.tunnel_ids())):
@@ -110,7 +109,7 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     t = view.tunnel_json(tid, now)
     if t is None:
         return error(404, "not_found", f"no tunnel with id {tid!r}")
-    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": now, "tunnel": t})
+    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now), "tunnel": t})
 
 
 async def events_handler(request: web.Request) -> web.StreamResponse:
@@ -133,7 +132,7 @@ def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
     stale = settings.effective_stale_after
     netns: dict[str, dict[str, float | None]] = {}
     degraded = daemon.state == "failed"
-    uptime = time.time() - daemon.started
+    uptime = daemon.uptime()
     check = daemon.kind == "kernel" and daemon.alive  # dump ages only mean something for a live kernel
     for ns, d in daemon.dump_stats().items():
         end, dur = d.get("last_dump"), d.get("last_dump_duration")

@@ -154,13 +154,13 @@ class Hub:
                 self.row_gen.pop(tid, None)
                 self.upd_seq[tid] = seq
                 self._forget_removed(tid, seq)
-                data = removed_message(seq, now, tid, old[0])
+                data = removed_message(seq, self.wall(now), tid, old[0])
                 new: tuple[str, str | None] = (old[0], None)
             else:
                 new = (str(t.get("netns")), t.get("state"))
                 self.meta[tid] = new
                 self.upd_seq[tid] = seq
-                data = tunnel_message(seq, now, t)
+                data = tunnel_message(seq, self.wall(now), t)
             for c in self.clients:
                 f = c.filters
                 if f.tunnel_ok(tid, new[0], new[1]) or (
@@ -243,12 +243,16 @@ class Hub:
                 for i in range(0, len(mine), COUNTERS_CHUNK):
                     if i:
                         await asyncio.sleep(0)
-                    data.append(counters_frame(mine[i:i + COUNTERS_CHUNK], seq, now))
+                    data.append(counters_frame(mine[i:i + COUNTERS_CHUNK], seq, self.wall(now)))
             if data:
                 c.push_counters(seq, gen, data)
             elif c.delivered_gen == gen - 1:
                 c.delivered_gen = gen  # nothing for this client in this frame
         return len(rows)
+
+    def wall(self, now: float) -> float:
+        """Core time ``now`` as wall-clock time, for the ``ts`` of messages (the core's ``wall_skew``)."""
+        return now + float(getattr(self.view, "wall_skew", 0.0))
 
     def filter_rows(self, rows: Iterable[list[Any]], f: Filters) -> list[list[Any]]:
         """The counters rows whose tunnel passes ``f`` (netns and state from the hub's last update)."""

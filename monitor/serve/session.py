@@ -92,13 +92,13 @@ async def send_snapshot(hub: Hub, c: Client, send: Send, seq: int) -> None:
         chunk.append(dumps(t))
         del t
         if len(chunk) >= hub.snapshot_chunk:
-            await send(snapshot_message(seq, now, n, False, chunk))
+            await send(snapshot_message(seq, hub.wall(now), n, False, chunk))
             c.progress = time.monotonic()
             n += 1
             chunk = []
             await asyncio.sleep(0)
             now = hub.clock()
-    await send(snapshot_message(seq, now, n, True, chunk))
+    await send(snapshot_message(seq, hub.wall(now), n, True, chunk))
 
 
 async def drain(hub: Hub, c: Client, send: Send, send_many: SendMany | None = None) -> None:
@@ -163,8 +163,8 @@ def lazy_tunnel(hub: Hub, tid: str, label: int) -> bytes:
     now = hub.clock()
     t = hub.view.tunnel_json(tid, now)
     if t is None:
-        return removed_message(label, now, tid, hub.meta.get(tid, ("", None))[0])
-    return tunnel_message(label, now, t)
+        return removed_message(label, hub.wall(now), tid, hub.meta.get(tid, ("", None))[0])
+    return tunnel_message(label, hub.wall(now), t)
 
 
 async def catch_up(hub: Hub, c: Client, label: int, send: Send) -> None:
@@ -176,7 +176,7 @@ async def catch_up(hub: Hub, c: Client, label: int, send: Send) -> None:
     c.delivered_gen = hub.gen
     now = hub.clock()
     for i in range(0, len(rows), COUNTERS_CHUNK):
-        await send(counters_frame(rows[i:i + COUNTERS_CHUNK], label, now))
+        await send(counters_frame(rows[i:i + COUNTERS_CHUNK], label, hub.wall(now)))
 
 
 def detail(hub: Hub, ids: Sequence[str]) -> bytes:
@@ -190,5 +190,5 @@ def detail(hub: Hub, ids: Sequence[str]) -> bytes:
             unknown.append(tid)
         else:
             found.append(t)
-    return dumps({"schema": SCHEMA, "type": "detail", "seq": hub.view.seq, "ts": now,
+    return dumps({"schema": SCHEMA, "type": "detail", "seq": hub.view.seq, "ts": hub.wall(now),
                   "tunnels": found, "unknown": unknown})

@@ -7,13 +7,20 @@ each dump begins.
 
 Pacing: ``speed=1`` keeps the original gaps between records, ``speed=10`` plays ten times
 faster, ``speed=None`` (or 0) plays as fast as possible while still yielding to the event loop
-every few hundred records.
+every few hundred records. A gap longer than ``max_pause`` seconds of playback (a corrupt timestamp, a
+capture paused overnight) is cut to ``max_pause`` and logged.
+
+Clock: ``now()`` is the capture's own clock (the newest record's timestamp, advancing at ``speed`` while
+paced), which the daemon feeds to the core instead of the wall clock, so a replay shows the states,
+expiry times and rekey durations the live run had (docs/operations.md, "Replaying a capture").
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 from monitor.sources.items import Datagram, SourceItem
@@ -22,6 +29,9 @@ from monitor.wire.pcap import read_pcap
 __all__ = ["ReplaySource"]
 
 _YIELD_EVERY = 256
+MAX_PAUSE = 10.0  # seconds of real time, at most, between two paced records
+
+log = logging.getLogger(__name__)
 
 
 class ReplaySource:
@@ -35,26 +45,49 @@ class ReplaySource:
     truncated (after yielding every record before that point).
     """
 
-    def __init__(self, path: str | Path, speed: float | None = 1.0) -> None:
+    def __init__(self, path: str | Path, speed: float | None = 1.0, *, max_pause: float = MAX_PAUSE,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if speed is not None and not speed >= 0:  # also refuses nan
             raise ValueError("speed must be positive (or None for as fast as possible)")
         self.path = Path(path)
         self.speed = speed or None
+        self.max_pause = max_pause
         self.count = 0
+        self.capped = 0  # gaps cut to max_pause
+        self._monotonic = monotonic
+        self._ts: float | None = None  # capture time of the newest record yielded
+        self._at = 0.0  # monotonic time when it was yielded
+
+    def now(self) -> float:
+        """The capture's clock: the newest record's timestamp, advancing at ``speed`` while paced.
+
+        Before the first record it is 0.0 (nothing has happened yet); played as fast as possible it stops
+        at the last record (the state at the end of the capture).
+        """
+        if self._ts is None:
+            return 0.0
+        if self.speed is None:
+            return self._ts
+        return self._ts + (self._monotonic() - self._at) * self.speed
 
     async def items(self) -> AsyncGenerator[SourceItem, None]:
         """Yield the capture's datagrams, paced by their timestamps."""
-        loop = asyncio.get_running_loop()
-        first_ts: float | None = None
-        start = loop.time()
+        base = base_ts = 0.0  # the schedule: record time base_ts plays at monotonic time base
         for rec in read_pcap(self.path):
-            if self.speed is not None:
-                if first_ts is None:
-                    first_ts = rec.ts
-                delay = start + (rec.ts - first_ts) / self.speed - loop.time()
+            if self.speed is not None and self._ts is None:
+                base, base_ts = self._monotonic(), rec.ts
+            elif self.speed is not None and self._ts is not None:
+                delay = base + (rec.ts - base_ts) / self.speed - self._monotonic()
+                if delay > self.max_pause:
+                    self.capped += 1
+                    log.warning("replay: a gap of %.0f s in the capture before record %d; pausing %.0f s instead",
+                                rec.ts - self._ts, self.count + 1, self.max_pause)
+                    delay = self.max_pause
+                    base, base_ts = self._monotonic() + delay, rec.ts
                 if delay > 0:
                     await asyncio.sleep(delay)
             elif self.count % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             self.count += 1
+            self._ts, self._at = rec.ts, self._monotonic()
             yield Datagram(rec.netns, rec.data, rec.ts, rec.outgoing)
