@@ -118,3 +118,52 @@ def test_scrub_of_truncated_sa_leaks_no_key(nl: NlHeader, sa_keys: tuple[SA, dic
     for key in keys.values():
         if key not in zero_keyed:
             assert key not in scrubbed
+
+
+# --- bytes outside a message's nlmsg_len (issue 11 item 8) ------------------------------------------------
+
+
+def _markers_left(data: bytes) -> list[bytes]:
+    return [m for m in G.KEY_MARKERS if m in data]
+
+
+def test_done_whose_length_covers_a_newsa_hides_no_key() -> None:
+    newsa = G.newsa_gcm()[0]
+    done = G.nlmsg(G.NLMSG_DONE, struct.pack("=i", 0) + newsa, G.NLM_F_MULTI)  # the NEWSA inside DONE's length
+    assert _markers_left(done)
+    scrubbed = scrub_keys(done)
+    assert len(scrubbed) == len(done)
+    assert not _markers_left(scrubbed)
+    assert scrubbed[:20] == done[:20]  # the header and the error code are kept
+
+
+def test_newsa_with_a_short_length_and_its_attributes_after_it_hides_no_key() -> None:
+    newsa = G.newsa_gcm()[0]
+    short = struct.pack("=I", 16 + 224) + newsa[4:]  # nlmsg_len covers only struct xfrm_usersa_info
+    assert _markers_left(short)
+    scrubbed = scrub_keys(short)
+    assert len(scrubbed) == len(short)
+    assert not _markers_left(scrubbed)
+
+
+def test_newsa_misframed_as_a_policy_attribute_hides_no_key() -> None:
+    policy = G.newpolicy()[0]
+    newsa = G.newsa_gcm()[0]
+    glued = policy[:4] + policy[4:] + newsa
+    glued = struct.pack("=I", len(glued)) + glued[4:]  # the policy's length claims the NEWSA as attributes
+    assert _markers_left(glued)
+    assert not _markers_left(scrub_keys(glued))
+
+
+def test_a_tail_shorter_than_a_header_and_padding_are_zeroed() -> None:
+    data = G.newpolicy()[0] + b"GCMKEY" + b"\0" * 3
+    scrubbed = scrub_keys(data)
+    assert not _markers_left(scrubbed)
+    assert scrubbed[: len(G.newpolicy()[0])] == G.newpolicy()[0]
+
+
+def test_unknown_message_types_lose_their_payload_but_not_their_header() -> None:
+    msg = G.nlmsg(0x7F, b"GCMKEY" + b"\0" * 2)
+    scrubbed = scrub_keys(msg)
+    assert scrubbed[:16] == msg[:16]
+    assert scrubbed[16:] == bytes(len(msg) - 16)
