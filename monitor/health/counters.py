@@ -3,6 +3,12 @@
 An SA record's counters only ever raise the SA's (a record older than what was seen changes nothing);
 the increase is added to the tunnel's totals, so totals continue across rekeys. Replay and integrity
 failures become ``replay_errors`` / ``integrity_errors`` events and an ``errors`` window.
+
+Values that cannot be true become a counted anomaly and a ``counter_anomaly`` event, never a broken
+total: an SA counter that goes backwards (the kernel's ``curlft`` only grows; the SA was replaced
+unseen, or the input is corrupt) and a tunnel total past 2^64 - 1 (the width of every kernel counter:
+only a crafted or corrupt capture gets there). A total is held at ``U64_MAX`` rather than wrapped, so
+it never goes down and always serialises.
 """
 
 from __future__ import annotations
@@ -17,8 +23,27 @@ from monitor.wire.events import (
 __all__ = ["Counters"]
 
 
+U64_MAX = 2**64 - 1
+
+
 class Counters(Engine):
     """SA counters into tunnel totals; drop counters into events."""
+
+    def _anomaly(self, st: SAState, what: str, counter: str, value: int, now: float) -> None:
+        t = st.tunnel
+        t.anomalies += 1
+        self._emit(now, "counter_anomaly", t, {"spi": f"0x{st.spi:08x}", "anomaly": what, "counter": counter,
+                                               "value": value, "count": t.anomalies})
+        self._dirty.add(t.id)
+
+    def _cap_totals(self, st: SAState, now: float) -> None:
+        """Hold tunnel totals past 2^64 - 1 at ``U64_MAX`` (an anomaly: no kernel counter is wider)."""
+        t = st.tunnel
+        for name in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
+            value = getattr(t, name)
+            if value > U64_MAX:
+                setattr(t, name, U64_MAX)
+                self._anomaly(st, "total_past_u64", name, U64_MAX, now)
 
     def _count(self, ns: NetnsState, st: SAState, nbytes: int, npackets: int, now: float) -> None:
         """Raise the SA's counters to ``nbytes``/``npackets`` (never lower); add the increase to the tunnel."""
@@ -47,6 +72,8 @@ class Counters(Engine):
             t.d_bo += db
             t.d_po += dp
             t.last_out_ts = max(t.last_out_ts, now)
+        if t.bytes_in > U64_MAX or t.bytes_out > U64_MAX or t.packets_in > U64_MAX or t.packets_out > U64_MAX:
+            self._cap_totals(st, now)
         ns.changed.add(t)
         self._dirty.add(t.id)
         if t.state is not TunnelState.UP:  # idle / one-way may end with this traffic
@@ -57,6 +84,9 @@ class Counters(Engine):
         cur = sa.cur
         if cur.bytes > st.bytes or cur.packets > st.packets:
             self._count(ns, st, cur.bytes, cur.packets, now)
+        if cur.bytes < st.bytes or cur.packets < st.packets:
+            self._anomaly(st, "went_backwards", "bytes" if cur.bytes < st.bytes else "packets",
+                          cur.bytes if cur.bytes < st.bytes else cur.packets, now)
         stats = sa.stats
         replay = stats.replay + stats.replay_window
         if replay > st.replay or stats.integrity_failed > st.integrity:

@@ -8,7 +8,7 @@ See ``monitor.health.correlate`` for the rules these handlers implement.
 
 from __future__ import annotations
 
-from monitor.health.counters import Counters
+from monitor.health.counters import U64_MAX, Counters
 from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, intern_str, spi_list
 from monitor.health.nsstate import NetnsState
 from monitor.health.policies import Policies
@@ -211,6 +211,8 @@ class Lifecycle(Counters, Policies):
                 t.packets_out += npackets
                 t.d_bo += nbytes
                 t.d_po += npackets
+            if t.bytes_in > U64_MAX or t.bytes_out > U64_MAX or t.packets_in > U64_MAX or t.packets_out > U64_MAX:
+                self._cap_totals(st, now)
             ns.changed.add(t)
         stats = sa.stats
         replay = stats.replay + stats.replay_window

@@ -136,11 +136,12 @@ INTEGRITY_ERRORS: Final = "integrity_errors"
 POLICY_ADDED: Final = "policy_added"
 POLICY_REMOVED: Final = "policy_removed"
 RESYNC: Final = "resync"
+COUNTER_ANOMALY: Final = "counter_anomaly"
 
 EVENT_TYPES: Final = frozenset({
     TUNNEL_UP, TUNNEL_DOWN, STATE_CHANGED, REKEY_STARTED, REKEY_COMPLETED, REKEY_FAILED, SA_ADDED,
     SA_DELETED, SA_EXPIRED, ACQUIRE, NEGOTIATION_FAILED, NAT_MAPPING_CHANGED, REPLAY_ERRORS,
-    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC,
+    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC, COUNTER_ANOMALY,
 })
 
 # --- reasons: why a tunnel is in its state ---------------------------------------------------------

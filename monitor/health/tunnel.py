@@ -191,11 +191,51 @@ class Tunnel:
     """All state of one tunnel. Counters are monotonic totals over every SA generation."""
 
     __slots__ = (
-        "acq_count", "acq_deadline", "bytes_in", "bytes_out", "d_bi", "d_bo", "d_pi", "d_po", "down_cause",
-        "err_codes", "err_until", "hi", "hints", "id", "if_id", "integrity_errors", "last_in_ts", "last_out_ts",
-        "last_rekey", "lo", "local", "local_known", "mark", "netns", "packets_in", "packets_out",
-        "policies", "rate_bi", "rate_bo", "rate_pi", "rate_po", "reasons", "rekey_failures", "rekeys",
-        "replay_errors", "reqid", "rk_mark", "rk_old", "rk_soft", "rk_start", "sas", "since", "state", "timer_at",
+        "acq_count",
+        "acq_deadline",
+        "anomalies",
+        "bytes_in",
+        "bytes_out",
+        "d_bi",
+        "d_bo",
+        "d_pi",
+        "d_po",
+        "down_cause",
+        "err_codes",
+        "err_until",
+        "hi",
+        "hints",
+        "id",
+        "if_id",
+        "integrity_errors",
+        "last_in_ts",
+        "last_out_ts",
+        "last_rekey",
+        "lo",
+        "local",
+        "local_known",
+        "mark",
+        "netns",
+        "packets_in",
+        "packets_out",
+        "policies",
+        "rate_bi",
+        "rate_bo",
+        "rate_pi",
+        "rate_po",
+        "reasons",
+        "rekey_failures",
+        "rekeys",
+        "replay_errors",
+        "reqid",
+        "rk_mark",
+        "rk_old",
+        "rk_soft",
+        "rk_start",
+        "sas",
+        "since",
+        "state",
+        "timer_at",
         "up_since",
     )
 
@@ -227,6 +267,7 @@ class Tunnel:
         self.rk_soft = False
         self.rk_mark = 0  # SAs installed with an order above this belong to the new generation
         self.replay_errors = self.integrity_errors = 0
+        self.anomalies = 0  # counter values that cannot be true (monitor.health.counters)
         self.err_until = 0.0
         self.err_codes: tuple[str, ...] = ()  # "replay_errors" / "integrity_errors" seen in the window
         self.down_cause = "no_sa"
@@ -316,6 +357,7 @@ class Tunnel:
             "hints": hints,
             "replay_errors": self.replay_errors,
             "integrity_errors": self.integrity_errors,
+            "counter_anomalies": self.anomalies,
             "probe": None,
         }
 

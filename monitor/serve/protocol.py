@@ -7,6 +7,7 @@ This module builds the bytes; :mod:`monitor.serve.hub` decides who gets them and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,8 +48,16 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    """Serialise with orjson (tuples and unknown types degrade to lists and strings)."""
-    return orjson.dumps(obj, default=_default)
+    """Serialise with orjson (tuples and unknown types degrade to lists and strings).
+
+    orjson refuses integers past 64 bits; the core never makes one (``monitor.health.counters`` holds
+    totals at 2^64 - 1), but no input may break a message, so such a value falls back to the standard
+    library's encoder, which writes any integer.
+    """
+    try:
+        return orjson.dumps(obj, default=_default)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, default=_default, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def snapshot_message(seq: int, ts: float, n: int, last: bool, tunnels: list[bytes]) -> bytes:
