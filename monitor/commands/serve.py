@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"monitor serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from monitor.serve import redact  # noqa: PLC0415 - keep `monitor --help` fast
+
+    redact.install([settings.token] if settings.token else [])
     try:
         import uvloop  # noqa: PLC0415
 
