@@ -72,6 +72,9 @@ class Settings:
     stale_after: float | None = None
     #: Extra origins (``https://host:port``) allowed to open the websocket.
     allowed_origins: tuple[str, ...] = ()
+    #: Extra names the monitor may be reached by (the ``Host`` header; loopback names and ``host`` are always
+    #: allowed; a wildcard ``host`` with no list allows any name). Refuses DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
     #: Per-tunnel series on ``/metrics``: ``all``, ``unhealthy`` (only tunnels not up/rekeying) or ``none``;
     #: ``ipsec_tunnels{netns,state}`` counts every tunnel whatever this says.
     metrics_tunnels: str = "all"

@@ -37,15 +37,43 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=dumps(obj), content_type="application/json")
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - bind addresses compared, nothing binds here
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header: ``[::1]:8080`` -> ``::1``, ``example.net:80`` -> ``example.net``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    return host.split(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(request: web.Request) -> bool:
+    """Is the ``Host`` header a name this monitor is served under? (DNS rebinding: a web page whose name
+    was re-pointed at 127.0.0.1 sends its own name as ``Host``.)
+
+    Allowed: loopback names, the configured ``host``, and ``allowed_hosts``; when ``host`` is a wildcard
+    and ``allowed_hosts`` is empty, any name (the operator did not say which; a token is required then).
+    """
+    settings = request.app[SETTINGS]
+    name = _host_name(request.host or "")
+    allowed = {h.lower().strip("[]") for h in settings.allowed_hosts}
+    configured = settings.host.lower().strip("[]")
+    if configured in WILDCARDS and not allowed:
+        return True
+    return name in LOOPBACK_NAMES or name == configured or name in allowed or name.startswith("127.")
+
+
 def origin_allowed(request: web.Request) -> bool:
-    """No Origin, a same-origin Origin, or one listed in ``allowed_origins``."""
+    """No Origin, a same-origin Origin (same scheme, host and port), or one listed in ``allowed_origins``."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
     if origin.rstrip("/") in request.app[SETTINGS].allowed_origins:
         return True
     parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc == request.host
+    return parts.scheme == request.scheme and bool(parts.netloc) and parts.netloc == request.host
 
 
 class BadParam(Exception):

@@ -32,6 +32,7 @@ from monitor.serve.handlers import (
     error,
     events_handler,
     healthz_handler,
+    host_allowed,
     metrics_handler,
     tunnel_handler,
     tunnels_handler,
@@ -85,7 +86,11 @@ def build_core(settings: Settings) -> tuple[Any, Any]:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer-token check (header or ``?token=``) when a token is configured."""
+    """``Host`` allow-list (DNS rebinding), then the bearer-token check (header or ``?token=``) when a token
+    is configured."""
+    if not host_allowed(request):
+        return error(421, "misdirected_request", "this monitor is not served under that Host name; add it to "
+                     "allowed_hosts if it is yours")
     token = request.app[SETTINGS].token
     if token is not None and request.path not in PUBLIC_PATHS and not request.path.startswith("/static/"):
         given = ""
