@@ -10,10 +10,10 @@ from monitor.serve.config import Settings
 
 
 async def test_failed_start_removes_signal_handlers_and_tasks() -> None:
-    """A netns that does not exist: exit 1, no SIGINT/SIGTERM handler and no waiter task left behind."""
+    """A netns that does not exist: exit 2 (a start-up error), no signal handler and no task left behind."""
     before = asyncio.all_tasks()
     code = await asyncio.wait_for(serve(Settings(port=0, netns=("monitor-test-no-such-netns",))), 30)
-    assert code == 1
+    assert code == 2
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGTERM), "SIGTERM handler left installed"
     assert not loop.remove_signal_handler(signal.SIGINT), "SIGINT handler left installed"

@@ -56,6 +56,10 @@ FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "int
               "tunnels", "seed", "log_level", "metrics_tunnels")
 
 
+#: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).
+OPEN_TIMEOUT = 10.0
+
+
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Settings from parsed flags (None = not given), the environment and the config file."""
     flags = {k: getattr(args, k, None) for k in FLAG_NAMES}
@@ -77,15 +81,23 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
-    await runner.setup()
+    await runner.setup()  # starts the daemon, which opens the source
+    daemon = app[DAEMON]
     try:
+        # never say "listening" before the source is open: a missing netns, no permission or a file that is
+        # not a capture is a start-up error (one line, exit 2), like a bad setting
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(daemon.opened.wait(), OPEN_TIMEOUT)
+        if daemon.state == "failed" and daemon.items == 0:
+            print(f"monitor serve: error: {daemon.error_text}", file=sys.stderr)
+            return 2
         site = web.TCPSite(runner, settings.host, settings.port)
         try:
             await site.start()
         except OSError as exc:
-            print(f"monitor serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            print(f"monitor serve: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
                   file=sys.stderr)
-            return 1
+            return 2
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         host, port = sockets[0].getsockname()[:2] if sockets else (settings.host, settings.port)
@@ -97,14 +109,13 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         stop = asyncio.Event()
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
-        daemon = app[DAEMON]
         stopper = asyncio.create_task(stop.wait())
         failer = asyncio.create_task(daemon.failed.wait())
         try:
             done, _ = await asyncio.wait({stopper, failer}, return_when=asyncio.FIRST_COMPLETED)
             if failer in done and daemon.items == 0:
-                print(f"monitor serve: error: {daemon.error}", file=sys.stderr)
-                return 1
+                print(f"monitor serve: error: {daemon.error_text}", file=sys.stderr)
+                return 2
             await stopper  # a source that fails later leaves /healthz degraded; keep serving
             return 0
         finally:

@@ -11,6 +11,7 @@ Transit Gateway refuses overlapping CIDRs.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -74,8 +75,8 @@ class HealthConfig:
         for name in ("idle_after", "one_way_after", "acquire_grace", "expiring_margin", "errors_window",
                      "tombstone_ttl", "forget_after", "hint_ttl", "lint_interval", "recent_rekey"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative number of seconds, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"[health] {name} must be a non-negative, finite number of seconds, not {value!r}")
         for addr in self.local_addresses:
             try:
                 ipaddress.ip_address(addr)

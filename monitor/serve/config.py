@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -106,6 +107,9 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+#: Settings whose values are never shown in a message.
+SECRET_FIELDS = frozenset({"token"})
+
 # Names accepted besides the fields themselves: read and turned into ``token``.
 _EXTRA = ("token_file",)
 
@@ -177,7 +181,10 @@ def _convert(name: str, raw: Any, origin: str) -> Any:  # noqa: PLR0911 - one re
                 return None
             if isinstance(raw, bool) or not isinstance(raw, int | float | str):
                 raise ValueError("expected a number")
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError("expected a finite number")
+            return value
         if ftype.startswith("tuple"):
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
@@ -191,7 +198,8 @@ def _convert(name: str, raw: Any, origin: str) -> Any:  # noqa: PLR0911 - one re
             raise ValueError("expected a string")
         return raw
     except ValueError as exc:
-        raise ConfigError(f"{origin}: bad value {raw!r} for {name}: {exc}") from None
+        shown = "(hidden)" if name in SECRET_FIELDS else repr(raw)  # a mistyped secret is still a secret
+        raise ConfigError(f"{origin}: bad value {shown} for {name}: {exc}") from None
 
 
 def _read_token_file(path: str, origin: str) -> str:
@@ -227,6 +235,9 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+                          ) from None
     return _layer(data, f"config file {str(path)!r}")
 
 

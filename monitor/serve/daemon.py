@@ -166,6 +166,7 @@ class Daemon:
         self.mono_started = time.monotonic()
         self.state = "starting"  # running | finished | failed
         self.error: str | None = None
+        self.error_text = ""  # the source's error as the user reads it (no exception class name)
         self.items = 0
         self.feed_errors = 0
         self.enobufs: Counter[str] = Counter()
@@ -173,6 +174,8 @@ class Daemon:
         self.netns_seen: set[str] = set()
         self.lags: deque[float] = deque([0.0], maxlen=LAG_WINDOW)
         self.failed = asyncio.Event()
+        #: Set once the source has proved it is open (its first item) or has ended (finished or failed).
+        self.opened = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._publish_handle: asyncio.Handle | None = None
@@ -253,6 +256,7 @@ class Daemon:
         self.state = "running"
         try:
             async for item in self.source.items():
+                self.opened.set()
                 self._feed(item)
                 if self.items % 256 == 0:
                     self.publish()
@@ -263,13 +267,17 @@ class Daemon:
             raise
         except MonitorError as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.error("source failed: %s", self.error)
+            self.error_text = str(exc)
+            if self.items:  # a start-up failure is reported once, by the command (monitor.commands.serve)
+                log.error("source failed: %s", self.error)
             self.failed.set()
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.error_text = self.error
             log.exception("source crashed")
             self.failed.set()
         finally:
+            self.opened.set()
             self.publish()
 
     def _feed(self, item: Any) -> None:
