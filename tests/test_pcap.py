@@ -247,3 +247,24 @@ def test_huge_record_length_is_refused_before_reading() -> None:
         consume()
     assert [good] == [r.data for r in seen]
     assert max(asked) <= pcap.MAX_RECORD, asked
+
+
+def test_raw_nlmon_capture_is_one_namespace_and_one_tunnel(tmp_path: Path) -> None:
+    """A raw ``tcpdump -i nlmon0`` capture has no netns-name records: its address bytes are not ours, so
+    every record belongs to the default namespace (issue 12 item 3: they were read as netns indexes, and the
+    VM run's capture, re-written through that reader, named over 200 namespaces for one connection)."""
+    from monitor.commands.check import read_replay  # noqa: PLC0415
+
+    raw = (Path(__file__).parent / "data" / "strongswan-rekey-nlmon.pcap").read_bytes()
+    out, off, n = bytearray(raw[:24]), 24, 0
+    while off < len(raw):  # the same records with the varying address bytes a real nlmon header can carry
+        incl = struct.unpack_from("<I", raw, off + 8)[0]
+        rec = bytearray(raw[off:off + 16 + incl])
+        rec[16 + 6:16 + 14] = hashlib.sha256(n.to_bytes(4, "big")).digest()[:8]
+        out += rec
+        off, n = off + 16 + incl, n + 1
+    path = tmp_path / "raw-nlmon.pcap"
+    path.write_bytes(bytes(out))
+    assert {rec.netns for rec in read_pcap(path)} == {"default"}
+    tunnels, _ = read_replay(str(path))
+    assert [t["id"] for t in tunnels] == ["default:1:192.0.2.1-192.0.2.2"]

@@ -134,7 +134,9 @@ def _read(f: BinaryIO, name: str) -> Iterator[CaptureRecord]:
         if proto != X.NETLINK_XFRM:
             continue
         data = pkt[_COOKED.size:]
-        netns = names.get(addr) or f"netns-{int.from_bytes(addr, 'big')}"
+        # our files name each netns index once before its records; a record with no name record (a raw
+        # `tcpdump -i nlmon0` capture, whose address bytes are not ours) belongs to the default namespace
+        netns = names.get(addr, "default")
         yield CaptureRecord(sec + frac / divisor, pkttype == PACKET_OUTGOING and _is_request(data), data, netns)
 
 
