@@ -253,7 +253,7 @@ def test_raw_nlmon_capture_is_one_namespace_and_one_tunnel(tmp_path: Path) -> No
     """A raw ``tcpdump -i nlmon0`` capture has no netns-name records: its address bytes are not ours, so
     every record belongs to the default namespace (issue 12 item 3: they were read as netns indexes, and the
     VM run's capture, re-written through that reader, named over 200 namespaces for one connection)."""
-    from monitor.commands.check import read_replay  # noqa: PLC0415
+    from monitor.commands.check import read_replay
 
     raw = (Path(__file__).parent / "data" / "strongswan-rekey-nlmon.pcap").read_bytes()
     out, off, n = bytearray(raw[:24]), 24, 0
