@@ -486,6 +486,7 @@ def test_netns_removed() -> None:
     g.c.on_netns_removed("gw", T0 + 9)
     g.events.extend(g.c.drain_events())
     assert [d.detail["reason"] for d in g.of_type("tunnel_down")] == ["netns_removed"]
+    assert [d.detail["from"] for d in g.of_type("tunnel_down")] == ["up"]  # as every tunnel_down says (issue 12.6)
     assert g.c.tunnel_json(tid, T0 + 9) is None
     assert {tid} == g.c.take_dirty()
     assert g.c.netns_names() == []

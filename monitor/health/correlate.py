@@ -195,7 +195,7 @@ class Correlator(Lifecycle):
                 r = self._reason("netns_removed")
                 t.state, t.since, t.reasons = TunnelState.DOWN, now, (r,)
                 self._emit(now, STATE_CHANGED, t, {"from": str(old), "to": "down", "reasons": [r.to_json()]})
-                self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text})
+                self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text, "from": str(old)})
             self._drop_tunnel(ns, t)
 
     def next_deadline(self) -> float | None:
