@@ -607,3 +607,20 @@ def test_forgotten_tunnel_is_not_reported_again_by_the_next_dump() -> None:
     g.c.take_dirty()
     g.dump(T0 + 1010)
     assert g.c.take_dirty() == set()
+
+
+def test_advice_follows_the_configured_peer_kind() -> None:
+    """The no_traffic/no_sa advice is neutral by default and AWS-specific only when told (issue 12.13)."""
+    import pytest  # noqa: PLC0415
+
+    from monitor.errors import ConfigError  # noqa: PLC0415
+    from monitor.health.model import HealthConfig, reason  # noqa: PLC0415
+
+    for code in ("no_traffic", "no_sa"):
+        generic = reason(code, HealthConfig()).text
+        aws = reason(code, HealthConfig(peer_kind="aws")).text
+        assert "AWS" not in generic
+        assert "never initiates" in generic
+        assert "The AWS side never initiates" in aws
+    with pytest.raises(ConfigError, match="peer_kind"):
+        HealthConfig(peer_kind="azure")

@@ -61,6 +61,9 @@ class HealthConfig:
     """A rekey younger than this makes ``XfrmInNoStates`` blame the tunnel (a rekey race)."""
     local_addresses: frozenset[str] = field(default_factory=frozenset)
     """Outer addresses known to be local (optional; they are also learned from policies and SA_DIR)."""
+    peer_kind: str = "generic"
+    """What the peers are, for the advice in ``no_traffic``/``no_sa`` texts: ``generic`` (neutral) or
+    ``aws`` (AWS VPN endpoints, which never initiate)."""
     expected_remote_ranges: tuple[str, ...] = ()
     """Remote (device) ranges every netns with tunnels should cover with a policy, e.g. the FAQ's
     ``10.192.0.0/12``, ``100.64.0.0/10`` ..."""
@@ -77,6 +80,8 @@ class HealthConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"[health] {name} must be a non-negative, finite number of seconds, not {value!r}")
+        if self.peer_kind not in PEER_ADVICE:
+            raise ConfigError(f"[health] peer_kind must be one of {', '.join(PEER_ADVICE)}, not {self.peer_kind!r}")
         for addr in self.local_addresses:
             try:
                 ipaddress.ip_address(addr)
@@ -146,14 +151,21 @@ EVENT_TYPES: Final = frozenset({
 })
 
 # --- reasons: why a tunnel is in its state ---------------------------------------------------------
-_AWS_ADVICE: Final = (
-    "The AWS side never initiates: keep traffic flowing (for example a ping every 5 s from the "
-    "application server) or make the customer side restart the tunnel (DPD action restart, "
-    "start action start)."
-)
+#: Advice appended to ``no_traffic`` and ``no_sa``, by the peer's kind (``[health] peer_kind``).
+PEER_ADVICE: Final[dict[str, str]] = {
+    "generic": (
+        "If the peer never initiates (a responder-only gateway), keep traffic flowing or let this side "
+        "restart the tunnel (DPD action restart, start action start or trap)."
+    ),
+    "aws": (
+        "The AWS side never initiates: keep traffic flowing (for example a ping every 5 s from the "
+        "application server) or make the customer side restart the tunnel (DPD action restart, "
+        "start action start)."
+    ),
+}
 REASONS: Final[dict[str, str]] = {
     "established": "Both directions have a live SA.",
-    "no_traffic": "No bytes in either direction for {idle_after:g} s. " + _AWS_ADVICE,
+    "no_traffic": "No bytes in either direction for {idle_after:g} s. {peer_advice}",
     "inbound_flat": (
         "Outbound bytes grow but nothing has arrived for {one_way_after:g} s: the peer is not "
         "answering, or the far side's selectors or allowed ranges do not include the sources."
@@ -162,7 +174,7 @@ REASONS: Final[dict[str, str]] = {
     "hard_expiry_near": "Hard expiry in under {expiring_margin:g} s and no new SA pair is installed.",
     "replay_errors": "Replay-protection drops are increasing (duplicated or badly reordered packets).",
     "integrity_errors": "Integrity-check failures are increasing (wrong keys, corruption or an attack).",
-    "no_sa": "Policies are configured but no SA is installed. " + _AWS_ADVICE,
+    "no_sa": "Policies are configured but no SA is installed. {peer_advice}",
     "missing_in": "No inbound SA: only the outbound direction is installed.",
     "missing_out": "No outbound SA: only the inbound direction is installed.",
     "hard_expired": "The SA reached its hard lifetime without a replacement; the kernel deleted it.",
@@ -225,6 +237,7 @@ def reason(code: str, config: HealthConfig, **fmt: object) -> Reason:
     values: dict[str, object] = {
         "idle_after": config.idle_after, "one_way_after": config.one_way_after,
         "expiring_margin": config.expiring_margin, "acquire_grace": config.acquire_grace,
+        "peer_advice": PEER_ADVICE[config.peer_kind],
     }
     values.update(fmt)
     return Reason(code, REASONS[code].format(**values))
