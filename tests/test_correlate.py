@@ -611,10 +611,10 @@ def test_forgotten_tunnel_is_not_reported_again_by_the_next_dump() -> None:
 
 def test_advice_follows_the_configured_peer_kind() -> None:
     """The no_traffic/no_sa advice is neutral by default and AWS-specific only when told (issue 12.13)."""
-    import pytest  # noqa: PLC0415
+    import pytest
 
-    from monitor.errors import ConfigError  # noqa: PLC0415
-    from monitor.health.model import HealthConfig, reason  # noqa: PLC0415
+    from monitor.errors import ConfigError
+    from monitor.health.model import HealthConfig, reason
 
     for code in ("no_traffic", "no_sa"):
         generic = reason(code, HealthConfig()).text
@@ -624,3 +624,39 @@ def test_advice_follows_the_configured_peer_kind() -> None:
         assert "The AWS side never initiates" in aws
     with pytest.raises(ConfigError, match="peer_kind"):
         HealthConfig(peer_kind="azure")
+
+
+def test_inbound_moving_outbound_flat_is_its_own_one_way() -> None:
+    """The reverse one-way (issue 12.12): inbound grows, nothing is sent (a return route outside the
+    tunnel). It has its own reason and hint, and a packet arriving on an idle tunnel is not one-way yet."""
+    g = Gw()
+    _up(g)
+    for k in range(1, 8):  # inbound grows every 10 s, outbound never moves
+        g.traffic(T0 + 10 * k, 0, 1000 * k, 0)
+    g.run_until(T0 + 75)
+    t = g.json(T0 + 75)
+    assert t["state"] == "one-way", g.transitions()
+    assert [r["code"] for r in t["reasons"]] == ["outbound_flat"]
+    assert "one_way_out" in [h["code"] for h in t["hints"]]
+    g.traffic(T0 + 80, 0, 8000, 500)  # an answer leaves: up again
+    assert g.transitions()[-1] == (T0 + 80, "one-way", "up")
+
+
+def test_down_tunnel_is_forgotten_forget_after_its_last_policy_went() -> None:
+    """Ghost tunnels (issue 12.1): a tunnel that went down long ago and loses its policies later still goes,
+    forget_after after the later of the two, with tunnel_removed on its dirty set."""
+    g = Gw(forget_after=5)
+    _up(g)
+    tid = g.tid
+    i, o = g.gens[0]
+    g.ev(T0 + 10, delsa(i), delsa(o))
+    assert g.json(T0 + 10)["state"] == "down"
+    g.run_until(T0 + 100)  # long past forget_after: the policies keep it
+    assert g.c.tunnel_json(tid, T0 + 100) is not None
+    pols = list(g.c._ns["gw"].policies.values())
+    g.ev(T0 + 100, *[PolicyDeleted(NlHeader(X.XFRM_MSG_DELPOLICY), PolicyId(make_policy(1).sel, p.index, p.dir),
+                                   None) for p in pols])
+    assert g.c.tunnel_json(tid, T0 + 104) is not None
+    assert g.c.next_deadline() == T0 + 105
+    g.run_until(T0 + 106)
+    assert g.c.tunnel_json(tid, T0 + 106) is None

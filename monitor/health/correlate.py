@@ -242,7 +242,7 @@ class Correlator(Lifecycle):
                         t.reasons = (r,)
                         self._dirty.add(t.id)
             if not t.sas and not t.policies and t.state is TunnelState.DOWN \
-                    and now - t.since >= self.config.forget_after:
+                    and now - max(t.since, t.policies_gone) >= self.config.forget_after:
                 self._drop_tunnel(ns, t)
                 continue
             if t.hints:

@@ -61,6 +61,8 @@ class Counters(Engine):
         else:
             st.packets = npackets
         if st.dir == DIR_IN:
+            if now - t.last_in_ts >= self.config.one_way_after:
+                t.in_since = now  # inbound starts moving after a pause (the reverse one-way check)
             t.bytes_in += db
             t.packets_in += dp
             t.d_bi += db

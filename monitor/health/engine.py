@@ -210,6 +210,10 @@ class Engine:
         last = max(t.last_in_ts, t.last_out_ts, t.up_since)
         if now - t.last_out_ts < cfg.one_way_after <= now - max(t.last_in_ts, t.up_since):
             return Trigger.ONE_WAY, self._one["inbound_flat"]
+        # the reverse: inbound moving, nothing sent for one_way_after since inbound started moving (a
+        # packet arriving on an idle tunnel is not one-way before its answer had time to leave)
+        if now - t.last_in_ts < cfg.one_way_after <= now - max(t.last_out_ts, t.up_since, t.in_since):
+            return Trigger.ONE_WAY, self._one["outbound_flat"]
         if now - last >= cfg.idle_after:
             return Trigger.IDLE, self._one["no_traffic"]
         return Trigger.OK, self._one["established"]
@@ -301,11 +305,17 @@ class Engine:
             c = (last_in if last_in >= up else up) + cfg.one_way_after
             if now < c < when:
                 when = c
+            c = last_in + cfg.one_way_after
+            if now < c < when:
+                when = c
+            c = max(last_out, up, t.in_since) + cfg.one_way_after
+            if now < c < when:
+                when = c
             c = max(last_in, last_out, up) + cfg.idle_after
             if now < c < when:
                 when = c
         elif not t.policies:
-            c = t.since + cfg.forget_after
+            c = max(t.since, t.policies_gone) + cfg.forget_after
             if now < c < when:
                 when = c
         if t.acq_deadline is not None:
@@ -323,7 +333,7 @@ class Engine:
     def _derived_hints(self, t: Tunnel) -> list[Reason]:
         out = []
         if t.state is TunnelState.ONE_WAY:
-            out.append(hint("one_way"))
+            out.append(hint("one_way" if t.reasons and t.reasons[0].code == "inbound_flat" else "one_way_out"))
         if not t.local_known and t.lo != t.hi:
             out.append(hint("direction_unknown"))
         if t.acq_count > 1 and not self._established(t):

@@ -202,6 +202,8 @@ class Lifecycle(Counters, Policies):
             else:
                 npackets = 0
             if sa_dir == DIR_IN:
+                if now - t.last_in_ts >= self.config.one_way_after:
+                    t.in_since = now  # as Counters._count does
                 t.bytes_in += nbytes
                 t.packets_in += npackets
                 t.d_bi += nbytes

@@ -170,6 +170,10 @@ REASONS: Final[dict[str, str]] = {
         "Outbound bytes grow but nothing has arrived for {one_way_after:g} s: the peer is not "
         "answering, or the far side's selectors or allowed ranges do not include the sources."
     ),
+    "outbound_flat": (
+        "Inbound bytes grow but nothing has been sent for {one_way_after:g} s: this side receives and "
+        "never answers, for example a return route that leaves outside the tunnel or a local firewall."
+    ),
     "soft_expired": "Soft lifetime reached: the IKE daemon is negotiating a new SA pair.",
     "hard_expiry_near": "Hard expiry in under {expiring_margin:g} s and no new SA pair is installed.",
     "replay_errors": "Replay-protection drops are increasing (duplicated or badly reordered packets).",
@@ -190,6 +194,10 @@ HINTS: Final[dict[str, str]] = {
     "one_way": (
         "Check that the peer answers and that the far side's selectors / allowed ranges include "
         "the sources (the FAQ's device ranges)."
+    ),
+    "one_way_out": (
+        "Check that the local hosts answer and that their replies are routed into the tunnel (a return "
+        "route or source address outside the local selectors sends them in the clear or nowhere)."
     ),
     "selector_overlap": "Selectors overlap with {other} ({ranges}); AWS Transit Gateway refuses "
                         "overlapping CIDRs and overlaps misroute traffic.",

@@ -102,6 +102,8 @@ class Policies(Engine):
         t = info.tunnel
         if info in t.policies:
             t.policies.remove(info)
+            if not t.policies:
+                t.policies_gone = now  # a down tunnel with nothing left is forgotten forget_after from here
         ns.lint_dirty = True
         self._emit(now, "policy_removed", t, {"index": info.index, "dir": info.dir, **info.selector_json()})
         self._touch(ns, t)

@@ -207,6 +207,7 @@ class Tunnel:
         "hints",
         "id",
         "if_id",
+        "in_since",
         "integrity_errors",
         "last_in_ts",
         "last_out_ts",
@@ -219,6 +220,7 @@ class Tunnel:
         "packets_in",
         "packets_out",
         "policies",
+        "policies_gone",
         "rate_bi",
         "rate_bo",
         "rate_pi",
@@ -268,6 +270,8 @@ class Tunnel:
         self.rk_mark = 0  # SAs installed with an order above this belong to the new generation
         self.replay_errors = self.integrity_errors = 0
         self.anomalies = 0  # counter values that cannot be true (monitor.health.counters)
+        self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
+        self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
         self.err_until = 0.0
         self.err_codes: tuple[str, ...] = ()  # "replay_errors" / "integrity_errors" seen in the window
         self.down_cause = "no_sa"
