@@ -114,6 +114,7 @@ class Lifecycle(Counters, Policies):
             and not ns.quiet else None
         ns.sas[key] = st
         t.sas.append(st)
+        t.had_sa = True
         last_in, last_out = t.last_in_ts, t.last_out_ts
         self._bump(ns, st, sa, now)
         if ns.quiet:  # initial load: history unknown; XFRMA_LASTUSED (if any) says when traffic last moved
@@ -190,6 +191,7 @@ class Lifecycle(Counters, Policies):
             st.hard_at = add + lft.hard_add_expires_seconds
         ns.sas[key] = st
         t.sas.append(st)
+        t.had_sa = True
         # _bump / _count on a fresh SA; the last-traffic times come from XFRMA_LASTUSED below instead
         nbytes, npackets = cur.bytes, cur.packets
         if nbytes > 0 or npackets > 0:

@@ -107,6 +107,10 @@ class Policies(Engine):
         ns.lint_dirty = True
         self._emit(now, "policy_removed", t, {"index": info.index, "dir": info.dir, **info.selector_json()})
         self._touch(ns, t)
+        if not t.policies and not t.sas and not t.had_sa:
+            # a policy-only tunnel that never had an SA (libreswan's placeholder policy while it negotiates,
+            # a connection removed before it came up) has nothing left to watch: it leaves at once
+            self._drop_tunnel(ns, t)
 
     def _ev_policy_deleted(self, ns: NetnsState, ev: PolicyDeleted, now: float) -> None:
         index = ev.policy.index if ev.policy is not None and ev.policy.index else ev.id.index

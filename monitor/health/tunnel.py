@@ -203,6 +203,7 @@ class Tunnel:
         "down_cause",
         "err_codes",
         "err_until",
+        "had_sa",
         "hi",
         "hints",
         "id",
@@ -270,6 +271,7 @@ class Tunnel:
         self.rk_mark = 0  # SAs installed with an order above this belong to the new generation
         self.replay_errors = self.integrity_errors = 0
         self.anomalies = 0  # counter values that cannot be true (monitor.health.counters)
+        self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
         self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
         self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
         self.err_until = 0.0
