@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -32,7 +33,7 @@ class FakeKernel:
 
     def __init__(self) -> None:
         self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.groups = -1
+        self.groups = 0
         self.requests: list[int] = []
         self.enobufs_next = False
 
@@ -41,8 +42,8 @@ class FakeKernel:
         """Accept any option."""
 
     def bind(self, addr: tuple[int, int]) -> None:
-        """Record the joined groups."""
-        self.groups = addr[1]
+        """Record the joined groups (the source binds this one fake twice: events, then dumps with none)."""
+        self.groups |= addr[1]
 
     def setblocking(self, flag: bool) -> None:
         """Make the readable end non-blocking."""
@@ -188,3 +189,42 @@ async def test_slow_consumer_pauses_reading_and_loses_nothing(monkeypatch: pytes
         assert src._queue.qsize() < len(sent)
         got = await _take(gen, len(sent))
     assert [i.data for i in got if isinstance(i, Datagram)] == sent
+
+
+class LosingKernel(FakeKernel):
+    """Drops the reply to the first GETSADINFO and reports the overrun, as a full receive buffer does (the
+    kernel drops a unicast reply outright when the buffer is full, and the next recv says ENOBUFS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def send(self, data: bytes) -> int:
+        nl = iter_messages(data)[0][0]
+        if nl.type == X.XFRM_MSG_GETSADINFO and not self.lost:
+            self.lost = True
+            self.requests.append(nl.type)
+            self.enobufs_next = True
+            self.b.send(b"\0")  # the wake-up byte recv_into eats before raising ENOBUFS
+            return len(data)
+        return super().send(data)
+
+
+async def test_an_overrun_that_eats_the_pending_reply_resyncs_at_once() -> None:
+    """Issue 11 item 3: the overrun fails the pending request instead of leaving it to REQUEST_TIMEOUT
+    (60 s before the fix), and one resync cycle follows right away; both counters say what happened."""
+    fake = LosingKernel()
+    src = KernelSource(interval=60, socket_factory=lambda name: fake)  # type: ignore[arg-type,return-value]
+    started = time.monotonic()
+    async with contextlib.aclosing(src.items()) as gen:
+        items = await _take(gen, 12)
+    took = time.monotonic() - started
+    kinds = [i.kind if isinstance(i, Control) else (i.outgoing, decode_datagram(i.data)[0].nl.type)
+             for i in items]
+    assert "enobufs" in kinds
+    after = kinds[kinds.index("enobufs"):]
+    assert (True, X.XFRM_MSG_GETSA) in after, kinds  # the resync cycle started (interval is 60 s)
+    assert fake.requests[:4] == [X.XFRM_MSG_GETSA, X.XFRM_MSG_GETPOLICY, X.XFRM_MSG_GETSADINFO, X.XFRM_MSG_GETSA]
+    assert src.enobufs == {"default": 1}
+    assert src.resyncs == {"default": 1}
+    assert took < 10  # _take's own bound; the old code waited 60 s here

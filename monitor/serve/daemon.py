@@ -237,7 +237,11 @@ class Daemon:
         return out
 
     def resyncs(self) -> Mapping[str, int]:
-        """Resyncs per netns: from the pipeline's stats when it counts them, else one per ENOBUFS."""
+        """Resync dump cycles run per netns: the kernel source counts them (several overruns during one
+        cycle make one resync); other sources fall back to the pipeline's count of overruns."""
+        run = getattr(self.source, "resyncs", None)
+        if isinstance(run, Mapping):
+            return {str(ns): int(n) for ns, n in run.items()}
         stats: Any = getattr(self.pipeline, "stats", None)
         per_ns: Any = getattr(stats, "netns", None)
         if isinstance(per_ns, Mapping):

@@ -243,7 +243,7 @@ _HELP = {
     "ipsec_tunnel_integrity_errors": (_C, "Packets failing the integrity check."),
     "ipsec_tunnels": (_G, "Tunnels per health state (exported whatever metrics_tunnels says)."),
     "ipsec_monitor_enobufs": (_C, "ENOBUFS overruns of the netlink socket."),
-    "ipsec_monitor_resyncs": (_C, "Full resync dumps after an overrun."),
+    "ipsec_monitor_resyncs": (_C, "Full resync dump cycles run after overruns (several overruns in one cycle: one)."),
     "ipsec_monitor_event_loop_lag_seconds": (_G, "Max event-loop lag over the last few seconds."),
     "ipsec_monitor_last_dump_duration_seconds": (_G, "Duration of the last full dump."),
     "ipsec_monitor_last_dump_age_seconds": (_G, "Seconds since the last full dump ended."),

@@ -2,10 +2,14 @@
 
 Theory of operation
 -------------------
-One NETLINK_XFRM socket per watched namespace serves both multicast events and our dumps, so the
-kernel's ordering between them is kept. The socket joins its groups *before* the first dump (the
-kernel's dump has no consistency flag; the pipeline reconciles dump results with events that
-arrive meanwhile). Bytes are read raw with ``loop.add_reader`` and handed on untouched: the pure
+Two NETLINK_XFRM sockets per watched namespace: one joins the multicast groups and only receives
+events; the other joins none and carries our requests and their replies. With one shared socket an
+event storm starved the dumps: the kernel continues a dump only while the socket's receive queue is
+under half its buffer (``netlink_recvmsg``), which multicast keeps full, and drops a unicast reply
+(GETSADINFO, an error ACK) outright when the buffer is full; every request then timed out and the view
+froze exactly when the gateway was busiest (issue 18). The event socket joins its groups *before* the
+first dump (the kernel's dump has no consistency flag; the pipeline reconciles dump results with events
+that arrive meanwhile). Bytes are read raw with ``loop.add_reader`` and handed on untouched: the pure
 ``monitor.wire.decode`` is the parser, pyroute2 only creates sockets inside named namespaces.
 
 Per namespace a poll task runs, every ``interval`` seconds: GETSA dump, GETPOLICY dump, GETSADINFO,
@@ -15,8 +19,10 @@ by sequence number and our port id. Every request we send is also yielded as an 
 ``Datagram``, so a capture contains it and the pipeline sees where each dump begins.
 
 On ENOBUFS (the kernel dropped multicast events for us) the source counts it, logs it, yields
-``Control("enobufs")`` and starts a full dump *after* the overrun (an earlier dump could contain
-SAs whose DELSA was just lost). If the consumer falls behind, the readers pause so the kernel's
+``Control("enobufs")`` and runs a full dump cycle *after* the overrun (an earlier dump could contain
+SAs whose DELSA was just lost): the dump in flight on the other socket is finished, not abandoned, and
+any number of overruns during one cycle make one more cycle, not a cascade. ``enobufs`` counts
+overruns, ``resyncs`` the resync cycles actually run. If the consumer falls behind, the readers pause so the kernel's
 buffer, not our memory, absorbs the burst: at worst that is another ENOBUFS and a resync.
 """
 
@@ -47,7 +53,8 @@ DEFAULT_GROUPS = (
     X.XFRMNLGRP_REPORT, X.XFRMNLGRP_MIGRATE, X.XFRMNLGRP_MAPPING,
 )
 RECV_SIZE = 262144  # > the kernel's 32 KiB dump skbs; equals monitor.wire.pcap.SNAPLEN
-REQUEST_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 15.0  # a reply lost anyway (a dump socket overrun): give up and resync, not wait a minute
+DUMP_RCVBUF = 4 << 20  # the dump socket only ever holds our own replies, one request at a time
 _HIGH_WATER = 4096  # queued datagrams before the readers pause
 _BURST = 64  # datagrams read per reader callback before yielding to the loop
 
@@ -63,10 +70,12 @@ def _mask(groups: Sequence[int]) -> int:
 class _Watch:
     """One watched namespace: its socket, poll task, pending request and xfrm_stat fd."""
 
-    def __init__(self, name: str, sock: socket.socket, stat_fd: int | None) -> None:
+    def __init__(self, name: str, sock: socket.socket, dsock: socket.socket, stat_fd: int | None) -> None:
         self.name = name
-        self.sock = sock
-        self.portid: int = sock.getsockname()[0]
+        self.sock = sock  # multicast events
+        self.dsock = dsock  # our requests and their replies (the same socket when a test factory gives one)
+        self.shared = dsock is sock
+        self.portid: int = dsock.getsockname()[0]
         self.stat_fd = stat_fd
         self.seq = 0
         self.pending: tuple[int, asyncio.Future[int]] | None = None
@@ -75,10 +84,14 @@ class _Watch:
         self.task: asyncio.Task[None] | None = None
         self.buf = bytearray(RECV_SIZE)
 
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self.sock,) if self.shared else (self.sock, self.dsock)
+
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        self.sock.close()
+        for s in self.sockets():
+            s.close()
         if self.stat_fd is not None:
             os.close(self.stat_fd)
             self.stat_fd = None
@@ -165,19 +178,25 @@ class KernelSource:
 
     def _add(self, name: str) -> None:
         sock = N.open_xfrm_socket(name, self.groups, self.rcvbuf, self.factory, self.netns_dir)
-        w = _Watch(name, sock, N.open_xfrm_stat(name, self.netns_dir))
+        try:
+            dsock = N.open_xfrm_socket(name, 0, DUMP_RCVBUF, self.factory, self.netns_dir)
+        except BaseException:
+            sock.close()
+            raise
+        w = _Watch(name, sock, dsock, N.open_xfrm_stat(name, self.netns_dir))
         self._watches[name] = w
         self._control(name, "netns_added")
         assert self._loop is not None
         if not self._paused:
-            self._loop.add_reader(sock.fileno(), self._on_readable, w)
+            self._add_readers(w)
         w.task = asyncio.create_task(self._poll(w), name=f"xfrm-poll-{name}")
         log.info("watching netns %s (port id %d)", name, w.portid)
 
     def _drop(self, name: str, announce: bool = False) -> None:
         w = self._watches.pop(name)
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(w.sock.fileno())
+            for s in w.sockets():
+                self._loop.remove_reader(s.fileno())
         w.close()
         if announce:
             self._control(name, "netns_removed")
@@ -207,23 +226,31 @@ class KernelSource:
         assert self._loop is not None
         self._paused = True
         for w in self._watches.values():
-            self._loop.remove_reader(w.sock.fileno())
+            for s in w.sockets():
+                self._loop.remove_reader(s.fileno())
 
     def _resume(self) -> None:
         assert self._loop is not None
         self._paused = False
         for w in self._watches.values():
-            self._loop.add_reader(w.sock.fileno(), self._on_readable, w)
+            self._add_readers(w)
 
-    def _on_readable(self, w: _Watch) -> None:
+    def _add_readers(self, w: _Watch) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(w.sock.fileno(), self._on_readable, w, w.sock)
+        if not w.shared:
+            self._loop.add_reader(w.dsock.fileno(), self._on_readable, w, w.dsock)
+
+    def _on_readable(self, w: _Watch, sock: socket.socket) -> None:
+        replies = sock is w.dsock
         for _ in range(_BURST):
             try:
-                n = w.sock.recv_into(w.buf)
+                n = sock.recv_into(w.buf)
             except BlockingIOError:
                 return
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    self._overrun(w)
+                    self._overrun(w, replies)
                     continue
                 # a pending socket error (sk_err) is reported once: tell, keep reading; never raise into the loop
                 log.warning("netns %s: receive failed: %s", w.name, exc)
@@ -231,17 +258,22 @@ class KernelSource:
                 return
             data = bytes(w.buf[:n])
             self._queue.put_nowait(Datagram(w.name, data, time.time(), False))
-            if w.pending is not None:
+            if replies and w.pending is not None:
                 self._check_reply(w, data)
             if self._queue.qsize() >= _HIGH_WATER:
                 self._pause()
                 return
 
-    def _overrun(self, w: _Watch) -> None:
+    def _overrun(self, w: _Watch, replies: bool) -> None:
+        """Messages were lost. On the event socket: resync after the cycle in flight. Where our replies
+        come (the dump socket, or a shared one), the pending request's end may be lost too: it is failed
+        at once, so the resync starts now instead of after REQUEST_TIMEOUT."""
         self.enobufs[w.name] = self.enobufs.get(w.name, 0) + 1
         log.warning("netns %s: receive buffer overrun (ENOBUFS #%d); events were lost, resyncing",
                     w.name, self.enobufs[w.name])
         self._control(w.name, "enobufs")
+        if replies and w.pending is not None and not w.pending[1].done():
+            w.pending[1].set_result(-errno.ENOBUFS)
         w.resync = True
         w.wake.set()
 
@@ -273,7 +305,7 @@ class KernelSource:
         w.pending = (seq, fut)
         self._queue.put_nowait(Datagram(w.name, data, time.time(), True))
         try:
-            w.sock.send(data)
+            w.dsock.send(data)
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 return await fut
         except TimeoutError:
