@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from monitor.health.engine import Engine
 from monitor.health.nsstate import NetnsState
-from monitor.health.tunnel import DIR_IN, SAState, TunnelState
+from monitor.health.tunnel import DIR_IN, DIR_OUT, SAState, TunnelState
 from monitor.wire.events import (
     SA,
 )
@@ -24,6 +24,9 @@ __all__ = ["Counters"]
 
 
 U64_MAX = 2**64 - 1
+OSEQ_LIMIT = 2**32  # a 32-bit output sequence number wraps here (the kernel refuses to: it drops)
+XFRM_STATE_ESN = 128  # include/uapi/linux/xfrm.h, xfrm_usersa_info.flags
+INF = float("inf")
 
 
 class Counters(Engine):
@@ -95,6 +98,32 @@ class Counters(Engine):
             self._errors(ns, st, replay, stats.integrity_failed, now)
         if sa.lastused is not None and sa.lastused > st.lastused:
             st.lastused = sa.lastused
+        self._details(ns, st, sa, now)
+
+    def _details(self, ns: NetnsState, st: SAState, sa: SA, now: float) -> None:
+        """Keep the record's sequence numbers, limits and NAT-T encapsulation (the decoder's immutable
+        objects, not copies); warn once when a 32-bit output sequence number nears 2^32; re-evaluate the
+        tunnel when the SA nears a hard byte/packet limit."""
+        st.seqs = seqs = sa.replay_esn or sa.replay
+        lft = sa.lft
+        if lft is not st.lft:
+            st.lft = lft
+            keep = 1.0 - self.config.expiring_volume
+            hb, hp = lft.hard_byte_limit, lft.hard_packet_limit
+            st.vol_bytes = hb * keep if hb < U64_MAX else INF
+            st.vol_packets = hp * keep if hp < U64_MAX else INF
+        st.encap = sa.encap
+        st.esn = bool(sa.flags & XFRM_STATE_ESN)
+        st.window = sa.replay_esn.replay_window if sa.replay_esn is not None else sa.replay_window
+        t = st.tunnel
+        if (seqs is not None and not st.esn and st.dir == DIR_OUT and not st.oseq_warned
+                and seqs.oseq >= OSEQ_LIMIT - self.config.oseq_margin):
+            st.oseq_warned = True
+            self._emit(now, "oseq_exhaustion", t, {"spi": f"0x{st.spi:08x}", "oseq": seqs.oseq,
+                                                   "left": OSEQ_LIMIT - seqs.oseq})
+            self._touch(ns, t)
+        if st.bytes >= st.vol_bytes or st.packets >= st.vol_packets:
+            ns.pending.add(t)
 
     def _errors(self, ns: NetnsState, st: SAState, replay: int, integrity: int, now: float) -> None:
         t = st.tunnel

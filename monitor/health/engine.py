@@ -203,6 +203,9 @@ class Engine:
         hard, margin = hm
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
+        if (nin.bytes >= nin.vol_bytes or nin.packets >= nin.vol_packets
+                or nout.bytes >= nout.vol_bytes or nout.packets >= nout.vol_packets):
+            return Trigger.HARD_NEAR, self._one["hard_volume_near"]
         if t.err_until > now:
             return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
         if t.rk_start is not None:
@@ -332,6 +335,9 @@ class Engine:
 
     def _derived_hints(self, t: Tunnel) -> list[Reason]:
         out = []
+        for sa in t.sas:
+            if sa.oseq_warned and sa.seqs is not None:
+                out.append(hint("oseq_exhaustion", spi=f"0x{sa.spi:08x}", oseq=sa.seqs.oseq))
         if t.state is TunnelState.ONE_WAY:
             out.append(hint("one_way" if t.reasons and t.reasons[0].code == "inbound_flat" else "one_way_out"))
         if not t.local_known and t.lo != t.hi:

@@ -233,6 +233,7 @@ class Lifecycle(Counters, Policies):
             t.last_in_ts = max(t.last_in_ts, used)
         else:
             t.last_out_ts = max(t.last_out_ts, used)
+        self._details(ns, st, sa, now)
         if (t.acq_deadline is not None or t.acq_count) and self._established(t):
             t.acq_deadline, t.acq_count = None, 0
         if t.rk_start is not None:

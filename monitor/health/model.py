@@ -48,6 +48,12 @@ class HealthConfig:
     hard lifetime, so short test lifetimes do not read as permanently expiring)."""
     errors_window: float = 300.0
     """The ``errors`` state lasts this long after the last increase of a replay/integrity counter."""
+    expiring_volume: float = 0.1
+    """An SA within this fraction of its hard byte or packet limit, with no successor, is ``expiring``
+    (libreswan installs byte limits only; strongSwan's ``life_bytes``/``life_packets``)."""
+    oseq_margin: int = 100_000_000
+    """An outbound SA without ESN whose 32-bit output sequence number is within this many packets of 2^32
+    gets a hint and an event: at 2^32 the kernel drops every packet until the SA is replaced."""
     tombstone_ttl: float = 60.0
     """A deleted SA is not resurrected by a stale dump record or notification for this long."""
     forget_after: float = 3600.0
@@ -80,6 +86,11 @@ class HealthConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"[health] {name} must be a non-negative, finite number of seconds, not {value!r}")
+        if not (isinstance(self.expiring_volume, int | float) and 0 <= self.expiring_volume < 1):
+            raise ConfigError(f"[health] expiring_volume must be a fraction in [0, 1), not {self.expiring_volume!r}")
+        margin = self.oseq_margin
+        if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= margin < 2**32:
+            raise ConfigError(f"[health] oseq_margin must be a number of packets below 2^32, not {self.oseq_margin!r}")
         if self.peer_kind not in PEER_ADVICE:
             raise ConfigError(f"[health] peer_kind must be one of {', '.join(PEER_ADVICE)}, not {self.peer_kind!r}")
         for addr in self.local_addresses:
@@ -143,11 +154,12 @@ POLICY_ADDED: Final = "policy_added"
 POLICY_REMOVED: Final = "policy_removed"
 RESYNC: Final = "resync"
 COUNTER_ANOMALY: Final = "counter_anomaly"
+OSEQ_EXHAUSTION: Final = "oseq_exhaustion"
 
 EVENT_TYPES: Final = frozenset({
     TUNNEL_UP, TUNNEL_DOWN, STATE_CHANGED, REKEY_STARTED, REKEY_COMPLETED, REKEY_FAILED, SA_ADDED,
     SA_DELETED, SA_EXPIRED, ACQUIRE, NEGOTIATION_FAILED, NAT_MAPPING_CHANGED, REPLAY_ERRORS,
-    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC, COUNTER_ANOMALY,
+    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC, COUNTER_ANOMALY, OSEQ_EXHAUSTION,
 })
 
 # --- reasons: why a tunnel is in its state ---------------------------------------------------------
@@ -176,6 +188,7 @@ REASONS: Final[dict[str, str]] = {
     ),
     "soft_expired": "Soft lifetime reached: the IKE daemon is negotiating a new SA pair.",
     "hard_expiry_near": "Hard expiry in under {expiring_margin:g} s and no new SA pair is installed.",
+    "hard_volume_near": "The SA is near its hard byte or packet limit and no new SA pair is installed.",
     "replay_errors": "Replay-protection drops are increasing (duplicated or badly reordered packets).",
     "integrity_errors": "Integrity-check failures are increasing (wrong keys, corruption or an attack).",
     "no_sa": "Policies are configured but no SA is installed. {peer_advice}",
@@ -198,6 +211,10 @@ HINTS: Final[dict[str, str]] = {
     "one_way_out": (
         "Check that the local hosts answer and that their replies are routed into the tunnel (a return "
         "route or source address outside the local selectors sends them in the clear or nowhere)."
+    ),
+    "oseq_exhaustion": (
+        "SA {spi} has no ESN and its 32-bit output sequence number is at {oseq}: at 2^32 the kernel drops "
+        "every packet until the SA is replaced. Enable ESN (esn = yes) or rekey sooner (life_packets)."
     ),
     "selector_overlap": "Selectors overlap with {other} ({ranges}); AWS Transit Gateway refuses "
                         "overlapping CIDRs and overlaps misroute traffic.",

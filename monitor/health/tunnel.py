@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from monitor.health.model import Reason
+from monitor.wire.events import Encap, LifetimeCfg, Replay, ReplayEsn
 
 __all__ = [
     "DIR_IN",
@@ -112,12 +113,18 @@ def tunnel_id(netns: str, reqid: int, *, if_id: int, mark: int, lo: str, hi: str
     return sys.intern(tid)
 
 
+U64_INF = 0xFFFFFFFFFFFFFFFF  # XFRM_INF: no byte/packet limit
+_INF = float("inf")
+# include/uapi/linux/udp.h: UDP_ENCAP_ESPINUDP_NON_IKE 1, UDP_ENCAP_ESPINUDP 2; TCP_ENCAP_ESPINTCP 7
+ENCAP_NAMES = {1: "espinudp-non-ike", 2: "espinudp", 7: "espintcp"}
+
+
 class SAState:
     """What the correlator keeps of one live, non-larval SA (numbers and interned strings only)."""
 
-    __slots__ = ("add_time", "aead", "auth", "bytes", "daddr", "dir", "enc", "gen", "hard_at", "integrity",
-                 "lastused", "order", "packets", "proto", "replay", "saddr", "soft_at", "soft_expired", "spi",
-                 "tunnel")
+    __slots__ = ("add_time", "aead", "auth", "bytes", "daddr", "dir", "enc", "encap", "esn", "gen", "hard_at",
+                 "integrity", "lastused", "lft", "order", "oseq_warned", "packets", "proto", "replay", "saddr",
+                 "seqs", "soft_at", "soft_expired", "spi", "tunnel", "vol_bytes", "vol_packets", "window")
 
     def __init__(self, spi: int, daddr: str, saddr: str, proto: int, tunnel: Tunnel, order: int) -> None:  # noqa: PLR0917 (hot path: positional is cheaper)
         self.spi = spi
@@ -140,6 +147,39 @@ class SAState:
         self.enc: str | None = None
         self.auth: str | None = None
         self.aead: str | None = None
+        # the kernel's own records, shared with the decoder's memo tables (immutable): nothing is copied
+        self.lft: LifetimeCfg | None = None  # byte/packet (and time) limits
+        self.encap: Encap | None = None  # NAT-T (XFRMA_ENCAP)
+        self.seqs: Replay | ReplayEsn | None = None  # sequence numbers: XFRMA_REPLAY_VAL / _ESN_VAL
+        self.esn = False  # XFRM_STATE_ESN: 64-bit sequence numbers
+        self.window = 0  # anti-replay window (packets)
+        self.oseq_warned = False  # the 32-bit output sequence exhaustion event was emitted
+        self.vol_bytes = _INF  # bytes / packets from which the SA is near its hard volume limit
+        self.vol_packets = _INF
+
+    def oseq(self) -> int:
+        """The output sequence number (64-bit with ESN)."""
+        s = self.seqs
+        if s is None:
+            return 0
+        return (s.oseq_hi << 32 | s.oseq) if isinstance(s, ReplayEsn) else s.oseq
+
+    def seq(self) -> int:
+        """The highest input sequence number seen (64-bit with ESN)."""
+        s = self.seqs
+        if s is None:
+            return 0
+        return (s.seq_hi << 32 | s.seq) if isinstance(s, ReplayEsn) else s.seq
+
+    def limits_json(self) -> dict[str, int | None] | None:
+        """Byte and packet limits (None: no limit) and how far the counters are from the hard ones."""
+        lft = self.lft
+        if lft is None:
+            return None
+        sb, hb, sp, hp = (None if v >= U64_INF else v for v in lft[:4])
+        return {"soft_bytes": sb, "hard_bytes": hb, "soft_packets": sp, "hard_packets": hp,
+                "bytes_to_hard": None if hb is None else max(0, hb - self.bytes),
+                "packets_to_hard": None if hp is None else max(0, hp - self.packets)}
 
     def to_json(self, now: float, wall_skew: float = 0.0) -> dict[str, Any]:
         """The public per-SA dict (``sas[]`` of the tunnel JSON); instants in wall time (core + ``wall_skew``)."""
@@ -158,6 +198,14 @@ class SAState:
             "integrity_errors": self.integrity,
             "lastused": self.lastused or None,
             "soft_expired": self.soft_expired,
+            "encap": None if self.encap is None else {
+                "type": ENCAP_NAMES.get(self.encap.type, str(self.encap.type)), "sport": self.encap.sport,
+                "dport": self.encap.dport, "oa": self.encap.oa},
+            "esn": self.esn,
+            "replay_window": self.window,
+            "seq": self.seq(),
+            "oseq": self.oseq(),
+            "limits": self.limits_json(),
         }
 
 
@@ -359,6 +407,7 @@ class Tunnel:
                            if self.last_rekey is not None and wall_skew else self.last_rekey),
             "hard_expires_in": round(hard - now, 3) if hard else None,
             "selectors": sels,
+            "udp_encap": any(sa.encap is not None for sa in self.sas),
             "sas": [sa.to_json(now, wall_skew) for sa in sorted(self.sas, key=lambda s: (s.dir, s.order))],
             "hints": hints,
             "replay_errors": self.replay_errors,
