@@ -29,7 +29,8 @@ def test_tunnel_series_values_and_labels() -> None:
     t.update(bytes_in=10, bytes_out=20, packets_in=1, packets_out=2, rekeys=3, rekey_failures=1,
              replay_errors=7, integrity_errors=9, hard_expires_in=42.5)
     got = parse(metrics.render([metrics.sample(t)], MON))
-    lab = {"netns": "default", "reqid": "5", "local": "192.0.2.1", "remote": "198.51.100.5"}
+    lab = {"netns": "default", "reqid": "5", "local": "192.0.2.1", "remote": "198.51.100.5", "id": "x",
+           "if_id": "", "mark": ""}
     assert ("ipsec_tunnel_bytes_total", {**lab, "direction": "in"}, 10.0) in got["ipsec_tunnel_bytes_total"]
     assert ("ipsec_tunnel_packets_total", {**lab, "direction": "out"}, 2.0) in got["ipsec_tunnel_packets_total"]
     assert got["ipsec_tunnel_rekeys_total"] == [("ipsec_tunnel_rekeys_total", lab, 3.0)]
@@ -64,3 +65,18 @@ def test_monitor_series() -> None:
     assert got["ipsec_monitor_last_dump_duration_seconds"][0][2] == 0.02
     assert got["ipsec_monitor_ws_clients"][0][2] == 3.0
     assert got["ipsec_monitor_ws_dropped_events_total"][0][2] == 5.0
+
+
+def test_route_based_tunnels_differing_only_in_if_id_or_mark_get_distinct_series() -> None:
+    """Issue 12.4: xfrm interfaces (if_id) or VTI marks with 0.0.0.0/0 selectors, same peers and reqid: before
+    the fix both exported identical label sets (duplicate series). The tunnel id makes them unique, and
+    if_id/mark say which is which."""
+    a, b, c = tunnel_doc("a"), tunnel_doc("b"), tunnel_doc("c")
+    a.update(if_id=201, mark=0)
+    b.update(if_id=202, mark=0)
+    c.update(if_id=None, mark=0x2A)
+    got = parse(metrics.render([metrics.sample(t) for t in (a, b, c)], MON))
+    sets = [tuple(sorted(s[1].items())) for s in got["ipsec_tunnel_rekeys_total"]]
+    assert len(sets) == len(set(sets)) == 3
+    assert {(s[1]["id"], s[1]["if_id"], s[1]["mark"]) for s in got["ipsec_tunnel_rekeys_total"]} == {
+        ("a", "201", ""), ("b", "202", ""), ("c", "", "42")}

@@ -33,7 +33,7 @@ states = st.one_of(st.sampled_from(STATES), st.sampled_from(["weird", "quo\"te",
 
 tunnel_samples = st.builds(
     metrics.TunnelSample,
-    st.tuples(labels, labels, labels, labels),
+    st.tuples(labels, labels, labels, labels, labels, labels, labels),
     floats, floats, floats, floats, floats, floats, states,
     st.one_of(st.none(), floats), floats, floats,
 )
@@ -69,7 +69,7 @@ def test_render_equals_prometheus_client(tunnels: list[metrics.TunnelSample], mo
 
 def test_state_templates_equal_state_block() -> None:
     """The per-state templates used by render give the same lines as building the block directly."""
-    lab = metrics.tunnel_labels(('n"s', "1", "2001:db8::1", "back\\slash\\0"))
+    lab = metrics.tunnel_labels(('n"s', "1", "2001:db8::1", "back\\slash\\0", "t\n1", "", "7"))
     for state in STATES:
         assert metrics._STATE_TEMPLATES[state].replace("\0", lab) == metrics.state_block(lab, state)
         assert metrics.state_block(lab, state).count(" 1.0\n") == 1

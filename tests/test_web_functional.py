@@ -270,11 +270,12 @@ async def test_metrics_endpoint_series(start: Start) -> None:
         text = await r.text()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     b = fams["ipsec_tunnel_bytes"]
-    assert {tuple(sorted(x.labels)) for x in b.samples} == {("direction", "local", "netns", "remote", "reqid")}
+    assert {tuple(sorted(x.labels)) for x in b.samples} == {
+        ("direction", "id", "if_id", "local", "mark", "netns", "remote", "reqid")}
     assert len(b.samples) == 2 * len(app[HUB].view.tunnel_ids())
     one_hot: dict[tuple[str, ...], float] = {}
     for x in fams["ipsec_tunnel_state"].samples:
-        key = tuple(x.labels[k] for k in ("netns", "reqid", "local", "remote"))
+        key = (x.labels["id"],)
         one_hot[key] = one_hot.get(key, 0) + x.value
     assert set(one_hot.values()) == {1.0}
     for name in ("ipsec_monitor_event_loop_lag_seconds", "ipsec_monitor_last_dump_age_seconds",

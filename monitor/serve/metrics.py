@@ -1,8 +1,11 @@
 """Prometheus exposition, computed from the correlator at scrape time.
 
 Names are the contract in ARCHITECTURE.md "Prometheus names". Per-tunnel series carry exactly the
-labels ``netns, reqid, local, remote`` (plus ``direction`` or ``state``): one set per tunnel, never per
-SA or SPI, so the series count is bounded by the tunnel count. ``ipsec_tunnels{netns,state}`` counts the
+labels ``id, netns, reqid, local, remote, if_id, mark`` (plus ``direction`` or ``state``): one set per
+tunnel, never per SA or SPI, so the series count is bounded by the tunnel count. ``id`` (the tunnel id)
+makes every set unique: route-based tunnels that differ only in their xfrm interface or mark (0.0.0.0/0
+selectors, VTI) share the other labels; ``if_id`` and ``mark`` are empty where not set (PromQL treats an
+empty label as absent). ``ipsec_tunnels{netns,state}`` counts the
 tunnels per state whatever ``metrics_tunnels`` (``all``, ``unhealthy``: only tunnels not ``up`` or
 ``rekeying`` get per-tunnel series, ``none``) says.
 
@@ -29,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from monitor.serve.protocol import STATE_COLUMN, STATES, TunnelView
 
-TUNNEL_LABELS = ["netns", "reqid", "local", "remote"]
+TUNNEL_LABELS = ["netns", "reqid", "local", "remote", "id", "if_id", "mark"]
 _STATE = STATE_COLUMN  # where counters_row() puts the state
 #: Values of the ``metrics_tunnels`` setting.
 MODES = ("all", "unhealthy", "none")
@@ -40,7 +43,7 @@ HEALTHY = frozenset({"up", "rekeying"})
 class TunnelSample(NamedTuple):
     """What the metrics need from one tunnel's public JSON."""
 
-    labels: tuple[str, str, str, str]
+    labels: tuple[str, str, str, str, str, str, str]
     bytes_in: float
     bytes_out: float
     packets_in: float
@@ -95,11 +98,17 @@ def _errors(t: Mapping[str, Any], key: str, sa_keys: tuple[str, ...]) -> float:
     return total
 
 
+def _optional(v: object) -> str:
+    """An if_id or mark label value: empty when unset (None or 0)."""
+    return "" if v in (None, 0, "") else str(v)
+
+
 def sample(t: Mapping[str, Any]) -> TunnelSample:
     """Pick the metric values out of one tunnel's public JSON."""
     hard = t.get("hard_expires_in")
     return TunnelSample(
-        (str(t.get("netns", "")), str(t.get("reqid", "")), str(t.get("local", "")), str(t.get("remote", ""))),
+        (str(t.get("netns", "")), str(t.get("reqid", "")), str(t.get("local", "")), str(t.get("remote", "")),
+         str(t.get("id", "")), _optional(t.get("if_id")), _optional(t.get("mark"))),
         _num(t.get("bytes_in")), _num(t.get("bytes_out")),
         _num(t.get("packets_in")), _num(t.get("packets_out")),
         _num(t.get("rekeys")), _num(t.get("rekey_failures")),
@@ -133,10 +142,11 @@ def go_float(d: float) -> str:
     return s
 
 
-def tunnel_labels(labels: tuple[str, str, str, str]) -> str:
+def tunnel_labels(labels: tuple[str, str, str, str, str, str, str]) -> str:
     """The escaped label string of a tunnel, labels in name order (as ``generate_latest`` sorts them)."""
-    netns, reqid, local, remote = labels
-    return f'local="{escape(local)}",netns="{escape(netns)}",remote="{escape(remote)}",reqid="{escape(reqid)}"'
+    netns, reqid, local, remote, tid, if_id, mark = labels
+    return (f'id="{escape(tid)}",if_id="{escape(if_id)}",local="{escape(local)}",mark="{escape(mark)}",'
+            f'netns="{escape(netns)}",remote="{escape(remote)}",reqid="{escape(reqid)}"')
 
 
 def state_block(lab: str, state: str) -> str:
