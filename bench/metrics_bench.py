@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.common import NOW0, loaded_pipeline, write_result
 from monitor.health.correlate import Correlator
-from monitor.serve import metrics
+from monitor.serve import metrics, metrics_reference
 
 MON = metrics.MonitorSample(enobufs={"bench": 0}, resyncs={"bench": 0}, lag=0.001,
                             dumps={"bench": {"last_dump": NOW0, "last_dump_duration": 0.5}},
@@ -83,7 +83,7 @@ def run_one(tunnels: int, repeats: int) -> dict[str, Any]:
                "max_block_s": round(block, 4), "render_cpu_s": round(r_cpu, 4), "bytes": len(body),
                "series": body.count(b"\n") - body.count(b"# ")}
         if mode == "all":
-            b_cpu, base = _best(lambda g=g: metrics.render_prometheus_client(g.tunnels, MON, g.counts), 1)  # type: ignore[misc]
+            b_cpu, base = _best(lambda g=g: metrics_reference.render_prometheus_client(g.tunnels, MON, g.counts), 1)  # type: ignore[misc]
             if base != body:
                 raise SystemExit("render and render_prometheus_client disagree")
             row.update(baseline_render_cpu_s=round(b_cpu, 4), render_speedup=round(b_cpu / r_cpu, 1))

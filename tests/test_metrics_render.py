@@ -1,6 +1,6 @@
 """monitor.serve.metrics: the direct text renderer against prometheus_client, the label cache, ``metrics_tunnels``.
 
-The reference is :func:`monitor.serve.metrics.render_prometheus_client`: the same samples through
+The reference is :func:`monitor.serve.metrics_reference.render_prometheus_client`: the same samples through
 ``prometheus_client``'s collector API and ``generate_latest`` (what ``/metrics`` used to serve).
 """
 
@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from monitor.errors import ConfigError
-from monitor.serve import config, metrics
+from monitor.serve import config, metrics, metrics_reference
 from monitor.serve.handlers import HUB
 from monitor.serve.protocol import STATES
 from tests.test_web_fakes import FakeCorrelator
@@ -62,7 +62,7 @@ def families(text: bytes) -> list[tuple[str, str, str, list[tuple[str, tuple[tup
 def test_render_equals_prometheus_client(tunnels: list[metrics.TunnelSample], mon: metrics.MonitorSample) -> None:
     """Awkward labels and values: our text parses to the same families as generate_latest's, byte for byte."""
     ours = metrics.render(tunnels, mon)
-    ref = metrics.render_prometheus_client(tunnels, mon)
+    ref = metrics_reference.render_prometheus_client(tunnels, mon)
     assert families(ours) == families(ref)
     assert ours == ref
 
@@ -170,7 +170,7 @@ async def test_label_changes_show_and_cache_is_pruned() -> None:
     samples = [metrics.sample(c.tunnels[t]) for t in c.tunnel_ids()
                if c.tunnels[t]["state"] not in ("up", "rekeying")]
     counts = metrics.count_states(metrics.sample(t) for t in c.tunnels.values())
-    assert metrics.render(g.tunnels, MON, g.counts) == metrics.render_prometheus_client(samples, MON, counts)
+    assert metrics.render(g.tunnels, MON, g.counts) == metrics_reference.render_prometheus_client(samples, MON, counts)
 
 
 async def test_gather_rejects_unknown_mode() -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from monitor.health.engine import Engine
 from monitor.health.nsstate import NetnsState
-from monitor.health.tunnel import DIR_IN, DIR_OUT, SAState, TunnelState
+from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
+from monitor.health.tunnel import TunnelState
 from monitor.wire.events import (
     SA,
 )

@@ -25,7 +25,8 @@ from monitor.health.model import (
     reason,
 )
 from monitor.health.nsstate import NetnsState
-from monitor.health.tunnel import DIR_IN, DIR_OUT, TRANSITIONS, SAState, Trigger, Tunnel, TunnelState, tunnel_id
+from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
+from monitor.health.tunnel import TRANSITIONS, Trigger, Tunnel, TunnelState, tunnel_id
 from monitor.wire import xfrm as X
 
 __all__ = ["ANY_PROTO", "INF", "NLM_MULTI", "ZERO_ADDRESSES", "DumpKind", "Engine", "intern_str", "spi_list"]

@@ -12,7 +12,8 @@ from monitor.health.counters import U64_MAX, Counters
 from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, intern_str, spi_list
 from monitor.health.nsstate import NetnsState
 from monitor.health.policies import Policies
-from monitor.health.tunnel import DIR_IN, DIR_OUT, SAState, Tunnel
+from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
+from monitor.health.tunnel import Tunnel
 from monitor.wire import xfrm as X
 from monitor.wire.events import (
     SA,

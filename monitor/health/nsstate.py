@@ -13,7 +13,8 @@ from typing import Any
 
 from monitor.health.lint import SelectorEntry, find_overlaps, uncovered_ranges
 from monitor.health.model import HealthConfig, Reason, hint
-from monitor.health.tunnel import PolicyInfo, SAState, Tunnel, TunnelState
+from monitor.health.sastate import PolicyInfo, SAState
+from monitor.health.tunnel import Tunnel, TunnelState
 
 __all__ = ["NetnsState", "apply_xfrm_stat", "run_lint"]
 

@@ -12,7 +12,7 @@ from monitor.health.model import (
     hint,
 )
 from monitor.health.nsstate import NetnsState
-from monitor.health.tunnel import PolicyInfo
+from monitor.health.sastate import PolicyInfo
 from monitor.wire import xfrm as X
 from monitor.wire.events import (
     Acquire,

@@ -12,7 +12,7 @@ tunnels per state whatever ``metrics_tunnels`` (``all``, ``unhealthy``: only tun
 A scrape runs in two steps so that 100k tunnels never block the event loop for long:
 :func:`gather` reads the correlator on the loop in chunks (yielding between them), and
 :func:`render` writes the text format 0.0.4 directly in a worker thread. Its output is byte for byte what
-``prometheus_client.generate_latest`` makes of the same samples (:func:`render_prometheus_client`, kept
+``prometheus_client.generate_latest`` makes of the same samples (``monitor.serve.metrics_reference``, kept
 as the reference the tests compare against): labels sorted by name, values escaped (backslash, double
 quote, newline) and numbers formatted like ``floatToGoString``. Each tunnel's escaped label string is
 built once per scrape and shared by its 16 lines; the one-hot state block is a per-state template.
@@ -24,11 +24,8 @@ import asyncio
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from monitor.serve.protocol import STATE_COLUMN, STATES, TunnelView
 
@@ -334,90 +331,6 @@ def render(tunnels: Iterable[TunnelSample], mon: MonitorSample,
     if counts is None:
         counts = count_states(ts)
     return "".join(_tunnel_text(ts) + _monitor_text(mon, counts)).encode()
-
-
-# ------------------------------------------------------------------ the reference (prometheus_client)
-
-
-class MonitorCollector:
-    """A ``prometheus_client`` collector over already-gathered samples: the reference for :func:`render`."""
-
-    def __init__(self, tunnels: Iterable[TunnelSample], mon: MonitorSample,
-                 counts: Mapping[tuple[str, str], int] | None = None) -> None:
-        self.tunnels = list(tunnels)
-        self.mon = mon
-        self.counts = count_states(self.tunnels) if counts is None else counts
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield every metric family (called by ``generate_latest``)."""
-        yield from self._tunnel_families()
-        yield from self._monitor_families()
-
-    @staticmethod
-    def _family(name: str, labels: list[str] | None = None,
-                value: float | None = None) -> CounterMetricFamily | GaugeMetricFamily:
-        kind, doc = _HELP[name]
-        cls = CounterMetricFamily if kind == _C else GaugeMetricFamily
-        return cls(name, doc, labels=labels, value=value)
-
-    def _tunnel_families(self) -> Iterator[Metric]:
-        fam, tl, dl = self._family, TUNNEL_LABELS, [*TUNNEL_LABELS, "direction"]
-        nbytes, pkts = fam("ipsec_tunnel_bytes", dl), fam("ipsec_tunnel_packets", dl)
-        rekeys, fails = fam("ipsec_tunnel_rekeys", tl), fam("ipsec_tunnel_rekey_failures", tl)
-        state = fam("ipsec_tunnel_state", [*TUNNEL_LABELS, "state"])
-        hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
-        replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
-        for t in self.tunnels:
-            lab = list(t.labels)
-            nbytes.add_metric([*lab, "in"], t.bytes_in)
-            nbytes.add_metric([*lab, "out"], t.bytes_out)
-            pkts.add_metric([*lab, "in"], t.packets_in)
-            pkts.add_metric([*lab, "out"], t.packets_out)
-            rekeys.add_metric(lab, t.rekeys)
-            fails.add_metric(lab, t.rekey_failures)
-            states = STATES if t.state in STATES else (*STATES, t.state)
-            for s in states:
-                state.add_metric([*lab, s], 1.0 if s == t.state else 0.0)
-            if t.hard_expires_in is not None:
-                hard.add_metric(lab, t.hard_expires_in)
-            replay.add_metric(lab, t.replay_errors)
-            integ.add_metric(lab, t.integrity_errors)
-        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ)
-
-    def _monitor_families(self) -> Iterator[Metric]:
-        m, fam = self.mon, self._family
-        agg = fam("ipsec_tunnels", ["netns", "state"])
-        for ns, s, n in _aggregate(self.counts, m):
-            agg.add_metric([ns, s], n)
-        yield agg
-        enobufs, resyncs = fam("ipsec_monitor_enobufs", ["netns"]), fam("ipsec_monitor_resyncs", ["netns"])
-        for ns in sorted(set(m.enobufs) | set(m.resyncs) | set(m.dumps)):
-            enobufs.add_metric([ns], float(m.enobufs.get(ns, 0)))
-            resyncs.add_metric([ns], float(m.resyncs.get(ns, 0)))
-        yield enobufs
-        yield resyncs
-        yield fam("ipsec_monitor_event_loop_lag_seconds", value=m.lag)
-        dur = fam("ipsec_monitor_last_dump_duration_seconds", ["netns"])
-        age = fam("ipsec_monitor_last_dump_age_seconds", ["netns"])
-        for ns, d in sorted(m.dumps.items()):
-            if d.get("last_dump_duration") is not None:
-                dur.add_metric([ns], float(d["last_dump_duration"] or 0.0))
-            if d.get("last_dump") is not None:
-                age.add_metric([ns], max(0.0, m.now - float(d["last_dump"] or 0.0)))
-        yield dur
-        yield age
-        yield fam("ipsec_monitor_ws_clients", value=m.clients)
-        yield fam("ipsec_monitor_ws_gaps", value=m.gaps)
-        yield fam("ipsec_monitor_ws_dropped_events", value=m.dropped)
-        yield fam("ipsec_monitor_ws_stalled", value=m.stalled)
-
-
-def render_prometheus_client(tunnels: Iterable[TunnelSample], mon: MonitorSample,
-                             counts: Mapping[tuple[str, str], int] | None = None) -> bytes:
-    """The same exposition through ``prometheus_client.generate_latest`` (reference for tests and bench)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(MonitorCollector(tunnels, mon, counts))
-    return generate_latest(registry)
 
 
 async def scrape(view: TunnelView, mon: MonitorSample, mode: str = "all") -> bytes:

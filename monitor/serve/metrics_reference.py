@@ -1,0 +1,96 @@
+"""The reference exposition: the same samples through ``prometheus_client.generate_latest``.
+
+``monitor.serve.metrics.render`` writes the text format itself (fast, in a worker thread); the tests and the
+metrics bench compare its bytes with this module's, which lets prometheus_client do the formatting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from monitor.serve.metrics import _C, _HELP, TUNNEL_LABELS, MonitorSample, TunnelSample, _aggregate, count_states
+from monitor.serve.protocol import STATES
+
+
+class MonitorCollector:
+    """A ``prometheus_client`` collector over already-gathered samples: the reference for :func:`render`."""
+
+    def __init__(self, tunnels: Iterable[TunnelSample], mon: MonitorSample,
+                 counts: Mapping[tuple[str, str], int] | None = None) -> None:
+        self.tunnels = list(tunnels)
+        self.mon = mon
+        self.counts = count_states(self.tunnels) if counts is None else counts
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family (called by ``generate_latest``)."""
+        yield from self._tunnel_families()
+        yield from self._monitor_families()
+
+    @staticmethod
+    def _family(name: str, labels: list[str] | None = None,
+                value: float | None = None) -> CounterMetricFamily | GaugeMetricFamily:
+        kind, doc = _HELP[name]
+        cls = CounterMetricFamily if kind == _C else GaugeMetricFamily
+        return cls(name, doc, labels=labels, value=value)
+
+    def _tunnel_families(self) -> Iterator[Metric]:
+        fam, tl, dl = self._family, TUNNEL_LABELS, [*TUNNEL_LABELS, "direction"]
+        nbytes, pkts = fam("ipsec_tunnel_bytes", dl), fam("ipsec_tunnel_packets", dl)
+        rekeys, fails = fam("ipsec_tunnel_rekeys", tl), fam("ipsec_tunnel_rekey_failures", tl)
+        state = fam("ipsec_tunnel_state", [*TUNNEL_LABELS, "state"])
+        hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
+        replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
+        for t in self.tunnels:
+            lab = list(t.labels)
+            nbytes.add_metric([*lab, "in"], t.bytes_in)
+            nbytes.add_metric([*lab, "out"], t.bytes_out)
+            pkts.add_metric([*lab, "in"], t.packets_in)
+            pkts.add_metric([*lab, "out"], t.packets_out)
+            rekeys.add_metric(lab, t.rekeys)
+            fails.add_metric(lab, t.rekey_failures)
+            states = STATES if t.state in STATES else (*STATES, t.state)
+            for s in states:
+                state.add_metric([*lab, s], 1.0 if s == t.state else 0.0)
+            if t.hard_expires_in is not None:
+                hard.add_metric(lab, t.hard_expires_in)
+            replay.add_metric(lab, t.replay_errors)
+            integ.add_metric(lab, t.integrity_errors)
+        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ)
+
+    def _monitor_families(self) -> Iterator[Metric]:
+        m, fam = self.mon, self._family
+        agg = fam("ipsec_tunnels", ["netns", "state"])
+        for ns, s, n in _aggregate(self.counts, m):
+            agg.add_metric([ns, s], n)
+        yield agg
+        enobufs, resyncs = fam("ipsec_monitor_enobufs", ["netns"]), fam("ipsec_monitor_resyncs", ["netns"])
+        for ns in sorted(set(m.enobufs) | set(m.resyncs) | set(m.dumps)):
+            enobufs.add_metric([ns], float(m.enobufs.get(ns, 0)))
+            resyncs.add_metric([ns], float(m.resyncs.get(ns, 0)))
+        yield enobufs
+        yield resyncs
+        yield fam("ipsec_monitor_event_loop_lag_seconds", value=m.lag)
+        dur = fam("ipsec_monitor_last_dump_duration_seconds", ["netns"])
+        age = fam("ipsec_monitor_last_dump_age_seconds", ["netns"])
+        for ns, d in sorted(m.dumps.items()):
+            if d.get("last_dump_duration") is not None:
+                dur.add_metric([ns], float(d["last_dump_duration"] or 0.0))
+            if d.get("last_dump") is not None:
+                age.add_metric([ns], max(0.0, m.now - float(d["last_dump"] or 0.0)))
+        yield dur
+        yield age
+        yield fam("ipsec_monitor_ws_clients", value=m.clients)
+        yield fam("ipsec_monitor_ws_gaps", value=m.gaps)
+        yield fam("ipsec_monitor_ws_dropped_events", value=m.dropped)
+        yield fam("ipsec_monitor_ws_stalled", value=m.stalled)
+
+
+def render_prometheus_client(tunnels: Iterable[TunnelSample], mon: MonitorSample,
+                             counts: Mapping[tuple[str, str], int] | None = None) -> bytes:
+    """The same exposition through ``prometheus_client.generate_latest`` (reference for tests and bench)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MonitorCollector(tunnels, mon, counts))
+    return generate_latest(registry)
