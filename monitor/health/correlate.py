@@ -300,7 +300,10 @@ class Correlator(Lifecycle):
         ns = self._ns.get(netns)
         if ns is None:
             return None
-        return ns.to_json(now)
+        doc = ns.to_json(now)
+        if doc["last_sa_dump_end"] is not None:
+            doc["last_sa_dump_end"] += self.wall_skew  # an instant: shown in wall time
+        return doc
 
     def _flush(self, ns: NetnsState, now: float) -> None:
         if ns.pending:

@@ -153,6 +153,35 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
                   "more": more, "events": events[:limit]})
 
 
+def _netns_docs(view: Any, now: float, only: str | None = None) -> list[dict[str, Any]]:
+    """The correlator's namespace views (hints, xfrm_stat, counts); none from a core without them."""
+    names = getattr(view, "netns_names", None)
+    if names is None:
+        return []
+    docs = (view.netns_json(ns, now) for ns in names() if only is None or ns == only)
+    return [d for d in docs if d is not None]
+
+
+async def netns_list_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/netns``: every namespace's hints (``XfrmInNoPols`` ..., uncovered ranges, overlaps),
+    ``/proc/net/xfrm_stat`` counters and counts."""
+    view, daemon = request.app[CORRELATOR], request.app[DAEMON]
+    now = daemon.clock()
+    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now),
+                          "netns": _netns_docs(view, now)})
+
+
+async def netns_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/netns/{name}``."""
+    name = request.match_info["name"]
+    view, daemon = request.app[CORRELATOR], request.app[DAEMON]
+    now = daemon.clock()
+    docs = _netns_docs(view, now, name)
+    if not docs:
+        return error(404, "not_found", f"no namespace {name!r} is watched")
+    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now), "netns": docs[0]})
+
+
 def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` document and its HTTP status."""
     settings, daemon, hub = app[SETTINGS], app[DAEMON], app[HUB]
@@ -193,8 +222,11 @@ async def healthz_handler(request: web.Request) -> web.StreamResponse:
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
     """``GET /metrics``: Prometheus text format."""
     daemon, hub = request.app[DAEMON], request.app[HUB]
+    now = daemon.clock()
+    xfrm_stat = {d["netns"]: d["xfrm_stat"] for d in _netns_docs(request.app[CORRELATOR], now) if d.get("xfrm_stat")}
     mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
-                        dumps=daemon.dump_stats(), now=daemon.clock(), clients=len(hub.clients),
-                        gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total)
+                        dumps=daemon.dump_stats(), now=now, clients=len(hub.clients),
+                        gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total,
+                        xfrm_stat=xfrm_stat)
     body = await scrape(request.app[CORRELATOR], mon, request.app[SETTINGS].metrics_tunnels)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -65,6 +65,8 @@ class MonitorSample(NamedTuple):
     gaps: int
     dropped: int
     stalled: int
+    #: ``/proc/net/xfrm_stat`` per netns, the kernel's counter names (``XfrmInNoPols`` ...).
+    xfrm_stat: Mapping[str, Mapping[str, int]] = {}
 
 
 class Gathered(NamedTuple):
@@ -250,6 +252,7 @@ _HELP = {
     "ipsec_tunnel_integrity_errors": (_C, "Packets failing the integrity check."),
     "ipsec_tunnels": (_G, "Tunnels per health state (exported whatever metrics_tunnels says)."),
     "ipsec_monitor_enobufs": (_C, "ENOBUFS overruns of the netlink socket."),
+    "ipsec_xfrm_stat": (_C, "The kernel's /proc/net/xfrm_stat counters per netns (counter: the kernel's name)."),
     "ipsec_monitor_resyncs": (_C, "Full resync dump cycles run after overruns (several overruns in one cycle: one)."),
     "ipsec_monitor_event_loop_lag_seconds": (_G, "Max event-loop lag over the last few seconds."),
     "ipsec_monitor_last_dump_duration_seconds": (_G, "Duration of the last full dump."),
@@ -303,6 +306,9 @@ def _monitor_text(m: MonitorSample, counts: Mapping[tuple[str, str], int]) -> li
     out += [f'ipsec_monitor_enobufs_total{{netns="{e}"}} {f(float(m.enobufs.get(ns, 0)))}\n' for ns, e in namespaces]
     out.append(_head("ipsec_monitor_resyncs"))
     out += [f'ipsec_monitor_resyncs_total{{netns="{e}"}} {f(float(m.resyncs.get(ns, 0)))}\n' for ns, e in namespaces]
+    out.append(_head("ipsec_xfrm_stat"))
+    out += [f'ipsec_xfrm_stat_total{{counter="{escape(c)}",netns="{escape(ns)}"}} {f(float(v))}\n'
+            for ns, counters in sorted(m.xfrm_stat.items()) for c, v in sorted(counters.items())]
     out.append(_head("ipsec_monitor_event_loop_lag_seconds"))
     out.append(f"ipsec_monitor_event_loop_lag_seconds {f(float(m.lag))}\n")
     dumps = sorted(m.dumps.items())

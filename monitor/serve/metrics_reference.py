@@ -72,6 +72,11 @@ class MonitorCollector:
             resyncs.add_metric([ns], float(m.resyncs.get(ns, 0)))
         yield enobufs
         yield resyncs
+        stat = fam("ipsec_xfrm_stat", ["counter", "netns"])
+        for ns, counters in sorted(m.xfrm_stat.items()):
+            for c, v in sorted(counters.items()):
+                stat.add_metric([c, ns], float(v))
+        yield stat
         yield fam("ipsec_monitor_event_loop_lag_seconds", value=m.lag)
         dur = fam("ipsec_monitor_last_dump_duration_seconds", ["netns"])
         age = fam("ipsec_monitor_last_dump_age_seconds", ["netns"])

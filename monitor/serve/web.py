@@ -34,6 +34,8 @@ from monitor.serve.handlers import (
     healthz_handler,
     host_allowed,
     metrics_handler,
+    netns_handler,
+    netns_list_handler,
     tunnel_handler,
     tunnels_handler,
 )
@@ -174,6 +176,8 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
     app.router.add_get("/api/v1/tunnels/{id}", tunnel_handler)
     app.router.add_get("/api/v1/events", events_handler)
+    app.router.add_get("/api/v1/netns", netns_list_handler)
+    app.router.add_get("/api/v1/netns/{name}", netns_handler)
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/metrics", metrics_handler)
     if (STATIC_DIR / "index.html").is_file():
