@@ -33,10 +33,12 @@ def _drive(proc: subprocess.Popen[str]) -> None:
         while True:
             with urllib.request.urlopen(m.group(1) + "healthz", timeout=5) as r:
                 body = orjson.loads(r.read())
-            if body["netns"] or time.monotonic() > deadline:
+            if body["netns"]:
                 break
+            assert time.monotonic() < deadline, f"no netns in /healthz within 15 s: {body}"
             time.sleep(0.2)
         validate("healthz.json", body)
+        assert "sim" in body["netns"], body["netns"]  # the simulated fleet's namespace was seen
         assert body["status"] == "ok"
         assert body["source"]["kind"] == "simulate"
         proc.send_signal(signal.SIGINT)
