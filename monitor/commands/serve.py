@@ -49,11 +49,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--metrics-tunnels", choices=("all", "unhealthy", "none"),
                    help="per-tunnel series on /metrics: all (default), unhealthy (not up/rekeying), none "
                         "[env MONITOR_METRICS_TUNNELS]")
+    p.add_argument("--events-log", metavar="FILE|-",
+                   help="write every health event as one JSON line to FILE (- for stdout) [env MONITOR_EVENTS_LOG]")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
-              "tunnels", "seed", "log_level", "metrics_tunnels")
+              "tunnels", "seed", "log_level", "metrics_tunnels", "events_log")
 
 
 #: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).

@@ -81,6 +81,8 @@ class Settings:
     metrics_tunnels: str = "all"
     #: Log level: debug, info, warning, error.
     log_level: str = "info"
+    #: Write every health event as one JSON line to this file (``-``: standard output) for log pipelines.
+    events_log: str | None = None
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).

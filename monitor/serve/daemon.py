@@ -181,6 +181,8 @@ class Daemon:
         self._publish_handle: asyncio.Handle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.gc = LoadGc()
+        #: Set by create_app when ``events_log`` is configured (monitor.serve.eventlog.EventLog).
+        self.events_log: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -328,6 +330,8 @@ class Daemon:
         dirty = self.correlator.take_dirty()
         if events:
             self.hub.publish_events(events)
+            if self.events_log is not None:
+                self.events_log.write(events)
             touched = {t for t in (_tunnel_of(e) for e in events) if t}
             self.hub.publish_tunnels_soon(touched, now)
         if dirty:

@@ -21,6 +21,7 @@ from monitor.errors import ConfigError
 from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
 from monitor.serve.config import Settings
 from monitor.serve.daemon import Daemon
+from monitor.serve.eventlog import EventLog
 from monitor.serve.handlers import (
     CORRELATOR,
     DAEMON,
@@ -122,6 +123,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     yield
     await _close_websockets(app)  # normally done by on_shutdown already; a no-op then
     await daemon.stop()
+    if daemon.events_log is not None:
+        daemon.events_log.close()
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -160,6 +163,11 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     daemon = Daemon(src, pipeline, correlator, hub, kind=str(kind),
                     counters_interval=settings.counters_interval)
     hub.clock = daemon.clock
+    if settings.events_log:
+        try:
+            daemon.events_log = EventLog(settings.events_log)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the events log {settings.events_log!r}: {exc.strerror}") from None
     app = web.Application(middlewares=[auth_middleware])
     app[SETTINGS] = settings
     app[HUB] = hub
