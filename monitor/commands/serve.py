@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -49,17 +50,40 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--metrics-tunnels", choices=("all", "unhealthy", "none"),
                    help="per-tunnel series on /metrics: all (default), unhealthy (not up/rekeying), none "
                         "[env MONITOR_METRICS_TUNNELS]")
+    p.add_argument("--tls-cert", metavar="PEM",
+                   help="serve HTTPS/WSS with this certificate chain [env MONITOR_TLS_CERT]")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key [env MONITOR_TLS_KEY]")
     p.add_argument("--events-log", metavar="FILE|-",
                    help="write every health event as one JSON line to FILE (- for stdout) [env MONITOR_EVENTS_LOG]")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
-              "tunnels", "seed", "log_level", "metrics_tunnels", "events_log")
+              "tunnels", "seed", "log_level", "metrics_tunnels", "events_log", "tls_cert",
+              "tls_key")
 
 
 #: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).
 OPEN_TIMEOUT = 10.0
+
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context (TLS 1.2 or newer) with the chain and key loaded."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def reload_tls(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    """SIGHUP: load a renewed certificate into the live context (new connections get it); a bad file is
+    logged and the old certificate stays."""
+    try:
+        ctx.load_cert_chain(cert, key)
+        log.info("TLS certificate reloaded from %s", cert)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("TLS certificate reload failed, keeping the old one: %s", exc)
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -93,7 +117,14 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         if daemon.state == "failed" and daemon.items == 0:
             print(f"monitor serve: error: {daemon.error_text}", file=sys.stderr)
             return 2
-        site = web.TCPSite(runner, settings.host, settings.port)
+        ssl_context = None
+        if settings.tls_cert and settings.tls_key:
+            try:
+                ssl_context = tls_context(settings.tls_cert, settings.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                print(f"monitor serve: error: cannot load the TLS certificate or key: {exc}", file=sys.stderr)
+                return 2
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
@@ -104,13 +135,16 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         sockets = getattr(server, "sockets", None) or []
         host, port = sockets[0].getsockname()[:2] if sockets else (settings.host, settings.port)
         shown = f"[{host}]" if ":" in str(host) else host
-        print(f"monitor serve: listening on http://{shown}:{port}/ (source {settings.source})",
+        scheme = "https" if ssl_context is not None else "http"
+        print(f"monitor serve: listening on {scheme}://{shown}:{port}/ (source {settings.source})",
               file=sys.stderr, flush=True)
         if ready is not None:
             ready(host, port)
         stop = asyncio.Event()
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        if ssl_context is not None and settings.tls_cert and settings.tls_key:
+            loop.add_signal_handler(signal.SIGHUP, reload_tls, ssl_context, settings.tls_cert, settings.tls_key)
         stopper = asyncio.create_task(stop.wait())
         failer = asyncio.create_task(daemon.failed.wait())
         try:
@@ -124,7 +158,7 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
             for t in (stopper, failer):
                 t.cancel()
     finally:
-        for sig in signals:
+        for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
             await runner.cleanup()

@@ -81,6 +81,9 @@ class Settings:
     metrics_tunnels: str = "all"
     #: Log level: debug, info, warning, error.
     log_level: str = "info"
+    #: TLS: a PEM certificate chain and its private key; both set = HTTPS and WSS (reloaded on SIGHUP).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     #: Write every health event as one JSON line to this file (``-``: standard output) for log pipelines.
     events_log: str | None = None
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
@@ -152,6 +155,7 @@ def _validate(s: Settings) -> None:
     need(s.token is None or (len(s.token) >= 8 and not any(c.isspace() for c in s.token)),
          "token must be at least 8 characters without whitespace")
     need(not (s.all_netns and s.netns), "netns and all_netns are mutually exclusive")
+    need((s.tls_cert is None) == (s.tls_key is None), "tls_cert and tls_key go together: set both or neither")
     for o in s.allowed_origins:
         need("://" in o, f"allowed_origins entries look like 'https://host:port', got {o!r}")
     ProberConfig.from_mapping(s.prober)  # raises ConfigError on a bad [prober] table

@@ -46,6 +46,9 @@ from monitor.sources.items import Source
 
 log = logging.getLogger(__name__)
 
+#: ``Sec-WebSocket-Protocol`` entry that carries the token (the handshake selects ``monitor.v1``).
+BEARER_PROTOCOL = "bearer."
+
 STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_PATHS = ("/", "/favicon.ico")
 
@@ -102,6 +105,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             given = header[7:].strip()
         elif "token" in request.query:
             given = request.query["token"]
+        else:  # a browser websocket cannot set headers but can offer subprotocols: "bearer.<token>"
+            for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+                if proto.strip().startswith(BEARER_PROTOCOL):
+                    given = proto.strip()[len(BEARER_PROTOCOL):]
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             return error(401, "unauthorized", "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
     try:

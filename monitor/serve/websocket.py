@@ -20,6 +20,7 @@ from monitor.serve.hub import Hub
 from monitor.serve.protocol import SCHEMA, dumps
 
 CLOSE_STALLED = 4008
+SUBPROTOCOL = "monitor.v1"
 MAX_DETAIL_IDS = 1000
 
 
@@ -32,8 +33,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     snap_raw = request.query.get("snapshot")
     snapshot = None if snap_raw is None else snap_raw not in ("0", "false", "no")
     settings, hub = request.app[SETTINGS], request.app[HUB]
+    # "monitor.v1" is selected when a client offers it (a browser passing its token as the subprotocol
+    # "bearer.<token>" must offer it too: the handshake has to select one of the offered protocols)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024, compress=False,
-                               timeout=settings.close_grace)
+                               timeout=settings.close_grace, protocols=(SUBPROTOCOL,))
     await ws.prepare(request)
     transport = request.transport
     request.app[SOCKETS].add(ws)
