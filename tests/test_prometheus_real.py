@@ -22,6 +22,7 @@ from monitor.serve.web import create_app
 pytestmark = pytest.mark.external
 
 PROMETHEUS = shutil.which("prometheus")
+CAPTURE = Path(__file__).parent / "data" / "vm-run-2026-11-26" / "monitor-a.pcap"
 PROMTOOL = shutil.which("promtool")
 
 
@@ -63,13 +64,20 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus)")
 async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tmp_path: Path) -> None:
-    """A real Prometheus scraping us every second: the target goes up and our series are queryable."""
+    """A real Prometheus scraping us every second: the target goes up, our series are queryable, every tunnel
+    has exactly one active state, and what Prometheus stored from a static source (a replayed capture, at
+    its end) equals what the same server says on /api/v1/tunnels (issue 17 item 3)."""
+    static_app = create_app(Settings(source=f"replay:{CAPTURE}", speed=0, port=0))
+    static = TestServer(static_app, host="127.0.0.1", port=0)
+    await static.start_server()
     port = _free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: ipsec\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{monitor_server.port}']\n"
+        "  - job_name: static\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{static.port}']\n"
     )
     log = tmp_path / "prometheus.log"
     with log.open("wb") as logf:
@@ -91,19 +99,29 @@ async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tm
                         targets = (await r.json())["data"]["activeTargets"]
                     seen = [(t["health"], t.get("lastError")) for t in targets]
                     async with s.get(f"{base}/api/v1/query",
-                                     params={"query": 'ipsec_tunnel_bytes_total{direction="in"}'}) as r:
+                                     params={"query": 'ipsec_tunnel_bytes_total{direction="in",job="ipsec"}'}) as r:
                         result = (await r.json())["data"]["result"]
+                    async with s.get(f"{base}/api/v1/query",
+                                     params={"query": 'ipsec_tunnel_bytes_total{job="static"}'}) as r:
+                        static_bytes = (await r.json())["data"]["result"]
                 except (aiohttp.ClientError, KeyError):
-                    result = []
-                if result and seen and seen[0][0] == "up":
+                    result = static_bytes = []
+                if result and static_bytes and seen and all(h == "up" for h, _ in seen):
                     break
                 await asyncio.sleep(0.5)
-            async with s.get(f"{base}/api/v1/query", params={"query": "ipsec_tunnel_state == 1"}) as r:
+            async with s.get(f"{base}/api/v1/query",
+                             params={"query": 'count by (id) (ipsec_tunnel_state{job="ipsec"} == 1)'}) as r:
                 states = (await r.json())["data"]["result"]
+            async with s.get(f"{base}/api/v1/query",
+                             params={"query": 'ipsec_tunnel_state{job="static"} == 1'}) as r:
+                static_states = (await r.json())["data"]["result"]
+            async with s.get(static.make_url("/api/v1/tunnels")) as r:
+                static_rest = {t["id"]: t for t in (await r.json())["tunnels"]}
             async with s.get(f"{base}/api/v1/query",
                              params={"query": "ipsec_monitor_event_loop_lag_seconds"}) as r:
                 lag = (await r.json())["data"]["result"]
     finally:
+        await static.close()
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -111,6 +129,12 @@ async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tm
             proc.kill()
             proc.wait()
     assert len(result) >= 8
-    assert set(result[0]["metric"]) >= {"netns", "reqid", "local", "remote", "direction", "job", "instance"}
-    assert len(states) >= 8, "every tunnel has exactly one state set"
+    assert set(result[0]["metric"]) >= {"id", "netns", "reqid", "local", "remote", "direction", "job", "instance"}
+    assert len(states) >= 8
+    assert {s["value"][1] for s in states} == {"1"}, "every tunnel has exactly one active state"
+    assert static_rest
+    stored = {(b["metric"]["id"], b["metric"]["direction"]): int(float(b["value"][1])) for b in static_bytes}
+    assert stored == {(tid, d): t[f"bytes_{d}"] for tid, t in static_rest.items() for d in ("in", "out")}
+    assert {s["metric"]["id"]: s["metric"]["state"] for s in static_states} == {
+        tid: t["state"] for tid, t in static_rest.items()}
     assert lag, "event loop lag gauge stored"
