@@ -209,3 +209,60 @@ async def test_dashboard_assembles_chunked_snapshots_and_caps_rows(
             await page.ws.close()
     finally:
         server.stop()
+
+
+def _bytes_text(n: int) -> str:
+    """The dashboard's byte format, written here from its definition (binary units, one decimal)."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    v, i = float(n), 0
+    while v >= 1024 and i < len(units) - 1:
+        v /= 1024
+        i += 1
+    return f"{v:.0f} {units[i]}" if i == 0 else f"{v:.1f} {units[i]}"
+
+
+def _rate_text(bps: float) -> str:
+    """The dashboard's rate format: bytes per second shown in bit/s, decimal units."""
+    units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s"]
+    v, i = bps * 8, 0
+    while v >= 1000 and i < len(units) - 1:
+        v /= 1000
+        i += 1
+    return f"{v:.0f} {units[i]}" if i == 0 else f"{v:.2f} {units[i]}" if v < 10 else f"{v:.1f} {units[i]}"
+
+
+ROW_VALUES = ("JSON.stringify([...document.querySelectorAll('#tunnels tbody tr.tunnel')].map(r => ({"
+              "id: r.dataset.id, state: r.dataset.state, sub: r.querySelector('.sub').textContent, "
+              "rin: r.querySelector('.rate-in').textContent, rout: r.querySelector('.rate-out').textContent, "
+              "tin: r.querySelector('.rate-in').title, tout: r.querySelector('.rate-out').title})))")
+
+
+async def test_dashboard_values_equal_rest(browser: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    """Issue 17 item 4: what the page shows equals /api/v1/tunnels at the same moment, on a static source
+    (the committed VM run replayed to its end): row ids, states, remotes, rates and byte totals."""
+    devtools, _ = browser
+    port = free_port()
+    server = SimServer(port, tmp_path / "serve.log")
+    capture = Path(__file__).parent / "data" / "vm-run-2026-11-26" / "monitor-a.pcap"
+    server.args = [*server.args[:5], f"replay:{capture}", "--host", "127.0.0.1", "--port", str(port), "--speed", "0"]
+    server.start()
+    try:
+        rest = {t["id"]: t for t in server.get("/api/v1/tunnels")["tunnels"]}
+        assert rest
+        async with aiohttp.ClientSession() as session:
+            page = await open_page(session, devtools, f"http://127.0.0.1:{port}/")
+            await page.wait("the rows", f"{ROWS} === {len(rest)}")
+            rows = json.loads(await page.js(ROW_VALUES))
+            page.reader.cancel()
+            await page.ws.close()
+    finally:
+        server.stop()
+    assert {r["id"] for r in rows} == set(rest)
+    for r in rows:
+        t = rest[r["id"]]
+        assert r["state"] == t["state"]
+        assert f"{t['local']} ⇄ {t['remote']}" in r["sub"]
+        assert r["rin"] == _rate_text(t["rate_in_bps"])
+        assert r["rout"] == _rate_text(t["rate_out_bps"])
+        assert r["tin"].startswith(f"{_bytes_text(t['bytes_in'])} in total")
+        assert r["tout"].startswith(f"{_bytes_text(t['bytes_out'])} in total")
