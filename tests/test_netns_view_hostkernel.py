@@ -84,6 +84,7 @@ def test_xfrm_stat_hint_is_visible_over_rest_and_metrics(tmp_path: Path) -> None
         assert float(line.group(1)) >= 1
         with pytest.raises(urllib.error.HTTPError) as exc:
             _get(base, "api/v1/netns/no-such-netns")
+        exc.value.close()  # the error holds the response (and its socket) open
         assert exc.value.code == 404
     finally:
         if proc is not None:
