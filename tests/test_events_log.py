@@ -7,45 +7,18 @@ same process serves on ``/api/v1/events``. A full disk (``/dev/full``) loses the
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.serve_process import Serve
 from tests.test_web_fakes import validate
 
 
-def _start(*args: str, stdout: Any = subprocess.DEVNULL) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--source", "simulate", "--tunnels", "8",
-                             "--speed", "60", "--port", "0", *args], stderr=subprocess.PIPE, stdout=stdout,
-                            text=True, env=env)
-    assert proc.stderr is not None
-    early: list[str] = []
-    for _ in range(20):  # log lines may come first (the first events are written before the port opens)
-        early.append(proc.stderr.readline())
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", early[-1])
-        if m:
-            EARLY[proc.pid] = "".join(early)
-            return proc, m.group(1)
-    raise AssertionError("".join(early))
-
-
-EARLY: dict[int, str] = {}
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=15) == 0
-    assert proc.stderr is not None
-    rest = proc.stderr.read()
-    proc.stderr.close()
-    return EARLY.pop(proc.pid, "") + rest
+def _start(*args: str, stdout: Any = subprocess.DEVNULL) -> Serve:
+    return Serve("--source", "simulate", "--tunnels", "8", "--speed", "60", *args, stdout=stdout)
 
 
 def _rest_events(base: str) -> list[dict[str, Any]]:
@@ -55,7 +28,8 @@ def _rest_events(base: str) -> list[dict[str, Any]]:
 
 def test_events_log_file_holds_the_served_events(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    proc, base = _start("--events-log", str(path))
+    serve = _start("--events-log", str(path))
+    base = serve.base
     try:
         deadline = time.monotonic() + 30
         while len(path.read_text().splitlines()) < 30:
@@ -63,7 +37,7 @@ def test_events_log_file_holds_the_served_events(tmp_path: Path) -> None:
             time.sleep(0.2)
         served = {e["seq"]: e for e in _rest_events(base)}
     finally:
-        rest = _stop(proc)
+        rest = serve.stop()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     for ev in lines:
         validate("event.json", ev)
@@ -76,16 +50,16 @@ def test_events_log_file_holds_the_served_events(tmp_path: Path) -> None:
 
 
 def test_events_log_to_stdout() -> None:
-    proc, _ = _start("--events-log", "-", stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    first = json.loads(proc.stdout.readline())
+    serve = _start("--events-log", "-", stdout=subprocess.PIPE)
+    assert serve.proc.stdout is not None
+    first = json.loads(serve.proc.stdout.readline())
     validate("event.json", first)
-    _stop(proc)
-    proc.stdout.close()
+    serve.stop()
 
 
 def test_a_full_disk_loses_the_log_not_the_monitor() -> None:
-    proc, base = _start("--events-log", "/dev/full")
+    serve = _start("--events-log", "/dev/full")
+    base = serve.base
     try:
         deadline = time.monotonic() + 30
         while len(_rest_events(base)) < 10:
@@ -94,6 +68,6 @@ def test_a_full_disk_loses_the_log_not_the_monitor() -> None:
         with urllib.request.urlopen(base + "healthz", timeout=5) as r:
             assert json.loads(r.read())["status"] == "ok"
     finally:
-        rest = _stop(proc)
+        rest = serve.stop()
     warnings = [line for line in rest.splitlines() if "events log /dev/full: write failed" in line]
     assert len(warnings) == 1, rest  # said once, not once per batch

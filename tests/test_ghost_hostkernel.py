@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.serve_process import Serve, until
 
 pytestmark = pytest.mark.hostkernel
 
@@ -35,23 +33,12 @@ def _tunnels(base: str) -> list[dict[str, Any]]:
         return list(json.loads(r.read())["tunnels"])
 
 
-def _until(what: str, cond: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-
-
 def test_policy_only_tunnel_leaves_with_its_policies(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2")
     ns = f"mon-ghost-{os.getpid()}"
     _ip("netns", "add", ns)
-    proc = None
+    serve: Serve | None = None
     try:
         for d in ("out", "in", "fwd"):
             src, dst = ("10.1.0.0/16", "10.2.0.0/16") if d == "out" else ("10.2.0.0/16", "10.1.0.0/16")
@@ -60,18 +47,9 @@ def test_policy_only_tunnel_leaves_with_its_policies(tmp_path: Path) -> None:
                 "tmpl", "src", tsrc, "dst", tdst, "proto", "esp", "reqid", "7", "mode", "tunnel")
         config = tmp_path / "monitor.toml"
         config.write_text("interval = 1\n[health]\nforget_after = 3600\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-        proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--config", str(config), "--netns", ns,
-                                 "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
-        assert proc.stderr is not None
-        m = None
-        for _ in range(20):  # an INFO line or two ("watching netns ...") come first
-            m = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", proc.stderr.readline())
-            if m:
-                break
-        assert m
-        base = m.group(1)
-        (t,) = _until("the policy-only tunnel", lambda: _tunnels(base))
+        serve = Serve("--config", str(config), "--netns", ns)
+        base = serve.base
+        (t,) = until("the policy-only tunnel", lambda: _tunnels(base))
         assert t["state"] == "down"
         assert t["reqid"] == 7
         assert [r["code"] for r in t["reasons"]] == ["no_sa"]
@@ -79,15 +57,8 @@ def test_policy_only_tunnel_leaves_with_its_policies(tmp_path: Path) -> None:
             src, dst = ("10.1.0.0/16", "10.2.0.0/16") if d == "out" else ("10.2.0.0/16", "10.1.0.0/16")
             _ip("-n", ns, "xfrm", "policy", "delete", "src", src, "dst", dst, "dir", d)
         # gone within a few dump intervals, not after forget_after (an hour)
-        _until("the tunnel to leave", lambda: _tunnels(base) == [], timeout=15)
+        until("the tunnel to leave", lambda: _tunnels(base) == [], timeout=15)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
+        if serve is not None:
+            serve.stop()
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)

@@ -10,15 +10,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.serve_process import Serve, until
 
 pytestmark = pytest.mark.hostkernel
 
@@ -33,23 +32,12 @@ def _get(base: str, path: str) -> Any:
     return json.loads(body) if path.startswith("api/") else body.decode()
 
 
-def _until(what: str, cond: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-
-
 def test_xfrm_stat_hint_is_visible_over_rest_and_metrics(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("ping") is None:
         pytest.skip("needs root, iproute2 and ping")
     ns = f"mon-nsview-{os.getpid()}"
     _ip("netns", "add", ns)
-    proc = None
+    serve: Serve | None = None
     try:
         _ip("-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
         _ip("-n", ns, "addr", "add", "192.0.2.1/24", "dev", "v0")
@@ -59,22 +47,13 @@ def test_xfrm_stat_hint_is_visible_over_rest_and_metrics(tmp_path: Path) -> None
             "action", "block")
         config = tmp_path / "monitor.toml"
         config.write_text("interval = 0.5\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-        proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--config", str(config), "--netns", ns,
-                                 "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
-        assert proc.stderr is not None
-        m = None
-        for _ in range(20):
-            m = re.search(r"listening on (http://127\.0\.0\.1:\d+/)", proc.stderr.readline())
-            if m:
-                break
-        assert m
-        base = m.group(1)
+        serve = Serve("--config", str(config), "--netns", ns)
+        base = serve.base
         # the first reading is the baseline: wait for it, then send traffic into the block policy
-        _until("a first xfrm_stat reading", lambda: (_get(base, f"api/v1/netns/{ns}")["netns"] or {}).get("xfrm_stat"))
+        until("a first xfrm_stat reading", lambda: (_get(base, f"api/v1/netns/{ns}")["netns"] or {}).get("xfrm_stat"))
         subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "192.0.2.99"],
                        capture_output=True, timeout=30, check=False)
-        doc = _until("the XfrmOutPolBlock hint", lambda: next(
+        doc = until("the XfrmOutPolBlock hint", lambda: next(
             (d for d in _get(base, "api/v1/netns")["netns"]
              if d["netns"] == ns and "XfrmOutPolBlock" in {h["code"] for h in d["hints"]}), None))
         assert doc["xfrm_stat"]["XfrmOutPolBlock"] >= 1
@@ -87,13 +66,6 @@ def test_xfrm_stat_hint_is_visible_over_rest_and_metrics(tmp_path: Path) -> None
         exc.value.close()  # the error holds the response (and its socket) open
         assert exc.value.code == 404
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
+        if serve is not None:
+            serve.stop()
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)

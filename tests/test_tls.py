@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+
+from tests.serve_process import Serve
 
 TOKEN = "tls-test-token-0123456789"
 
@@ -60,16 +59,11 @@ async def test_https_wss_token_subprotocol_and_sighup_reload(pki: Path) -> None:
     cert, key = pki / "live.pem", pki / "live.key"
     shutil.copy(pki / "server.pem", cert)
     shutil.copy(pki / "server.key", key)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    env["MONITOR_TOKEN"] = TOKEN
-    proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--source", "simulate", "--tunnels", "4",
-                             "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    serve = Serve("--source", "simulate", "--tunnels", "4", "--tls-cert", str(cert), "--tls-key", str(key),
+                  env={"MONITOR_TOKEN": TOKEN})
+    proc = serve.proc
     try:
-        assert proc.stderr is not None
-        m = re.search(r"listening on https://127\.0\.0\.1:(\d+)/", proc.stderr.readline())
-        assert m
-        port = int(m.group(1))
+        port = int(serve.base.rsplit(":", 1)[1].rstrip("/"))
         base = f"https://127.0.0.1:{port}"
         # curl, verifying against the test CA
         out = subprocess.run(["curl", "-sS", "--fail", "--cacert", str(pki / "ca.pem"), "-H",
@@ -103,11 +97,4 @@ async def test_https_wss_token_subprotocol_and_sighup_reload(pki: Path) -> None:
         assert await asyncio.to_thread(_serial, port, pki / "ca.pem") == 0x2002
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        serve.stop()
