@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monitor.health.engine import INF, NLM_MULTI, DumpKind
-from monitor.health.lifecycle import Lifecycle
+from monitor.health.checkpoint import Checkpointing
 from monitor.health.model import (
     STATE_CHANGED,
     TUNNEL_DOWN,
@@ -67,7 +67,7 @@ from monitor.wire.events import (
 __all__ = ["Correlator", "DumpKind"]
 
 
-class Correlator(Lifecycle):
+class Correlator(Checkpointing):
     """Pure tunnel health state machine. See the module docstring for the rules."""
 
     def __init__(self, config: HealthConfig | None = None) -> None:
@@ -335,6 +335,8 @@ class Correlator(Lifecycle):
             for t in order:
                 if t.id in tunnels:
                     settle(t, now, True)
+        if ok and self._restore and ns.name in self._restore:
+            self._restore_netns(ns, now)
         if ok and (initial or resync):
             self._seq += 1
             self._events.append(HealthEvent(self._seq, now + self.wall_skew, "resync", None, ns.name, {
