@@ -7,7 +7,8 @@
     │   ├── PermissionDenied        no CAP_NET_ADMIN in the target netns
     │   ├── XfrmUnsupported         the kernel has no NETLINK_XFRM (CONFIG_XFRM_USER unset)
     │   └── NetnsNotFound           a named network namespace does not exist
-    └── ConfigError             local: a bad setting, flag or config file
+    ├── ConfigError             local: a bad setting, flag or config file
+    └── HistoryError            local: the history store cannot be used (the monitor runs on without it)
 
 Decoding raises ``MalformedMessage`` and nothing else, whatever the input bytes are.
 """
@@ -45,3 +46,7 @@ class NetnsNotFound(SourceError):
 
 class ConfigError(MonitorError, ValueError):
     """An invalid setting, from flags, environment variables or the TOML config file."""
+
+
+class HistoryError(MonitorError):
+    """The history database cannot be opened or written: corrupt, from a newer schema, unwritable."""

@@ -64,3 +64,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test tier must run: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every ``monitor`` process it starts) gets a fresh, empty history directory: no test
+    writes /var/lib/ipsec-monitor or sees another test's history. systemd's ``STATE_DIRECTORY`` (the
+    default's first choice after ``MONITOR_STATE_DIR``) survives the tests' removal of ``MONITOR_*``."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))

@@ -82,7 +82,9 @@ def test_same_sas_continue_from_their_checkpoint_without_counting_twice() -> Non
     assert j["state"] == cp.state == "up"
     assert abs(j["since"] - cp.since) < 1e-6  # kept across the restart, in wall time
     types = [e.type for e in events]
-    assert "tunnel_up" not in types and "tunnel_down" not in types and "counters_gap" not in types
+    assert "tunnel_up" not in types
+    assert "tunnel_down" not in types
+    assert "counters_gap" not in types
     assert all(e.seq > seq for e in events)  # seq continues
     assert c2.seq > seq
 
@@ -97,9 +99,13 @@ def test_changed_sa_pair_is_an_inferred_rekey_and_a_counters_gap() -> None:
     assert j["rekeys"] == 2
     assert j["last_rekey"]["inferred"] is True
     gap = [e for e in events if e.type == "counters_gap"]
-    assert len(gap) == 1 and gap[0].detail["spis"] == ["0x00001001", "0x00002001"] and gap[0].detail["inferred"]
+    assert len(gap) == 1
+    assert gap[0].detail["spis"] == ["0x00001001", "0x00002001"]
+    assert gap[0].detail["inferred"]
     rk = [e for e in events if e.type == "rekey_completed"]
-    assert len(rk) == 1 and rk[0].detail["inferred"] and rk[0].detail["new_spis"] == ["0x00001002", "0x00002002"]
+    assert len(rk) == 1
+    assert rk[0].detail["inferred"]
+    assert rk[0].detail["new_spis"] == ["0x00001002", "0x00002002"]
     assert "tunnel_down" not in [e.type for e in events]
 
 
@@ -110,7 +116,8 @@ def test_down_at_shutdown_and_still_down_keeps_its_since_and_says_nothing() -> N
     cps, seq = checkpoint_of(c1)
     assert cps[0].state == "down"
     _, events, j = second_run(cps, seq, [])
-    assert j is not None and j["state"] == "down"
+    assert j is not None
+    assert j["state"] == "down"
     assert j["since"] == SKEW1 + 1.0
     assert [e.type for e in events if e.tunnel] == []
 
@@ -121,7 +128,9 @@ def test_up_at_shutdown_and_gone_now_goes_down_inferred_and_is_reported_gone() -
     c2, events, j = second_run(cps, seq, [], policies=False)
     assert j is None
     downs = [e for e in events if e.type == "tunnel_down"]
-    assert len(downs) == 1 and downs[0].tunnel == cps[0].id and downs[0].detail["inferred"]
+    assert len(downs) == 1
+    assert downs[0].tunnel == cps[0].id
+    assert downs[0].detail["inferred"]
     _, gone = c2.checkpoint(c2.take_dirty())
     assert gone == [cps[0].id]
     assert c2.restoring == 0
@@ -134,9 +143,11 @@ def test_down_at_shutdown_and_up_now_is_an_inferred_tunnel_up() -> None:
     cps, seq = checkpoint_of(c1)
     i, o = sa_pair(5, SKEW2 + 2, 10, 20)
     _, events, j = second_run(cps, seq, [i, o])
-    assert j is not None and j["state"] != "down"
+    assert j is not None
+    assert j["state"] != "down"
     ups = [e for e in events if e.type == "tunnel_up"]
-    assert len(ups) == 1 and ups[0].detail["inferred"]
+    assert len(ups) == 1
+    assert ups[0].detail["inferred"]
     assert (j["bytes_in"], j["bytes_out"]) == (10, 20)
 
 

@@ -55,12 +55,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key [env MONITOR_TLS_KEY]")
     p.add_argument("--events-log", metavar="FILE|-",
                    help="write every health event as one JSON line to FILE (- for stdout) [env MONITOR_EVENTS_LOG]")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="directory of the history database (default: $STATE_DIRECTORY, /var/lib/ipsec-monitor "
+                        "as root) [env MONITOR_STATE_DIR]")
+    p.add_argument("--no-history", action="store_const", const="off", dest="history",
+                   help="keep no history (on by default for the kernel source) [env MONITOR_HISTORY=off]")
+    p.add_argument("--history", action="store_const", const="on", dest="history",
+                   help="keep history for a replayed or simulated source too (needs no --state-dir)")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
               "tunnels", "seed", "log_level", "metrics_tunnels", "events_log", "tls_cert",
-              "tls_key")
+              "tls_key", "state_dir", "history")
 
 
 #: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).
@@ -138,6 +145,8 @@ async def serve(settings: Settings, *, ready: Any = None) -> int:
         scheme = "https" if ssl_context is not None else "http"
         print(f"monitor serve: listening on {scheme}://{shown}:{port}/ (source {settings.source})",
               file=sys.stderr, flush=True)
+        if daemon.history is not None:
+            daemon.history.report()
         if ready is not None:
             ready(host, port)
         stop = asyncio.Event()

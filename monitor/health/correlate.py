@@ -37,8 +37,8 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.health.engine import INF, NLM_MULTI, DumpKind
 from monitor.health.checkpoint import Checkpointing
+from monitor.health.engine import INF, NLM_MULTI, DumpKind
 from monitor.health.model import (
     STATE_CHANGED,
     TUNNEL_DOWN,

@@ -86,6 +86,14 @@ class Settings:
     tls_key: str | None = None
     #: Write every health event as one JSON line to this file (``-``: standard output) for log pipelines.
     events_log: str | None = None
+    #: History store: ``auto`` (on for the kernel source, and for any source given a ``state_dir``), ``on``, ``off``.
+    history: str = "auto"
+    #: Directory of the history database (default: systemd's ``$STATE_DIRECTORY``, else
+    #: ``/var/lib/ipsec-monitor`` as root, else ``~/.local/state/ipsec-monitor``).
+    state_dir: str | None = None
+    #: History retention: seconds kept (default 30 days) and the database's size cap in bytes (default 1 GiB).
+    history_max_age: float = 30 * 86_400.0
+    history_max_bytes: int = 1 << 30
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).
@@ -104,6 +112,13 @@ class Settings:
         """The capture file of a ``replay:FILE`` source, else None."""
         kind, _, rest = self.source.partition(":")
         return Path(rest) if kind == "replay" else None
+
+    @property
+    def history_enabled(self) -> bool:
+        """Whether the history store is used (``auto``: for a live kernel, or wherever ``state_dir`` is set)."""
+        if self.history == "auto":
+            return self.source_kind == "kernel" or self.state_dir is not None
+        return self.history == "on"
 
     @property
     def effective_stale_after(self) -> float:
@@ -155,6 +170,9 @@ def _validate(s: Settings) -> None:
     need(s.token is None or (len(s.token) >= 8 and not any(c.isspace() for c in s.token)),
          "token must be at least 8 characters without whitespace")
     need(not (s.all_netns and s.netns), "netns and all_netns are mutually exclusive")
+    need(s.history in ("auto", "on", "off"), f"history must be auto, on or off, got {s.history!r}")
+    need(s.history_max_age > 0, f"history_max_age must be > 0 seconds, got {s.history_max_age}")
+    need(s.history_max_bytes >= 1 << 20, f"history_max_bytes must be at least 1 MiB, got {s.history_max_bytes}")
     need((s.tls_cert is None) == (s.tls_key is None), "tls_cert and tls_key go together: set both or neither")
     for o in s.allowed_origins:
         need("://" in o, f"allowed_origins entries look like 'https://host:port', got {o!r}")

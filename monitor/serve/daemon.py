@@ -183,6 +183,8 @@ class Daemon:
         self.gc = LoadGc()
         #: Set by create_app when ``events_log`` is configured (monitor.serve.eventlog.EventLog).
         self.events_log: Any = None
+        #: Set by create_app when the history store is on (monitor.serve.history.HistoryService).
+        self.history: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -336,6 +338,8 @@ class Daemon:
             self.hub.publish_tunnels_soon(touched, now)
         if dirty:
             self.hub.note_dirty(dirty, now)
+        if self.history is not None and (events or dirty):
+            self.history.record(events, dirty)
         self._rearm()
 
     def _rearm(self) -> None:

@@ -141,19 +141,6 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now), "tunnel": t})
 
 
-async def events_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/events?since=SEQ&limit=N``."""
-    filters = query_filters(request)
-    since = int_param(request, "since", None)
-    limit = min(int_param(request, "limit", 1000, lo=1) or 1000, 10_000)
-    hub = request.app[HUB]
-    events, truncated = hub.events_since(since, filters)
-    more = len(events) > limit
-    oldest = hub.ring[0][0] if hub.ring else None
-    return json_response({"schema": SCHEMA, "seq": hub.view.seq, "oldest_seq": oldest, "truncated": truncated,
-                  "more": more, "events": events[:limit]})
-
-
 def _netns_docs(view: Any, now: float, only: str | None = None) -> list[dict[str, Any]]:
     """The correlator's namespace views (hints, xfrm_stat, counts); none from a core without them."""
     names = getattr(view, "netns_names", None)
@@ -210,6 +197,7 @@ def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
         "netns": netns,
         "event_loop_lag": daemon.lag,
         "clients": len(hub.clients),
+        "history": daemon.history.status() if daemon.history is not None else {"enabled": False},
     }
     return (503 if degraded else 200), doc
 

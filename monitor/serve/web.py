@@ -31,7 +31,6 @@ from monitor.serve.handlers import (
     SOCKETS,
     BadParam,
     error,
-    events_handler,
     healthz_handler,
     host_allowed,
     metrics_handler,
@@ -40,9 +39,13 @@ from monitor.serve.handlers import (
     tunnel_handler,
     tunnels_handler,
 )
+from monitor.serve.history import HistoryService
+from monitor.serve.history_api import HISTORY, events_handler, history_handler, tunnel_history_handler
 from monitor.serve.hub import Hub
 from monitor.serve.websocket import ws_handler
 from monitor.sources.items import Source
+from monitor.store.retention import Retention
+from monitor.store.schema import default_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +178,16 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
             daemon.events_log = EventLog(settings.events_log)
         except OSError as exc:
             raise ConfigError(f"cannot open the events log {settings.events_log!r}: {exc.strerror}") from None
+    history = None
+    if settings.history_enabled:
+        state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir()
+        retention = Retention(max_age=settings.history_max_age, max_bytes=settings.history_max_bytes)
+        history = HistoryService.attach(state_dir, core, hub, retention, wall=daemon.wall_clock)
+        daemon.history = history
     app = web.Application(middlewares=[auth_middleware])
+    if history is not None:
+        app[HISTORY] = history
+        app.cleanup_ctx.append(history.cleanup_ctx)
     app[SETTINGS] = settings
     app[HUB] = hub
     app[DAEMON] = daemon
@@ -190,6 +202,8 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
     app.router.add_get("/api/v1/tunnels/{id}", tunnel_handler)
+    app.router.add_get("/api/v1/tunnels/{id}/history", tunnel_history_handler)
+    app.router.add_get("/api/v1/history", history_handler)
     app.router.add_get("/api/v1/events", events_handler)
     app.router.add_get("/api/v1/netns", netns_list_handler)
     app.router.add_get("/api/v1/netns/{name}", netns_handler)

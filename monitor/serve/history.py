@@ -1,0 +1,136 @@
+"""The history store in the serving process: restore at start, record while running, answer queries.
+
+``HistoryService.attach`` opens the store (``monitor.store.history.History``), hands the checkpoints and the
+last ``seq`` to the pure core (``Correlator.restore``) and the newest stored events to the hub's ring, so
+``?since=`` resumes across a restart. While running, the daemon passes each publish's events and changed
+tunnel ids to ``record`` (list appends only); every ``flush`` seconds the service hands the writer thread a
+batch: the events, and every ``checkpoint_every`` seconds the checkpoints of the tunnels changed since the
+last one. The loop never waits on SQLite: queries run in a worker thread (``asyncio.to_thread``).
+
+If the store cannot be opened or written, the monitor goes on without history: one log line, and the
+reason in ``/healthz`` (``history``) and ``/metrics`` (``ipsec_monitor_history_up 0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import HistoryError
+from monitor.store.history import History
+from monitor.store.retention import Retention
+from monitor.store.schema import DB_NAME, open_readonly
+from monitor.store.writer import Batch
+
+__all__ = ["HistoryService"]
+
+log = logging.getLogger("monitor.history")
+
+
+class HistoryService:
+    """Restores the core from the store and records into it; holds the reason when there is no store."""
+
+    def __init__(self, path: Path, history: History | None, error: str | None, core: Any,
+                 wall: Callable[[], float], *, flush: float = 0.5, checkpoint_every: float = 5.0) -> None:
+        self.path = path
+        self.history = history
+        self.error = error
+        self.core = core
+        self.wall = wall
+        self.flush_interval = flush
+        self.checkpoint_every = checkpoint_every
+        self._events: list[Any] = []
+        self._dirty: set[str] = set()
+        self._next_checkpoint = 0.0
+        self.restored_tunnels = 0
+
+    @classmethod
+    def attach(cls, state_dir: Path, core: Any, hub: Any, retention: Retention,
+               wall: Callable[[], float] = time.time) -> HistoryService:
+        """Open the store and restore ``core`` and ``hub`` from it; without it, a service that says why."""
+        path = state_dir / DB_NAME
+        try:
+            history = History.open(state_dir, retention, recent=hub.ring.maxlen or 10_000)
+        except HistoryError as exc:  # logged by ``report`` once the source has opened (one start-up error)
+            return cls(path, None, str(exc), core, wall)
+        r = history.restored
+        restore = getattr(core, "restore", None)
+        if restore is not None:
+            restore(r.checkpoints, r.seq)
+        if r.events:
+            hub.publish_events(r.events)
+        log.debug("history: %s: %d tunnels and event seq %d restored", path, len(r.checkpoints), r.seq)
+        svc = cls(path, history, None, core, wall)
+        svc.restored_tunnels = len(r.checkpoints)
+        return svc
+
+    def report(self) -> None:
+        """Log why there is no history, if there is none (``monitor serve`` calls it once it listens)."""
+        if self.history is None:
+            log.error("history: %s; running without history", self.error)
+
+    # ------------------------------------------------------------------ recording (on the loop)
+
+    def record(self, events: Iterable[Any], dirty: Iterable[str]) -> None:
+        """Called by the daemon's publish: keep the events and the changed ids for the next batch."""
+        if self.history is not None:
+            self._events.extend(events)
+            self._dirty.update(dirty)
+
+    def flush(self, *, final: bool = False) -> None:
+        """Hand what was recorded to the writer thread (checkpoints when due, or ``final``)."""
+        h = self.history
+        if h is None:
+            return
+        now = self.wall()
+        cps: list[Any] = []
+        gone: list[str] = []
+        if self._dirty and (final or now >= self._next_checkpoint):
+            ids, self._dirty = self._dirty, set()
+            cps, gone = self.core.checkpoint(ids)
+            self._next_checkpoint = now + self.checkpoint_every
+        if self._events or cps or gone:
+            events, self._events = self._events, []
+            h.submit(Batch(now, events, cps, gone))
+
+    async def run(self) -> None:
+        """Flush every ``flush_interval`` seconds."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            self.flush()
+
+    async def cleanup_ctx(self, _app: object) -> AsyncIterator[None]:
+        """aiohttp ``cleanup_ctx``: the flush task; at shutdown one final batch, then close the store."""
+        task = asyncio.create_task(self.run(), name="monitor-history") if self.history is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.history is not None:
+            self.flush(final=True)
+            await asyncio.to_thread(self.history.close, self.wall())
+
+    # ------------------------------------------------------------------ status and queries
+
+    def status(self) -> dict[str, Any]:
+        """``/healthz``'s ``history`` object."""
+        if self.history is None:
+            return {"enabled": True, "ok": False, "path": str(self.path), "error": self.error}
+        return {**self.history.status(), "restored_tunnels": self.restored_tunnels}
+
+    async def query(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` on a read-only connection in a worker thread."""
+        def run() -> Any:
+            conn = open_readonly(self.path)
+            try:
+                return fn(conn, *args)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
