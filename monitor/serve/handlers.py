@@ -216,7 +216,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
     mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
                         dumps=daemon.dump_stats(), now=now, clients=len(hub.clients),
                         gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total,
-                        xfrm_stat=xfrm_stat)
+                        xfrm_stat=xfrm_stat, history=history_sample(daemon.history))
     body = await scrape(request.app[CORRELATOR], mon, request.app[SETTINGS].metrics_tunnels)
     headers = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8", "Vary": "Accept-Encoding"}
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
@@ -224,6 +224,17 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
         body = await asyncio.get_running_loop().run_in_executor(None, gzip.compress, body, GZIP_LEVEL)
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
+
+
+def history_sample(history: Any) -> dict[str, float]:
+    """The history store's metrics (empty when history is off)."""
+    if history is None:
+        return {}
+    st = history.status()
+    return {"ipsec_monitor_history_up": 1.0 if st.get("ok") else 0.0,
+            "ipsec_monitor_history_events_written": float(st.get("written_events", 0)),
+            "ipsec_monitor_history_write_errors": float(st.get("write_errors", 0)),
+            "ipsec_monitor_history_dropped_events": float(st.get("dropped_events", 0))}
 
 
 GZIP_LEVEL = 1  # the cheapest level: most of the size win for a fraction of level 6's CPU

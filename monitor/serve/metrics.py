@@ -67,6 +67,8 @@ class MonitorSample(NamedTuple):
     stalled: int
     #: ``/proc/net/xfrm_stat`` per netns, the kernel's counter names (``XfrmInNoPols`` ...).
     xfrm_stat: Mapping[str, Mapping[str, int]] = {}
+    #: The history store's numbers (``HISTORY_METRICS`` names); empty when history is off.
+    history: Mapping[str, float] = {}
 
 
 class Gathered(NamedTuple):
@@ -261,7 +263,14 @@ _HELP = {
     "ipsec_monitor_ws_gaps": (_C, "Gap messages sent to slow websocket clients."),
     "ipsec_monitor_ws_dropped_events": (_C, "Events dropped from slow websocket clients' queues."),
     "ipsec_monitor_ws_stalled": (_C, "Websocket clients closed for being stalled (code 4008)."),
+    "ipsec_monitor_history_up": (_G, "1 when the history store is writable, 0 when it failed (absent: history off)."),
+    "ipsec_monitor_history_events_written": (_C, "Health events written to the history store."),
+    "ipsec_monitor_history_write_errors": (_C, "Failed history transactions (full disk, read-only file...)."),
+    "ipsec_monitor_history_dropped_events": (_C, "Health events not recorded in the history store."),
 }
+#: ``MonitorSample.history`` keys, in exposition order.
+HISTORY_METRICS = ("ipsec_monitor_history_up", "ipsec_monitor_history_events_written",
+                   "ipsec_monitor_history_write_errors", "ipsec_monitor_history_dropped_events")
 
 
 def _head(name: str) -> str:
@@ -324,6 +333,10 @@ def _monitor_text(m: MonitorSample, counts: Mapping[tuple[str, str], int]) -> li
                         ("ipsec_monitor_ws_dropped_events", m.dropped), ("ipsec_monitor_ws_stalled", m.stalled)):
         head = _head(name)
         out.append(f"{head}{head.split()[2]} {f(float(value))}\n")
+    for name in HISTORY_METRICS:
+        if name in m.history:
+            head = _head(name)
+            out.append(f"{head}{head.split()[2]} {f(float(m.history[name]))}\n")
     return out
 
 

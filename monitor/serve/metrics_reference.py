@@ -11,7 +11,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from monitor.serve.metrics import _C, _HELP, TUNNEL_LABELS, MonitorSample, TunnelSample, _aggregate, count_states
+from monitor.serve.metrics import (
+    _C,
+    _HELP,
+    HISTORY_METRICS,
+    TUNNEL_LABELS,
+    MonitorSample,
+    TunnelSample,
+    _aggregate,
+    count_states,
+)
 from monitor.serve.protocol import STATES
 
 
@@ -91,6 +100,9 @@ class MonitorCollector:
         yield fam("ipsec_monitor_ws_gaps", value=m.gaps)
         yield fam("ipsec_monitor_ws_dropped_events", value=m.dropped)
         yield fam("ipsec_monitor_ws_stalled", value=m.stalled)
+        for name in HISTORY_METRICS:
+            if name in m.history:
+                yield fam(name, value=m.history[name])
 
 
 def render_prometheus_client(tunnels: Iterable[TunnelSample], mon: MonitorSample,
