@@ -15,7 +15,7 @@ from types import ModuleType
 from monitor import __version__
 
 # Subcommand modules, in --help order. Each has add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("demo", "serve", "tail", "check", "record", "replay", "decode")
+COMMANDS = ("demo", "serve", "tail", "check", "report", "record", "replay", "decode")
 
 
 def _load(names: Sequence[str]) -> list[ModuleType]:
