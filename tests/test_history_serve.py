@@ -15,7 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from serve_process import Serve, until
+from test_web_fakes import validate
 
 SIM = ("--source", "simulate", "--tunnels", "8", "--speed", "30", "--seed", "7")
 
@@ -64,7 +66,8 @@ def test_history_survives_a_clean_stop_and_a_kill_9(tmp_path: Path) -> None:
     s = Serve(*SIM, "--state-dir", str(tmp_path))
     try:
         h = get(s.base, "/healthz")
-        assert h["history"]["ok"] and h["history"]["restored_tunnels"] == len(stopped), h["history"]
+        assert h["history"]["ok"], h["history"]
+        assert h["history"]["restored_tunnels"] == len(stopped), h["history"]
         assert h["seq"] >= last_seq
         old = get(s.base, "/api/v1/events?since=0&limit=10000")["events"]
         assert [e["seq"] for e in old[:last_seq]] == list(range(1, last_seq + 1))
@@ -73,10 +76,14 @@ def test_history_survives_a_clean_stop_and_a_kill_9(tmp_path: Path) -> None:
         assert not not_below(after, stopped)
         until("a checkpoint written", lambda: get(s.base, "/healthz")["history"]["written_checkpoints"] >= 8)
         summary = get(s.base, "/api/v1/history?from=1h")
+        validate("rest-history.json", summary)
+        validate("healthz.json", get(s.base, "/healthz"))
         assert {t["id"] for t in summary["tunnels"]} >= set(stopped)
         one = sorted(stopped)[0]
         hist = get(s.base, f"/api/v1/tunnels/{one}/history?from=1h")
-        assert hist["id"] == one and hist["intervals"] and hist["covered"] > 0
+        assert hist["id"] == one
+        assert hist["intervals"]
+        assert hist["covered"] > 0
         s.proc.kill()  # 2. SIGKILL mid-run
         s.proc.wait()
     finally:
@@ -101,13 +108,13 @@ def test_history_survives_a_clean_stop_and_a_kill_9(tmp_path: Path) -> None:
 def test_no_history_and_an_unusable_store_leave_the_monitor_running(tmp_path: Path) -> None:
     s = Serve(*SIM, "--no-history", "--state-dir", str(tmp_path))
     try:
-        assert get(s.base, "/healthz")["history"] == {"enabled": False}
-        try:
+        h = get(s.base, "/healthz")
+        validate("healthz.json", h)
+        assert h["history"] == {"enabled": False}
+        with pytest.raises(urllib.error.HTTPError) as info:
             get(s.base, "/api/v1/history")
-            raise AssertionError("history answered with history off")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 503
-            exc.close()
+        assert info.value.code == 503
+        info.value.close()
     finally:
         s.stop()
     assert not (tmp_path / "history.sqlite3").exists()
@@ -117,9 +124,12 @@ def test_no_history_and_an_unusable_store_leave_the_monitor_running(tmp_path: Pa
     try:
         h = until("events", lambda: (d := get(s.base, "/healthz"))["seq"] > 5 and d)
         assert h["status"] == "ok"
-        assert h["history"]["ok"] is False and "not a database" in h["history"]["error"]
+        validate("healthz.json", h)
+        assert h["history"]["ok"] is False
+        assert "not a database" in h["history"]["error"]
         metrics = urllib.request.urlopen(s.base + "metrics", timeout=10).read().decode()
         assert re.search(r"^ipsec_monitor_history_up 0(\.0)?$", metrics, re.MULTILINE), metrics[-600:]
     finally:
         err = s.stop()
-    assert "running without history" in err and "not a database" in err
+    assert "running without history" in err
+    assert "not a database" in err

@@ -37,7 +37,8 @@ def test_report_formats_agree_on_a_known_history(tmp_path: Path) -> None:
     (row,) = json.loads(r.stdout)["tunnels"]
     assert (row["id"], row["flaps"], row["downtime"], row["longest_outage"]) == (TID, 1, 600.0, 600.0)
     assert abs(row["uptime_pct"] - 100 * 3000 / 3600) < 1e-3
-    assert row["down_reasons"] == {"dpd": 1} and row["state"] == "up"
+    assert row["down_reasons"] == {"dpd": 1}
+    assert row["state"] == "up"
     r = report("--state-dir", str(tmp_path), "--since", frm, "--until", to, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert rows == [{"id": TID, "state": "up", "uptime_pct": "83.333", "flaps": "1", "downtime": "600.0",
@@ -53,4 +54,5 @@ def test_report_without_history_is_one_line_exit_2(tmp_path: Path) -> None:
     assert r.stderr.strip().splitlines() == [f"monitor report: error: no history database at {tmp_path}/none/"
                                              "history.sqlite3"]
     r = report("--state-dir", str(tmp_path), "--since", "yesterday")
-    assert r.returncode == 2 and "--since" in r.stderr
+    assert r.returncode == 2
+    assert "--since" in r.stderr

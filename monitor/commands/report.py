@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
