@@ -33,7 +33,8 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def events(start: int, n: int) -> list[HealthEvent]:
-    return [HealthEvent(i, 1.8e9 + i, "sa_added", "gw:1:a-b", "gw", {"pad": "z" * 400}) for i in range(start, start + n)]
+    pad = {"pad": "z" * 400}
+    return [HealthEvent(i, 1.8e9 + i, "sa_added", "gw:1:a-b", "gw", pad) for i in range(start, start + n)]
 
 
 def wait_for(what: str, cond: object, timeout: float = 20.0) -> None:
