@@ -92,14 +92,15 @@ def test_gone_tunnel_closes_its_interval_and_is_not_restored(tmp_path: Path) -> 
     assert conn.execute("SELECT state, start, end FROM intervals").fetchall() == [("up", T0, T0 + 50)]
 
 
-def test_rate_points_are_per_minute_deltas(tmp_path: Path) -> None:
+def test_rate_points_are_deltas_between_five_minute_points(tmp_path: Path) -> None:
     h = History.open(tmp_path)
-    m0 = 30_000_000 * 60.0
-    write(h, Batch(m0 + 10, [], [cp(nin=0, nout=0)], []), Batch(m0 + 70, [], [cp(nin=6_000, nout=600)], []),
-          Batch(m0 + 190, [], [cp(nin=18_000, nout=600)], []))
+    m0 = 6_000_000 * 300.0  # a five-minute boundary
+    write(h, Batch(m0 + 10, [], [cp(nin=0, nout=0)], []), Batch(m0 + 20, [], [cp(nin=60, nout=0)], []),
+          Batch(m0 + 310, [], [cp(nin=6_060, nout=3_000)], []), Batch(m0 + 910, [], [cp(nin=18_060, nout=3_000)], []))
     conn = open_readonly(tmp_path / DB_NAME)
-    # minute 1: +6000 B in 60 s; minutes 2-3 (no point at 2): +12000 B over 120 s
-    assert queries.rate_points(conn, TID, m0, m0 + 300) == [[m0 + 60, 100.0, 10.0], [m0 + 180, 100.0, 0.0]]
+    # one point per five minutes (the last checkpoint in it wins): 60, 6060, (none), 18060
+    # point 1: +6000 B in 300 s; point 3: +12000 B over 600 s
+    assert queries.rate_points(conn, TID, m0, m0 + 1200) == [[m0 + 300, 20.0, 10.0], [m0 + 900, 20.0, 0.0]]
 
 
 def test_corrupt_file_is_a_clear_error_and_left_as_it_was(tmp_path: Path) -> None:

@@ -88,7 +88,8 @@ def tunnel_history(conn: sqlite3.Connection, tid: str, frm: float, to: float) ->
 
 
 def rate_points(conn: sqlite3.Connection, tid: str, frm: float, to: float) -> list[list[float]]:
-    """``[[minute_start, bytes_in_per_s, bytes_out_per_s], ...]`` from consecutive per-minute totals."""
+    """``[[minute_start, bytes_in_per_s, bytes_out_per_s], ...]`` from consecutive stored totals
+    (one point per 5 minutes; ``monitor.store.writer.RATE_STEP``)."""
     rows = conn.execute("SELECT minute, bytes_in, bytes_out FROM rates WHERE tunnel = ? AND minute >= ? AND minute < ?"
                         " ORDER BY minute", (tid, int(frm // 60) - 1, int(to // 60) + 1)).fetchall()
     out = []

@@ -11,7 +11,7 @@ Tables (instants are wall-clock seconds; totals past SQLite's signed 64 bits liv
 ``intervals``  per tunnel the state intervals ``[start, end)`` (``end`` NULL: still open) and their reasons
 ``tunnels``    per tunnel its latest checkpoint (``monitor.health.checkpoint.TunnelCheckpoint`` as JSON),
                ``removed`` when it left the kernel
-``rates``      per tunnel and minute the byte totals at that minute's last checkpoint (sparklines)
+``rates``      per tunnel and 5 minutes (``minute``: the first) the byte totals at the last checkpoint in them
 ``meta``       key/value: ``created``, ``last_seq``, ``stopped_at``
 """
 

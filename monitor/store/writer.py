@@ -34,6 +34,7 @@ __all__ = ["Batch", "HistoryWriter"]
 log = logging.getLogger("monitor.store")
 
 STATE_CHANGED = "state_changed"
+RATE_STEP = 300  # seconds per stored rate point (``rates.minute`` is the point's first minute)
 
 
 class Batch(NamedTuple):
@@ -167,7 +168,7 @@ class HistoryWriter:
         if b.checkpoints:
             conn.executemany("INSERT OR REPLACE INTO tunnels VALUES (?, ?, ?, ?, NULL)",
                              [(cp.id, cp.netns, checkpoint_to_blob(cp), b.ts) for cp in b.checkpoints])
-            minute = int(b.ts // 60)
+            minute = int(b.ts // RATE_STEP) * RATE_STEP // 60
             conn.executemany("INSERT OR REPLACE INTO rates VALUES (?, ?, ?, ?)",
                              [(cp.id, minute, min(cp.bytes_in, I63), min(cp.bytes_out, I63)) for cp in b.checkpoints])
             for cp in b.checkpoints:

@@ -186,7 +186,7 @@ target = "10.20.1.1"
 EOT
   cp "$WORK/serve.toml" "$RW/serve.toml"
   (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor serve --source kernel \
-      --interval 1 --host 127.0.0.1 --port "$SERVE_PORT" --config "$WORK/serve.toml") > "$RW/serve-a.log" 2>&1 &
+      --interval 1 --host 127.0.0.1 --port "$SERVE_PORT" --config "$WORK/serve.toml" --state-dir "$WORK/state") > "$RW/serve-a.log" 2>&1 &
   SERVE_PID=$!
   log "monitor serve starting (pid $SERVE_PID) in ns a on 127.0.0.1:$SERVE_PORT with the prober (serve.toml)"
 else
