@@ -13,6 +13,7 @@ from pathlib import Path
 
 from test_store import TID, Batch, changed, cp, down
 
+from monitor.health.model import HealthEvent
 from monitor.store.history import History
 
 
@@ -56,3 +57,34 @@ def test_report_without_history_is_one_line_exit_2(tmp_path: Path) -> None:
     r = report("--state-dir", str(tmp_path), "--since", "yesterday")
     assert r.returncode == 2
     assert "--since" in r.stderr
+
+
+CAPTURE = Path(__file__).parent / "data" / "strongswan-rekey-nlmon.pcap"
+CAPTURE_TID = "default:1:192.0.2.1-192.0.2.2"  # the capture's only tunnel (docs: tests/data/README-capture.md)
+
+
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    # down is neither warning nor critical here, so only --max-flaps can raise the status
+    return subprocess.run([sys.executable, "-m", "monitor", "check", "--source", f"replay:{CAPTURE}",
+                           "--crit-states", "expiring", "--warn-states", "errors", *args],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_check_max_flaps_warns_on_a_flapping_tunnel(tmp_path: Path) -> None:
+    now = time.time()
+    h = History.open(tmp_path)
+    downs = [HealthEvent(i, now - 3000 + 600 * i, "tunnel_down", CAPTURE_TID, "default",
+                         {"reason": "dpd", "text": "x", "from": "up"}) for i in range(1, 4)]
+    old = HealthEvent(4, now - 7200, "tunnel_down", CAPTURE_TID, "default", {"reason": "dpd"})  # outside 1h
+    h.submit(Batch(now, [old, *downs], [], []))
+    h.writer.close()
+    assert check().returncode == 0
+    r = check("--max-flaps", "2", "--state-dir", str(tmp_path))
+    assert r.returncode == 1, r.stdout
+    assert "went down 3 times in the last 1h" in r.stdout
+    assert check("--max-flaps", "3", "--state-dir", str(tmp_path)).returncode == 0
+    assert check("--max-flaps", "2", "--window", "3h", "--state-dir", str(tmp_path)).returncode == 1
+    r = check("--max-flaps", "2", "--state-dir", str(tmp_path / "none"))
+    assert r.returncode == 3
+    assert r.stdout.startswith("IPSEC UNKNOWN - no history database at")

@@ -61,6 +61,8 @@ class Thresholds:
     warn_expiry: float | None = None
     crit_expiry: float | None = None
     min_tunnels: int = 0
+    #: WARNING when a tunnel had more than this many flaps (``tunnel_down``) in the history window.
+    max_flaps: int | None = None
 
 
 @dataclass
@@ -88,6 +90,9 @@ def classify(tunnel: Mapping[str, Any], th: Thresholds) -> int:
             code = max(code, WARNING)
         if th.crit_expiry is not None and expiry < th.crit_expiry:
             code = CRITICAL
+    flaps = tunnel.get("flaps")
+    if th.max_flaps is not None and isinstance(flaps, int) and flaps > th.max_flaps:
+        code = max(code, WARNING)
     if state in th.crit_states:
         code = CRITICAL
     return code
@@ -263,7 +268,38 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="kernel: give up (UNKNOWN) after this many seconds")
     p.add_argument("--tunnels", type=int, default=24, help="simulate: number of tunnels")
     p.add_argument("--seed", type=int, default=1, help="simulate: random seed")
+    p.add_argument("--max-flaps", type=int, default=None, metavar="N",
+                   help="WARNING for a tunnel that went down more than N times within --window (from the history "
+                        "store of `monitor serve`)")
+    p.add_argument("--window", default="1h", metavar="DURATION", help="the --max-flaps window (default 1h)")
+    p.add_argument("--state-dir", metavar="DIR", help="where serve's history database is [env MONITOR_STATE_DIR]")
     p.set_defaults(func=run)
+
+
+def add_flaps(tunnels: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Give each tunnel its ``flaps`` within ``--window`` from the history store, and a ``flapping`` reason
+    when over ``--max-flaps``. Raises ``MonitorError`` (UNKNOWN) without a usable store."""
+    from pathlib import Path  # noqa: PLC0415 - only with --max-flaps
+
+    from monitor.store import queries  # noqa: PLC0415
+    from monitor.store.schema import DB_NAME, default_state_dir, open_readonly  # noqa: PLC0415
+
+    try:
+        window = queries.parse_duration(args.window)
+    except ValueError as exc:
+        raise MonitorError(f"--window: {exc}") from None
+    now = time.time()
+    conn = open_readonly((Path(args.state_dir) if args.state_dir else default_state_dir()) / DB_NAME)
+    try:
+        flaps = {row["id"]: row["flaps"] for row in queries.history_summary(conn, now - window, now)}
+    finally:
+        conn.close()
+    for t in tunnels:
+        n = flaps.get(str(t.get("id")), 0)
+        t["flaps"] = n
+        if n > args.max_flaps:
+            t["reasons"] = [*t.get("reasons", []),
+                            {"code": "flapping", "text": f"went down {n} times in the last {args.window}"}]
 
 
 def _read(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -300,7 +336,13 @@ def run(args: argparse.Namespace) -> int:
     if args.tunnel:
         wanted = set(args.tunnel)
         tunnels = [t for t in tunnels if t.get("id") in wanted]
-    th = Thresholds(args.warn_states, args.crit_states, args.warn_expiry, args.crit_expiry, args.min_tunnels)
+    if args.max_flaps is not None:
+        try:
+            add_flaps(tunnels, args)
+        except MonitorError as exc:
+            return _unknown(args, str(exc))
+    th = Thresholds(args.warn_states, args.crit_states, args.warn_expiry, args.crit_expiry, args.min_tunnels,
+                    args.max_flaps)
     result = evaluate(tunnels, th)
     result.sas = _count_sas(tunnels)
     result.duration = time.perf_counter() - t0

@@ -58,7 +58,10 @@ def _float(doc: dict[str, Any], name: str) -> float:
 
 def checkpoint_from_blob(blob: bytes) -> TunnelCheckpoint:
     """A checkpoint read back; ``ValueError`` when the row is not one (damaged, or not ours)."""
-    doc = json.loads(blob)
+    try:
+        doc = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        doc = json.loads(blob)  # integers past 64 bits (a counter anomaly held at 2^64 - 1 is not one)
     if not isinstance(doc, dict):
         raise ValueError("a checkpoint is an object")
     try:
