@@ -135,7 +135,8 @@ def bench_startup(n: int, tmp: Path) -> dict[str, Any]:
     c.restore(h.restored.checkpoints, h.restored.seq)
     ours = time.perf_counter() - t
     h.writer.close()
-    assert len(h.restored.checkpoints) == n and c.restoring == n
+    assert len(h.restored.checkpoints) == n
+    assert c.restoring == n
     conn = sqlite3.connect(tmp / "startup" / "history.sqlite3")
     t = time.perf_counter()
     rows = conn.execute("SELECT checkpoint FROM tunnels WHERE removed IS NULL").fetchall()
@@ -173,7 +174,8 @@ def bench_query(tunnels: int, tmp: Path) -> dict[str, Any]:
     for _ in range(5):
         doc = queries.tunnel_history(conn, tid, frm, to)
     full = (time.perf_counter() - t) / 5
-    assert doc is not None and doc["flaps"] == 60
+    assert doc is not None
+    assert doc["flaps"] == 60
     sql = ("SELECT state, start, end FROM intervals {} WHERE tunnel = ? AND start < ? AND (end IS NULL OR end > ?)")
     timings = {}
     for name, hint in (("indexed", "INDEXED BY intervals_tunnel"), ("scan", "NOT INDEXED")):
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in ("writes", "startup", "query", "size"):
         print(section, result[section])
     if args.output is not None:
-        import json  # noqa: PLC0415
+        import json
 
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     else:
