@@ -119,7 +119,8 @@ async def _paced_lag(path: Path, n: int, rate: int = 20_000, record: bool = True
     drain = time.perf_counter() - t
     lags.sort()
     return {"paced_events": seq, "paced_rate": round(seq / elapsed), "paced_dropped": h.writer.dropped_events,
-            "loop_lag_p99_ms": round(1000 * lags[int(len(lags) * 0.99)], 2), "loop_lag_max_ms": round(1000 * lags[-1], 2),
+            "loop_lag_p99_ms": round(1000 * lags[int(len(lags) * 0.99)], 2),
+            "loop_lag_max_ms": round(1000 * lags[-1], 2),
             "drain_after_s": round(drain, 3)}
 
 
