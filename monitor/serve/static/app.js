@@ -144,7 +144,12 @@
     st.appendChild(el("span", "state s-" + (SEVERITY[t.state] !== undefined ? t.state : "unknown"), t.state));
     tr.appendChild(st);
     const who = el("td", "who");
-    who.appendChild(el("div", "id", t.id));
+    const link = el("a", "id", t.id);  // the tunnel page (static/tunnel.js)
+    link.href = "#/tunnel/" + encodeURIComponent(t.id);
+    link.addEventListener("click", (e) => e.stopPropagation());
+    const idBox = el("div");
+    idBox.appendChild(link);
+    who.appendChild(idBox);
     who.appendChild(el("div", "sub", `${t.local} ⇄ ${t.remote} · reqid ${t.reqid} · ${t.netns}`));
     tr.appendChild(who);
     tr.appendChild(reasonsCell(t));
