@@ -31,3 +31,22 @@ def test_decode_bench_command_writes_json(tmp_path: Path) -> None:
     assert data["benchmark"] == "decode"
     assert data["machine"]["python"]
     assert data["mixes"]["newsa_cbc"]["ours_msgs_per_s"] > 0
+
+
+def test_history_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
+    """The history benchmark at tiny sizes: both sides of every comparison measured (no timing asserted)."""
+    from bench import history_bench
+
+    tmp_path.mkdir(exist_ok=True)
+    w = history_bench.bench_writes(2_000, tmp_path)
+    assert w["batched_events_per_s"] > 0
+    assert w["naive_events_per_s"] > 0
+    assert w["paced_events"] == 2_000
+    s = history_bench.bench_startup(300, tmp_path)
+    assert s["open_and_restore_s"] > 0
+    assert s["bare_select_s"] > 0
+    q = history_bench.bench_query(3, tmp_path)
+    assert q["intervals"] == 3 * 720
+    z = history_bench.bench_size(1, tmp_path)
+    assert z["events_per_tunnel_day"] == 120
+    assert z["bytes_per_tunnel_day"] > 0
