@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -41,6 +42,9 @@ def add_parser(sub: Any) -> None:
                        ("event", "event type, e.g. rekey_failed"), ("state", "tunnel state (tunnel updates)")):
         p.add_argument(f"--{name}", action="append", default=[], metavar=name.upper(),
                        help=f"only this {what} (repeatable or comma list)")
+    p.add_argument("--since", metavar="DURATION",
+                   help="first print the events of the last DURATION (1h, 30m, 2d) from the server's history "
+                        "instead of the last N")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the output (auto: on a TTY unless NO_COLOR is set)")
     p.set_defaults(func=run)
@@ -50,12 +54,13 @@ class Tailer:
     """The reconnecting websocket client behind ``monitor tail`` (testable with any output stream)."""
 
     def __init__(self, url: str, *, token: str | None = None, filters: Mapping[str, list[str]] | None = None,
-                 json_lines: bool = False, colour: bool = False, lines: int = 10,
+                 json_lines: bool = False, colour: bool = False, lines: int = 10, since_ts: float | None = None,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self.url = URL(url)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.filters = {k: ",".join(v) for k, v in (filters or {}).items() if v}
         self.json_lines, self.colour, self.lines = json_lines, colour, lines
+        self.since_ts = since_ts  # --since: start from the events at or after this wall time
         self.out, self.err = out, err
         self.last_seq: int | None = None
         self.instance: str | None = None
@@ -84,9 +89,13 @@ class Tailer:
         scheme = "https" if self.url.scheme == "wss" else "http"
         return self.url.with_scheme(scheme).with_path("/api/v1/events").with_query(None)
 
-    async def _backfill(self, session: aiohttp.ClientSession, since: int, upto: int) -> None:
-        """Print the events ``since < seq <= upto`` that the server still holds."""
+    async def _backfill(self, session: aiohttp.ClientSession, since: int, upto: int,
+                        frm: float | None = None) -> None:
+        """Print the events ``since < seq <= upto`` that the server still holds (with ``frm``: only those at
+        or after that wall time, from the server's history)."""
         query = {k: v for k, v in self.filters.items() if k in ("tunnel", "netns", "event")}
+        if frm is not None:
+            query["from"] = repr(frm)
         while since < upto:
             params = {**query, "since": str(since), "limit": "10000"}
             async with session.get(self._rest_url(), params=params, headers=self.headers) as resp:
@@ -115,6 +124,11 @@ class Tailer:
             self.last_seq is not None and seq < self.last_seq and not resumed)
         self.instance = instance if isinstance(instance, str) else self.instance
         self.connected = True
+        if self.last_seq is None and self.since_ts is not None:  # --since: from history
+            self.last_seq = 0
+            await self._backfill(session, 0, seq, frm=self.since_ts)
+            self.last_seq = seq
+            return
         if self.last_seq is None:  # first connection: show the last few lines, like tail
             self.last_seq = max(0, seq - self.lines)
             await self._backfill(session, self.last_seq, seq)
@@ -177,8 +191,17 @@ def run(args: argparse.Namespace) -> int:
     colour = auto if args.color == "auto" else args.color == "always"
     filters = {k: [x for v in getattr(args, k) for x in v.split(",") if x]
                for k in ("tunnel", "netns", "event", "state")}
+    since_ts = None
+    if args.since:
+        from monitor.store.queries import parse_duration  # noqa: PLC0415
+
+        try:
+            since_ts = time.time() - parse_duration(args.since)
+        except ValueError as exc:
+            print(f"monitor tail: error: --since: {exc}", file=sys.stderr)
+            return 2
     tailer = Tailer(args.url, token=os.environ.get("MONITOR_TOKEN") or None, filters=filters,
-                    json_lines=args.json, colour=colour, lines=args.lines)
+                    json_lines=args.json, colour=colour, lines=args.lines, since_ts=since_ts)
     try:
         return asyncio.run(tailer.run())
     except KeyboardInterrupt:

@@ -24,6 +24,29 @@ HISTORY = web.AppKey("history", HistoryService)
 DEFAULT_WINDOW = 86_400.0
 
 
+async def _events_from(request: web.Request, since: int, limit: int, filters: Any) -> web.StreamResponse:
+    """``/api/v1/events?from=WHEN[&since=SEQ]``: events at or after an instant, from the store (the ring without
+    one), in ``seq`` order; page with ``since`` = the last ``seq`` returned while ``more`` is true."""
+    hub = request.app[HUB]
+    try:
+        frm = queries.parse_when(request.query["from"], time.time())
+    except ValueError as exc:
+        raise BadParam(f"from is Unix seconds or a duration such as 1h: {exc}") from None
+    svc = request.app.get(HISTORY)
+    events: list[dict[str, Any]] = []
+    if svc is not None and svc.history is not None:
+        stored = await _run(svc, queries.events_from, frm, since, limit + 1)
+        if not isinstance(stored, web.Response):
+            events = stored
+    last = events[-1]["seq"] if events else since
+    # the newest events may not be written yet: the ring has them
+    events += [d for s, d, _ in hub.ring if s > last and d.get("ts", 0) >= frm]
+    more = len(events) > limit
+    events = [e for e in events[:limit] if filters.event_ok(e)]
+    return json_response({"schema": SCHEMA, "seq": hub.view.seq, "oldest_seq": events[0]["seq"] if events else None,
+                          "truncated": False, "more": more, "events": events})
+
+
 def window(request: web.Request) -> tuple[float, float]:
     """The ``[from, to)`` window of the query, in wall-clock seconds."""
     now = time.time()
@@ -91,6 +114,8 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     since = int_param(request, "since", None)
     limit = min(int_param(request, "limit", 1000, lo=1) or 1000, 10_000)
     hub = request.app[HUB]
+    if request.query.get("from"):
+        return await _events_from(request, since or 0, limit, filters)
     events, truncated = hub.events_since(since, filters)
     oldest = hub.ring[0][0] if hub.ring else None
     svc = request.app.get(HISTORY)

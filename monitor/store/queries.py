@@ -18,8 +18,8 @@ import orjson
 
 from monitor.store.history import event_doc
 
-__all__ = ["events_between", "events_since", "history_summary", "parse_duration", "parse_when", "summarise",
-           "tunnel_history"]
+__all__ = ["events_between", "events_from", "events_since", "history_summary", "parse_duration", "parse_when",
+           "summarise", "tunnel_history"]
 
 Interval = tuple[str, float, float | None, str]  # (state, start, end or None, reasons JSON)
 
@@ -123,6 +123,13 @@ def events_since(conn: sqlite3.Connection, since: int, limit: int) -> list[dict[
     """Stored events with ``seq > since``, oldest first, at most ``limit``."""
     rows = conn.execute("SELECT seq, ts, type, tunnel, netns, detail FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                         (since, limit)).fetchall()
+    return [event_doc(r) for r in rows]
+
+
+def events_from(conn: sqlite3.Connection, frm: float, since: int, limit: int) -> list[dict[str, Any]]:
+    """Stored events with ``ts >= frm`` and ``seq > since``, in ``seq`` order, at most ``limit`` (pages by seq)."""
+    rows = conn.execute("SELECT seq, ts, type, tunnel, netns, detail FROM events WHERE seq > ? AND ts >= ?"
+                        " ORDER BY seq LIMIT ?", (since, frm, limit)).fetchall()
     return [event_doc(r) for r in rows]
 
 
