@@ -91,3 +91,13 @@ def test_the_store_is_sound_and_holds_every_event(hist: Path) -> None:
     assert served == list(range(1, len(served) + 1)), "the served events have a hole"
     assert hi >= served[-1]
     assert n == hi, f"{hi - n} events missing from the store"
+
+
+def test_no_key_bytes_in_the_store_or_any_output(hist: Path) -> None:
+    """Every SA generation's keys (polled each second during the scenario) are absent from the history
+    database, the REST answers and the logs (tests/vm/scenarios/history.py)."""
+    lines = (hist / "keys-check.txt").read_text().splitlines()
+    fields = dict(line.split(" ", 1) for line in lines if line and not line.startswith(" "))
+    assert int(fields["keys"]) >= 6, lines  # at least three generations, two keys each... per direction
+    assert "history.sqlite3" in fields["checked"].split(), lines
+    assert fields["found"] == "0", "key bytes in the monitor's outputs:\n" + "\n".join(lines)

@@ -7,6 +7,7 @@
 #      after its first dumps REST, /healthz and the events since the old seq are saved (after-*.json);
 #   3. the peer deletes the IKE SA and initiates it again: one flap; its history is saved (history.json), serve
 #      is stopped cleanly and the database copied out (history.sqlite3) for the host to check.
+# Meanwhile every SA's keys are polled into xfrm-keys.txt: scenarios/history.py looks for them in every output.
 # Times of each step are in scenario.log ("killed", "restarted", "peer terminates", "re-established").
 source "$(dirname "$0")/lib.sh"
 scenario_begin "$@"
@@ -122,6 +123,8 @@ out_spis() {
     /^src /{out = ($2 == "198.51.100.1" && $4 == "198.51.100.2"); next}
     out && $1 == "proto" && $2 == "esp" {print $4; out = 0}' | sort | tr '\n' ' '
 }
+# every SA's keys, every second, for the host's key check (scenarios/history.py; the file is redacted after it)
+bg_start "$RW/key-poll.log" sh -c "while :; do ip -n $A xfrm state >> '$RW/xfrm-keys.txt'; sleep 1; done"
 poll_until 60 0.5 installed || fail "CHILD_SA not established within 60 s"
 log "CHILD_SA established: out SPI $(out_spis)"
 bg_start "$RW/ping.log" ip netns exec "$A" ping -I 10.30.1.1 -i 0.2 -W 1 10.40.1.1
