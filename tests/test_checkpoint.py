@@ -164,3 +164,31 @@ def test_totals_never_go_down_when_an_sa_counter_is_below_its_checkpoint() -> No
 def test_checkpoint_of_a_missing_tunnel_is_reported_gone() -> None:
     c = Correlator(HealthConfig())
     assert c.checkpoint(["gw:1:x-y"]) == ([], ["gw:1:x-y"])
+
+
+def test_flaps_and_downtime_count_and_survive_a_restart() -> None:
+    """Down from 1 to 10 (configured, not up yet: downtime, not a flap), down again at 300 (the peer deleted
+    the SAs), back at 360: one flap and 9 + 60 s down; both continue after a restart, and a down found at
+    restart (the tunnel gone meanwhile) is one more tunnel_down."""
+    c1, _ = first_run(5_000, 7_000)
+    i1, o1 = sa_pair(1, SKEW1 + 100)
+    c1.on_events(NS, [delsa(i1), delsa(o1)], 300.0)
+    (tid,) = c1.tunnel_ids()
+    j = c1.tunnel_json(tid, 330.0)
+    assert j is not None
+    assert (j["state"], j["flaps"], j["downtime"]) == ("down", 1, 39.0)  # the open down interval counts
+    i3, o3 = sa_pair(3, SKEW1 + 360)
+    c1.on_events(NS, [newsa(i3), newsa(o3)], 360.0)
+    j = c1.tunnel_json(tid, 400.0)
+    assert j is not None
+    assert (j["state"], j["flaps"], j["downtime"]) == ("up", 1, 69.0)
+    cps, seq = checkpoint_of(c1)
+    _, events, _j2 = second_run(cps, seq, [], policies=False)
+    assert [e.type for e in events if e.type == "tunnel_down"] == ["tunnel_down"]
+    c3 = Correlator(HealthConfig())
+    c3.wall_skew = SKEW2
+    c3.restore(cps, seq)
+    dump(c3, 3.0, [with_counters(i3, 10, 1), with_counters(o3, 10, 1)])
+    j3 = c3.tunnel_json(tid, 3.0)
+    assert j3 is not None
+    assert (j3["flaps"], j3["downtime"]) == (1, 69.0)

@@ -35,13 +35,14 @@ tunnel_samples = st.builds(
     metrics.TunnelSample,
     st.tuples(labels, labels, labels, labels, labels, labels, labels),
     floats, floats, floats, floats, floats, floats, states,
-    st.one_of(st.none(), floats), floats, floats,
+    st.one_of(st.none(), floats), floats, floats, floats, floats,
 )
 mon_samples = st.builds(
     metrics.MonitorSample,
     enobufs=st.dictionaries(labels, st.integers(0, 2**40), max_size=3),
     resyncs=st.dictionaries(labels, st.integers(0, 2**40), max_size=3),
     lag=floats,
+    history=st.dictionaries(st.sampled_from(metrics.HISTORY_METRICS), floats, max_size=4),
     dumps=st.dictionaries(labels, st.fixed_dictionaries({
         "last_dump": st.one_of(st.none(), st.floats(0, 1e10)),
         "last_dump_duration": st.one_of(st.none(), st.floats(0, 100))}), max_size=3),
@@ -212,3 +213,12 @@ async def test_served_metrics_honour_setting(start: Start) -> None:  # noqa: F81
         text = (await r.read())
     assert per_tunnel(text) == set()
     assert sum(aggregate(text).values()) == len(list(view.tunnel_ids()))
+
+
+def test_flaps_and_downtime_series_come_from_the_tunnel_json() -> None:
+    t = {"id": "ns:1:a-b", "netns": "ns", "reqid": 1, "local": "a", "remote": "b", "state": "up",
+         "flaps": 3, "downtime": 12.5}
+    body = metrics.render([metrics.sample(t)], metrics.MonitorSample({}, {}, 0.0, {}, 0.0, 0, 0, 0, 0)).decode()
+    lab = 'id="ns:1:a-b",if_id="",local="a",mark="",netns="ns",remote="b",reqid="1"'
+    assert f"ipsec_tunnel_flaps_total{{{lab}}} 3\n" in body or f"ipsec_tunnel_flaps_total{{{lab}}} 3.0\n" in body
+    assert f"ipsec_tunnel_downtime_seconds_total{{{lab}}} 12.5\n" in body

@@ -69,6 +69,8 @@ class TunnelCheckpoint(NamedTuple):
     integrity_errors: int
     anomalies: int
     sas: tuple[SACheckpoint, ...]
+    flaps: int = 0
+    down_secs: float = 0.0
 
 
 class Checkpointing(Lifecycle):
@@ -109,7 +111,7 @@ class Checkpointing(Lifecycle):
                 {**last, "ts": last["ts"] + skew} if last is not None else None,
                 t.replay_errors, t.integrity_errors, t.anomalies,
                 tuple(SACheckpoint(s.spi, s.daddr, s.proto, s.dir, s.bytes, s.packets, s.replay, s.integrity)
-                      for s in t.sas)))
+                      for s in t.sas), t.flaps, t.down_secs))
         return out, gone
 
     # ------------------------------------------------------------------ the reconciliation
@@ -162,6 +164,8 @@ class Checkpointing(Lifecycle):
         t.rekeys += cp.rekeys
         t.rekey_failures += cp.rekey_failures
         t.anomalies += cp.anomalies
+        t.flaps += cp.flaps
+        t.down_secs += cp.down_secs
         if t.last_rekey is None and cp.last_rekey is not None:
             t.last_rekey = {**cp.last_rekey, "ts": cp.last_rekey["ts"] - skew}
         gone = [c for k, c in old.items() if k not in live]
@@ -189,6 +193,7 @@ class Checkpointing(Lifecycle):
             self._inferred(now, STATE_CHANGED, t.id, t.netns, {"from": cp.state, "to": to,
                                                               "reasons": [r.to_json() for r in t.reasons]})
             if is_down:
+                t.flaps += 1
                 r = t.reasons[-1] if t.reasons else self._reason("no_sa")
                 self._inferred(now, TUNNEL_DOWN, t.id, t.netns, {"reason": r.code, "text": r.text, "from": cp.state})
             else:

@@ -194,6 +194,7 @@ class Correlator(Checkpointing):
                 old = t.state
                 r = self._reason("netns_removed")
                 t.state, t.since, t.reasons = TunnelState.DOWN, now, (r,)
+                t.flaps += 1
                 self._emit(now, STATE_CHANGED, t, {"from": str(old), "to": "down", "reasons": [r.to_json()]})
                 self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text, "from": str(old)})
             self._drop_tunnel(ns, t)

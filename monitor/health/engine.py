@@ -278,7 +278,10 @@ class Engine:
     def _transition(self, t: Tunnel, old: TunnelState, new: TunnelState, reasons: tuple[Reason, ...],
                     now: float) -> None:
         self._emit(now, STATE_CHANGED, t, {"from": str(old), "to": str(new), "reasons": [r.to_json() for r in reasons]})
+        if old is TunnelState.DOWN:
+            t.down_secs += max(0.0, now - t.since)
         if new is TunnelState.DOWN:
+            t.flaps += 1
             r = reasons[-1] if reasons else self._reason("no_sa")
             self._emit(now, TUNNEL_DOWN, t, {"reason": r.code, "text": r.text, "from": str(old)})
         elif old is TunnelState.DOWN:

@@ -119,8 +119,10 @@ class Tunnel:
         "d_pi",
         "d_po",
         "down_cause",
+        "down_secs",
         "err_codes",
         "err_until",
+        "flaps",
         "had_sa",
         "hi",
         "hints",
@@ -189,6 +191,8 @@ class Tunnel:
         self.rk_mark = 0  # SAs installed with an order above this belong to the new generation
         self.replay_errors = self.integrity_errors = 0
         self.anomalies = 0  # counter values that cannot be true (monitor.health.counters)
+        self.flaps = 0  # times the tunnel went down from a working state (tunnel_down events)
+        self.down_secs = 0.0  # seconds spent down in finished down intervals (the current one is added on read)
         self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
         self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
         self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
@@ -283,6 +287,8 @@ class Tunnel:
             "replay_errors": self.replay_errors,
             "integrity_errors": self.integrity_errors,
             "counter_anomalies": self.anomalies,
+            "flaps": self.flaps,
+            "downtime": round(self.down_secs + (now - self.since if self.state is TunnelState.DOWN else 0.0), 3),
             "probe": None,
         }
 

@@ -39,7 +39,7 @@ class Client:
         self.resync = False
         self.delivered_gen = hub.gen
         #: Newest event seq when the client attached: later events are in its queue, earlier ones not.
-        self.attach_seq = hub.view.seq
+        self.attach_seq = hub.seq
         self.wake = asyncio.Event()
         self.progress = time.monotonic()
         self.sent_messages = 0

@@ -109,7 +109,8 @@ async def tunnels_handler(request: web.Request) -> web.StreamResponse:
     now = daemon.clock()
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
-    await resp.write(b'{"schema":%d,"seq":%d,"ts":%s,"tunnels":[' % (SCHEMA, view.seq, dumps(daemon.wall(now))))
+    seq = request.app[HUB].seq
+    await resp.write(b'{"schema":%d,"seq":%d,"ts":%s,"tunnels":[' % (SCHEMA, seq, dumps(daemon.wall(now))))
     buf: list[bytes] = []
     first = True
     for i, tid in enumerate(list(view.tunnel_ids())):
@@ -138,7 +139,7 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     t = view.tunnel_json(tid, now)
     if t is None:
         return error(404, "not_found", f"no tunnel with id {tid!r}")
-    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now), "tunnel": t})
+    return json_response({"schema": SCHEMA, "seq": request.app[HUB].seq, "ts": daemon.wall(now), "tunnel": t})
 
 
 def _netns_docs(view: Any, now: float, only: str | None = None) -> list[dict[str, Any]]:
@@ -155,7 +156,7 @@ async def netns_list_handler(request: web.Request) -> web.StreamResponse:
     ``/proc/net/xfrm_stat`` counters and counts."""
     view, daemon = request.app[CORRELATOR], request.app[DAEMON]
     now = daemon.clock()
-    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now),
+    return json_response({"schema": SCHEMA, "seq": request.app[HUB].seq, "ts": daemon.wall(now),
                           "netns": _netns_docs(view, now)})
 
 
@@ -167,7 +168,7 @@ async def netns_handler(request: web.Request) -> web.StreamResponse:
     docs = _netns_docs(view, now, name)
     if not docs:
         return error(404, "not_found", f"no namespace {name!r} is watched")
-    return json_response({"schema": SCHEMA, "seq": view.seq, "ts": daemon.wall(now), "netns": docs[0]})
+    return json_response({"schema": SCHEMA, "seq": request.app[HUB].seq, "ts": daemon.wall(now), "netns": docs[0]})
 
 
 def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
@@ -190,7 +191,7 @@ def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
     doc = {
         "schema": SCHEMA,
         "status": "degraded" if degraded else "ok",
-        "seq": hub.view.seq,
+        "seq": hub.seq,
         "instance": app[INSTANCE],
         "uptime": uptime,
         "source": {"kind": daemon.kind, "state": daemon.state, "alive": daemon.alive, "error": daemon.error},

@@ -43,7 +43,7 @@ async def _events_from(request: web.Request, since: int, limit: int, filters: An
     events += [d for s, d, _ in hub.ring if s > last and d.get("ts", 0) >= frm]
     more = len(events) > limit
     events = [e for e in events[:limit] if filters.event_ok(e)]
-    return json_response({"schema": SCHEMA, "seq": hub.view.seq, "oldest_seq": events[0]["seq"] if events else None,
+    return json_response({"schema": SCHEMA, "seq": hub.seq, "oldest_seq": events[0]["seq"] if events else None,
                           "truncated": False, "more": more, "events": events})
 
 
@@ -128,5 +128,5 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
             if older:
                 oldest = older[0]["seq"]
     more = len(events) > limit
-    return json_response({"schema": SCHEMA, "seq": hub.view.seq, "oldest_seq": oldest, "truncated": truncated,
+    return json_response({"schema": SCHEMA, "seq": hub.seq, "oldest_seq": oldest, "truncated": truncated,
                           "more": more, "events": events[:limit]})

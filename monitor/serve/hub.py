@@ -61,6 +61,10 @@ class Hub:
         hello: Mapping[str, Any] | None = None,
     ) -> None:
         self.view = view
+        #: The seq of the newest event published to clients. Every frame is stamped with it, never with the
+        #: correlator's own ``seq``, which runs ahead until the daemon's next publish: a frame stamped ahead
+        #: of an event still to come would make the stream's seqs go backwards.
+        self.seq = 0
         #: Constant fields of the hello message (server, instance, counters_interval, counters_fields).
         self.hello: dict[str, Any] = {"server": f"monitor {__version__}", "instance": uuid.uuid4().hex,
                                       "counters_interval": 1.0, "counters_fields": COUNTER_FIELDS,
@@ -134,6 +138,7 @@ class Hub:
         for ev in events:
             d: dict[str, Any] = ev.to_json() if hasattr(ev, "to_json") else dict(ev)
             seq = int(d["seq"])
+            self.seq = max(self.seq, seq)
             data = dumps({"schema": SCHEMA, "type": "event", "seq": seq, "event": d})
             self.ring.append((seq, d, data))
             for c in self.clients:
@@ -142,7 +147,7 @@ class Hub:
 
     def publish_tunnels(self, ids: Iterable[str], now: float) -> None:
         """Send full updates (or removals) for these tunnels to every matching client."""
-        seq = self.view.seq
+        seq = self.seq
         for tid in ids:
             t = self.view.tunnel_json(tid, now)
             old = self.meta.get(tid)
@@ -233,7 +238,7 @@ class Hub:
         self.gen = gen
         if not rows:
             return 0
-        seq = self.view.seq
+        seq = self.seq
         by_filter: dict[Filters, list[bytes]] = {}
         for c in list(self.clients):
             data = by_filter.get(c.filters)
@@ -262,7 +267,7 @@ class Hub:
 
     def events_since(self, since: int | None, filters: Filters) -> tuple[list[dict[str, Any]], bool]:
         """Ring events with ``seq > since`` passing ``filters``; second value: some were evicted."""
-        oldest = self.ring[0][0] if self.ring else self.view.seq + 1
+        oldest = self.ring[0][0] if self.ring else self.seq + 1
         truncated = since is not None and since < oldest - 1
         out = [d for s, d, _ in self.ring if (since is None or s > since) and filters.event_ok(d)]
         return out, truncated

@@ -51,6 +51,8 @@ class TunnelSample(NamedTuple):
     hard_expires_in: float | None
     replay_errors: float
     integrity_errors: float
+    flaps: float = 0.0
+    downtime: float = 0.0
 
 
 class MonitorSample(NamedTuple):
@@ -117,6 +119,7 @@ def sample(t: Mapping[str, Any]) -> TunnelSample:
         float(hard) if isinstance(hard, int | float) else None,
         _errors(t, "replay_errors", ("replay_errors", "replay")),
         _errors(t, "integrity_errors", ("integrity_errors", "integrity_failed")),
+        _num(t.get("flaps")), _num(t.get("downtime")),
     )
 
 
@@ -252,6 +255,8 @@ _HELP = {
     "ipsec_tunnel_hard_expiry_seconds": (_G, "Seconds until the earliest hard expiry of the tunnel's current SAs."),
     "ipsec_tunnel_replay_errors": (_C, "Packets dropped by replay protection."),
     "ipsec_tunnel_integrity_errors": (_C, "Packets failing the integrity check."),
+    "ipsec_tunnel_flaps": (_C, "Times the tunnel went down from a working state (kept across restarts with history)."),
+    "ipsec_tunnel_downtime_seconds": (_C, "Seconds the tunnel spent down (kept across restarts with history)."),
     "ipsec_tunnels": (_G, "Tunnels per health state (exported whatever metrics_tunnels says)."),
     "ipsec_monitor_enobufs": (_C, "ENOBUFS overruns of the netlink socket."),
     "ipsec_xfrm_stat": (_C, "The kernel's /proc/net/xfrm_stat counters per netns (counter: the kernel's name)."),
@@ -303,6 +308,10 @@ def _tunnel_text(ts: list[TunnelSample]) -> list[str]:
     out += [f"ipsec_tunnel_replay_errors_total{{{lab}}} {f(t.replay_errors)}\n" for lab, t in pairs]
     out.append(_head("ipsec_tunnel_integrity_errors"))
     out += [f"ipsec_tunnel_integrity_errors_total{{{lab}}} {f(t.integrity_errors)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_flaps"))
+    out += [f"ipsec_tunnel_flaps_total{{{lab}}} {f(t.flaps)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_downtime_seconds"))
+    out += [f"ipsec_tunnel_downtime_seconds_total{{{lab}}} {f(t.downtime)}\n" for lab, t in pairs]
     return out
 
 

@@ -52,6 +52,7 @@ class MonitorCollector:
         state = fam("ipsec_tunnel_state", [*TUNNEL_LABELS, "state"])
         hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
         replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
+        flaps, down = fam("ipsec_tunnel_flaps", tl), fam("ipsec_tunnel_downtime_seconds", tl)
         for t in self.tunnels:
             lab = list(t.labels)
             nbytes.add_metric([*lab, "in"], t.bytes_in)
@@ -67,7 +68,9 @@ class MonitorCollector:
                 hard.add_metric(lab, t.hard_expires_in)
             replay.add_metric(lab, t.replay_errors)
             integ.add_metric(lab, t.integrity_errors)
-        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ)
+            flaps.add_metric(lab, t.flaps)
+            down.add_metric(lab, t.downtime)
+        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ, flaps, down)
 
     def _monitor_families(self) -> Iterator[Metric]:
         m, fam = self.mon, self._family

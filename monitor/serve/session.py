@@ -146,7 +146,7 @@ async def drain(hub: Hub, c: Client, send: Send, send_many: SendMany | None = No
             c.resync = False
             hub.gaps_total += 1
             await send(gap_message(label, "overflow", 0, span=(label, label), snapshot_follows=True))
-            await send_snapshot(hub, c, send, hub.view.seq)
+            await send_snapshot(hub, c, send, hub.seq)
             c.progress = time.monotonic()
             continue
         else:
@@ -190,5 +190,5 @@ def detail(hub: Hub, ids: Sequence[str]) -> bytes:
             unknown.append(tid)
         else:
             found.append(t)
-    return dumps({"schema": SCHEMA, "type": "detail", "seq": hub.view.seq, "ts": hub.wall(now),
+    return dumps({"schema": SCHEMA, "type": "detail", "seq": hub.seq, "ts": hub.wall(now),
                   "tunnels": found, "unknown": unknown})

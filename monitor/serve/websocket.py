@@ -128,7 +128,7 @@ async def _read_ops(ws: web.WebSocketResponse, hub: Hub, client: Any) -> None:
             else:
                 reply = session.detail(hub, ids)
         elif op == "ping":
-            reply = dumps({"schema": SCHEMA, "type": "pong", "seq": hub.view.seq})
+            reply = dumps({"schema": SCHEMA, "type": "pong", "seq": hub.seq})
         else:
             reply = _ws_error("not a JSON object" if req is None else f"unknown op {op!r}")
         while not client.push_reply(reply):

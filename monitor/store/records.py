@@ -81,8 +81,11 @@ def checkpoint_from_blob(blob: bytes) -> TunnelCheckpoint:
                 raise ValueError(f"not an SA checkpoint: {s!r}")
             sas.append(SACheckpoint(*s))
         ints = {name: _int(doc, name) for name in _INTS}
+        flaps = _int(doc, "flaps") if "flaps" in doc else 0
+        down_secs = _float(doc, "down_secs") if "down_secs" in doc else 0.0
         return TunnelCheckpoint(
             id=doc["id"], netns=doc["netns"], state=doc["state"], reasons=tuple(reasons),
-            since=_float(doc, "since"), up_since=_float(doc, "up_since"), last_rekey=last, sas=tuple(sas), **ints)
+            since=_float(doc, "since"), up_since=_float(doc, "up_since"), last_rekey=last, sas=tuple(sas), **ints,
+            flaps=flaps, down_secs=down_secs)
     except KeyError as exc:
         raise ValueError(f"missing field {exc}") from None
