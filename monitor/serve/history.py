@@ -31,6 +31,10 @@ __all__ = ["HistoryService"]
 
 log = logging.getLogger("monitor.history")
 
+#: How far ahead of the core's seq the store's reservation is kept (renewed at half of it): a crash loses
+#: at most the events of the last flush, far fewer than this at any rate the monitor sustains.
+SEQ_RESERVE = 100_000
+
 
 class HistoryService:
     """Restores the core from the store and records into it; holds the reason when there is no store."""
@@ -46,7 +50,9 @@ class HistoryService:
         self.checkpoint_every = checkpoint_every
         self._events: list[Any] = []
         self._dirty: set[str] = set()
+        self._urgent: set[str] = set()  # tunnels an event was about: checkpointed at the next flush
         self._next_checkpoint = 0.0
+        self._reserved = 0  # the seq reservation last handed to the store (see ``flush``)
         self.restored_tunnels = 0
 
     @classmethod
@@ -79,24 +85,43 @@ class HistoryService:
     def record(self, events: Iterable[Any], dirty: Iterable[str]) -> None:
         """Called by the daemon's publish: keep the events and the changed ids for the next batch."""
         if self.history is not None:
-            self._events.extend(events)
+            for e in events:
+                self._events.append(e)
+                tid = getattr(e, "tunnel", None)
+                if tid is not None:
+                    self._urgent.add(tid)
             self._dirty.update(dirty)
 
     def flush(self, *, final: bool = False) -> None:
-        """Hand what was recorded to the writer thread (checkpoints when due, or ``final``)."""
+        """Hand what was recorded to the writer thread: the events; checkpoints of the tunnels they were about
+        (a rekey or a state change is never more than a flush from the store), and of every changed tunnel
+        when ``checkpoint_every`` is due (counters: live SAs lose nothing to an older checkpoint) or ``final``.
+
+        It also keeps a **seq reservation** ``SEQ_RESERVE`` ahead of the core's seq in the store: a restart
+        continues above it, so a seq a client may have seen just before a crash (its event not written yet)
+        is never given to another event."""
         h = self.history
         if h is None:
             return
         now = self.wall()
         cps: list[Any] = []
         gone: list[str] = []
-        if self._dirty and (final or now >= self._next_checkpoint):
-            ids, self._dirty = self._dirty, set()
-            cps, gone = self.core.checkpoint(ids)
+        due = final or now >= self._next_checkpoint
+        if due and self._dirty:
+            ids, self._dirty, self._urgent = self._dirty | self._urgent, set(), set()
             self._next_checkpoint = now + self.checkpoint_every
-        if self._events or cps or gone:
+        else:
+            ids, self._urgent = self._urgent, set()
+            self._dirty -= ids
+        if ids:
+            cps, gone = self.core.checkpoint(ids)
+        reserve = None
+        seq = int(getattr(self.core, "seq", 0))
+        if seq + SEQ_RESERVE // 2 > self._reserved:
+            self._reserved = reserve = seq + SEQ_RESERVE
+        if self._events or cps or gone or reserve:
             events, self._events = self._events, []
-            h.submit(Batch(now, events, cps, gone))
+            h.submit(Batch(now, events, cps, gone, reserve))
 
     async def run(self) -> None:
         """Flush every ``flush_interval`` seconds."""

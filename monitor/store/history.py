@@ -7,6 +7,7 @@ runs without history (the monitor never dies for its history).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -90,10 +91,10 @@ def load(conn: sqlite3.Connection, recent: int) -> Restored:
     """Checkpoints of tunnels not removed, the last ``seq``, and the newest ``recent`` events."""
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     top = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
-    try:
-        seq = max(top, int(meta.get("last_seq", 0)))
-    except ValueError:
-        seq = top
+    seq = top
+    for key in ("last_seq", "seq_reserved"):  # the reservation: seqs a crash may have shown, never reused
+        with contextlib.suppress(ValueError):
+            seq = max(seq, int(meta.get(key, 0)))
     cps: list[TunnelCheckpoint] = []
     skipped = 0
     for (blob,) in conn.execute("SELECT checkpoint FROM tunnels WHERE removed IS NULL"):

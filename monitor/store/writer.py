@@ -44,6 +44,7 @@ class Batch(NamedTuple):
     events: list[HealthEvent]
     checkpoints: list[TunnelCheckpoint]
     gone: list[str]
+    reserve: int | None = None  # a seq the next run must start above (monitor.serve.history.SEQ_RESERVE)
 
 
 class HistoryWriter:
@@ -174,6 +175,8 @@ class HistoryWriter:
             for cp in b.checkpoints:
                 if cp.id not in self._open:  # first sight (a quiet load emits no state_changed)
                     self._start(cp.id, cp.state, cp.since, list(cp.reasons))
+        if b.reserve is not None:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(b.reserve),))
         for tid in b.gone:
             self._close(tid, b.ts)
             conn.execute("UPDATE tunnels SET removed = ? WHERE id = ?", (b.ts, tid))
