@@ -99,19 +99,20 @@ class Checkpointing(Lifecycle):
         gone: list[str] = []
         skew = self.wall_skew
         tunnels = self._tunnels
+        new = tuple.__new__  # the NamedTuples built without their keyword-handling __new__ (half the cost)
         for tid in ids:
             t = tunnels.get(tid)
             if t is None:
                 gone.append(tid)
                 continue
             last = t.last_rekey
-            out.append(TunnelCheckpoint(
-                t.id, t.netns, str(t.state), tuple(r.code for r in t.reasons), t.since + skew, t.up_since + skew,
-                t.bytes_in, t.bytes_out, t.packets_in, t.packets_out, t.rekeys, t.rekey_failures,
+            out.append(new(TunnelCheckpoint, (
+                t.id, t.netns, t.state.value, tuple([r.code for r in t.reasons]), t.since + skew,
+                t.up_since + skew, t.bytes_in, t.bytes_out, t.packets_in, t.packets_out, t.rekeys, t.rekey_failures,
                 {**last, "ts": last["ts"] + skew} if last is not None else None,
                 t.replay_errors, t.integrity_errors, t.anomalies,
-                tuple(SACheckpoint(s.spi, s.daddr, s.proto, s.dir, s.bytes, s.packets, s.replay, s.integrity)
-                      for s in t.sas), t.flaps, t.down_secs))
+                tuple([new(SACheckpoint, (s.spi, s.daddr, s.proto, s.dir, s.bytes, s.packets, s.replay, s.integrity))
+                       for s in t.sas]), t.flaps, t.down_secs)))
         return out, gone
 
     # ------------------------------------------------------------------ the reconciliation
