@@ -55,12 +55,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key [env MONITOR_TLS_KEY]")
     p.add_argument("--events-log", metavar="FILE|-",
                    help="write every health event as one JSON line to FILE (- for stdout) [env MONITOR_EVENTS_LOG]")
+    p.add_argument("--vici", metavar="SOCKET",
+                   help="strongSwan's VICI socket for the IKE view (default auto: /var/run/charon.vici or "
+                        "/run/charon.vici with the kernel source) [env MONITOR_VICI]")
+    p.add_argument("--no-vici", action="store_const", const="off", dest="vici",
+                   help="no IKE view (kernel only)")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
               "tunnels", "seed", "log_level", "metrics_tunnels", "events_log", "tls_cert",
-              "tls_key")
+              "tls_key", "vici")
 
 
 #: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).

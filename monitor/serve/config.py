@@ -86,6 +86,9 @@ class Settings:
     tls_key: str | None = None
     #: Write every health event as one JSON line to this file (``-``: standard output) for log pipelines.
     events_log: str | None = None
+    #: strongSwan's VICI socket for the IKE view: ``auto`` (kernel source: /var/run/charon.vici or /run/charon.vici,
+    #: retried until charon is there; other sources: off), ``off``, or a socket path (any source).
+    vici: str = "auto"
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).
@@ -104,6 +107,15 @@ class Settings:
         """The capture file of a ``replay:FILE`` source, else None."""
         kind, _, rest = self.source.partition(":")
         return Path(rest) if kind == "replay" else None
+
+    @property
+    def vici_socket(self) -> tuple[bool, str | None]:
+        """``(enabled, path)`` of the IKE view: path None = auto-detect."""
+        if self.vici == "off":
+            return False, None
+        if self.vici == "auto":
+            return self.source_kind == "kernel", None
+        return True, self.vici
 
     @property
     def effective_stale_after(self) -> float:
@@ -154,6 +166,7 @@ def _validate(s: Settings) -> None:
     need(s.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     need(s.token is None or (len(s.token) >= 8 and not any(c.isspace() for c in s.token)),
          "token must be at least 8 characters without whitespace")
+    need(bool(s.vici.strip()), "vici must be 'auto', 'off' or a socket path")
     need(not (s.all_netns and s.netns), "netns and all_netns are mutually exclusive")
     need((s.tls_cert is None) == (s.tls_key is None), "tls_cert and tls_key go together: set both or neither")
     for o in s.allowed_origins:
