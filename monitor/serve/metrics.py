@@ -51,6 +51,8 @@ class TunnelSample(NamedTuple):
     hard_expires_in: float | None
     replay_errors: float
     integrity_errors: float
+    #: ``(conn, child)`` of the IKE view's ``ike`` block, when the tunnel has one (``ipsec_tunnel_ike_info``).
+    ike: tuple[str, str] | None = None
 
 
 class MonitorSample(NamedTuple):
@@ -115,7 +117,14 @@ def sample(t: Mapping[str, Any]) -> TunnelSample:
         float(hard) if isinstance(hard, int | float) else None,
         _errors(t, "replay_errors", ("replay_errors", "replay")),
         _errors(t, "integrity_errors", ("integrity_errors", "integrity_failed")),
+        _ike_names(t.get("ike")),
     )
+
+
+def _ike_names(block: object) -> tuple[str, str] | None:
+    if isinstance(block, Mapping) and isinstance(block.get("conn"), str) and isinstance(block.get("child"), str):
+        return str(block["conn"]), str(block["child"])
+    return None
 
 
 # ------------------------------------------------------------------ text format primitives
@@ -250,6 +259,7 @@ _HELP = {
     "ipsec_tunnel_hard_expiry_seconds": (_G, "Seconds until the earliest hard expiry of the tunnel's current SAs."),
     "ipsec_tunnel_replay_errors": (_C, "Packets dropped by replay protection."),
     "ipsec_tunnel_integrity_errors": (_C, "Packets failing the integrity check."),
+    "ipsec_tunnel_ike_info": (_G, "1 per tunnel the IKE view names: its strongSwan connection and child (join on id)."),
     "ipsec_tunnels": (_G, "Tunnels per health state (exported whatever metrics_tunnels says)."),
     "ipsec_monitor_enobufs": (_C, "ENOBUFS overruns of the netlink socket."),
     "ipsec_xfrm_stat": (_C, "The kernel's /proc/net/xfrm_stat counters per netns (counter: the kernel's name)."),
@@ -294,6 +304,9 @@ def _tunnel_text(ts: list[TunnelSample]) -> list[str]:
     out += [f"ipsec_tunnel_replay_errors_total{{{lab}}} {f(t.replay_errors)}\n" for lab, t in pairs]
     out.append(_head("ipsec_tunnel_integrity_errors"))
     out += [f"ipsec_tunnel_integrity_errors_total{{{lab}}} {f(t.integrity_errors)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_ike_info"))
+    out += [f'ipsec_tunnel_ike_info{{child="{escape(t.ike[1])}",conn="{escape(t.ike[0])}",id="{escape(t.labels[4])}",'
+            f'netns="{escape(t.labels[0])}"}} 1.0\n' for t in ts if t.ike is not None]
     return out
 
 

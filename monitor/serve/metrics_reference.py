@@ -43,6 +43,7 @@ class MonitorCollector:
         state = fam("ipsec_tunnel_state", [*TUNNEL_LABELS, "state"])
         hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
         replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
+        info = fam("ipsec_tunnel_ike_info", ["id", "netns", "conn", "child"])
         for t in self.tunnels:
             lab = list(t.labels)
             nbytes.add_metric([*lab, "in"], t.bytes_in)
@@ -58,7 +59,9 @@ class MonitorCollector:
                 hard.add_metric(lab, t.hard_expires_in)
             replay.add_metric(lab, t.replay_errors)
             integ.add_metric(lab, t.integrity_errors)
-        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ)
+            if t.ike is not None:
+                info.add_metric([t.labels[4], t.labels[0], *t.ike], 1.0)
+        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ, info)
 
     def _monitor_families(self) -> Iterator[Metric]:
         m, fam = self.mon, self._family
