@@ -5,6 +5,7 @@ from __future__ import annotations
 from monitor.ike.join import IkeState, annotate, configured_id, configured_tunnel, unjoined
 from monitor.ike.records import parse_list_conn, parse_list_sa
 from monitor.ike.rules import IkeError
+from monitor.render import format_tunnel
 from tests.ike_samples import child_sa, kernel_tunnel, list_conn, list_sa
 from tests.test_web_fakes import validate
 
@@ -117,7 +118,7 @@ def test_configured_children_without_kernel_tunnel() -> None:
 
 def test_configured_tunnel_is_down_not_initiated_with_advice() -> None:
     """State down, reason not_initiated with start_action/dpd_action advice; valid against tunnel.json."""
-    st = state(conns=(list_conn(dpd_action="clear"),))
+    st = state(conns=(list_conn(dpd_action="none"),))  # VICI's name for swanctl's "clear"
     (tid, (conn, child)), = unjoined(st, set()).items()
     t = configured_tunnel(tid, conn, child, state=st, netns="default", since=NOW - 3, now=NOW)
     validate("tunnel.json", t)
@@ -136,6 +137,13 @@ def test_configured_tunnel_with_a_failure_puts_it_first() -> None:
     st = state(list_sa(state="CONNECTING", children={}), conns=(list_conn(),), errors={"gw": err})
     (tid, (conn, child)), = unjoined(st, set()).items()
     t = configured_tunnel(tid, conn, child, state=st, netns="default", since=NOW, now=NOW)
-    assert codes(t["reasons"]) == ["auth_failed", "not_initiated"]
+    assert codes(t["reasons"]) == ["auth_failed"]
     assert t["ike"]["ike_state"] == "CONNECTING"
     assert t["ike"]["last_error"]["message"] == "MAC mismatched"
+
+
+def test_check_lines_name_the_tunnel() -> None:
+    """``monitor check`` lines (format_tunnel) show conn/child when the IKE view named the tunnel, nothing otherwise."""
+    named = annotate(kernel_tunnel(), state(list_sa()), NOW)
+    assert "(gw/net, default, reqid 1," in format_tunnel(named)
+    assert "(default, reqid 1," in format_tunnel(kernel_tunnel() | {"ike": None})

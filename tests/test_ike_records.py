@@ -63,12 +63,13 @@ def test_records_are_immutable() -> None:
 
 def test_list_conn() -> None:
     """Connections with their children, identities and the actions VICI exports."""
-    [conn] = parse_list_conn(list_conn(children=("net", "voice"), dpd_action="clear"))
+    [conn] = parse_list_conn(list_conn(children=("net", "voice"), dpd_action="start"))
     assert conn.name == "gw"
     assert (conn.local_addrs, conn.remote_addrs, conn.version) == (("192.0.2.1",), ("192.0.2.2",), "IKEv2")
     assert (conn.local_ids, conn.remote_ids, conn.dpd_delay) == (("192.0.2.1",), ("gw-b.example",), 3)
     assert [c.name for c in conn.children] == ["net", "voice"]
-    assert conn.children[0].dpd_action == "clear"
+    assert conn.children[0].dpd_action == "restart"  # VICI's "start" (action_names) in swanctl.conf's words
+    assert conn.children[0].close_action == "clear"  # and "none"
     assert conn.children[0].local_ts == ("10.10.1.0/24",)
 
 

@@ -225,7 +225,7 @@ def unjoined(state: IkeState, joined: set[tuple[str, str]]) -> dict[str, tuple[C
             if (c.name, ch.name) not in joined}
 
 
-def _advice(conn: Conn, child: ConnChild, active: bool) -> str:
+def _advice(child: ConnChild, active: bool) -> str:
     """What configuration makes a child come up by itself (VICI does not export ``start_action``)."""
     dpd = child.dpd_action or "?"
     if active:
@@ -238,15 +238,16 @@ def _advice(conn: Conn, child: ConnChild, active: bool) -> str:
 
 def configured_tunnel(tid: str, conn: Conn, child: ConnChild, *, state: IkeState, netns: str, since: float,
                       now: float) -> dict[str, Any]:
-    """The public JSON of a configured child with no kernel tunnel: ``down``, reason ``not_initiated``, or the
-    connection's last failure first."""
+    """The public JSON of a configured child with no kernel tunnel: ``down``, with the connection's last failure
+    as the reason, or ``not_initiated`` and what would start it."""
     live = [(ike, ch) for ike in state.sas if ike.conn == conn.name for ch in ike.children if ch.name == child.name]
     ike_sas = [ike for ike in state.sas if ike.conn == conn.name]
     ike, ch = live[0] if live else (ike_sas[0] if ike_sas else None, None)
     err = state.errors.get(conn.name)
-    reasons = [{"code": "not_initiated", "text": _advice(conn, child, bool(live))}]
-    if err is not None:
-        reasons.insert(0, {"code": err.code, "text": err.text})
+    if err is not None:  # it was initiated, and that failed
+        reasons = [{"code": err.code, "text": err.text}]
+    else:
+        reasons = [{"code": "not_initiated", "text": _advice(child, bool(live))}]
     return {
         "id": tid, "netns": netns, "reqid": (ch.reqid or 0) if ch else 0, "if_id": 0, "mark": 0,
         "local": conn.local_addrs[0] if conn.local_addrs else None,

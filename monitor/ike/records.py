@@ -158,8 +158,8 @@ class ConnChild:
     name: str
     mode: str | None
     rekey_time: int | None
-    dpd_action: str | None  #: ``clear``/``none``, ``trap``, ``restart``/``start`` (names differ by version)
-    close_action: str | None
+    dpd_action: str | None  #: as swanctl.conf spells it: ``clear``, ``trap``, ``restart``
+    close_action: str | None  #: same
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
 
@@ -230,9 +230,19 @@ def _ids(m: Mapping[str, Any], side: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: VICI writes actions with charon's internal names (``action_names``: none, trap, start); swanctl.conf spells
+#: ``dpd_action``/``close_action`` clear, trap, restart (``start`` in 5.9 ``vici_query.c`` means restart).
+SWANCTL_ACTION = {"none": "clear", "start": "restart"}
+
+
+def _action(v: object) -> str | None:
+    a = text(v)
+    return SWANCTL_ACTION.get(a, a) if a is not None else None
+
+
 def _conn_child(name: str, m: Mapping[str, Any]) -> ConnChild:
     return ConnChild(name=name, mode=text(m.get("mode")), rekey_time=_int(m.get("rekey_time")),
-                     dpd_action=text(m.get("dpd_action")), close_action=text(m.get("close_action")),
+                     dpd_action=_action(m.get("dpd_action")), close_action=_action(m.get("close_action")),
                      local_ts=_list(m.get("local-ts")), remote_ts=_list(m.get("remote-ts")))
 
 
