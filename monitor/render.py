@@ -121,12 +121,15 @@ def format_event(event: Mapping[str, Any], colour: bool = False) -> str:
 
 
 def format_tunnel(tunnel: Mapping[str, Any], colour: bool = False) -> str:
-    """One ``monitor check`` line for a tunnel: ``STATE id local -> remote reqid: reasons``."""
+    """One ``monitor check`` line for a tunnel: ``STATE id (conn/child, netns, reqid, local -> remote): reasons``
+    (``conn/child`` when the IKE view named it)."""
     state = str(tunnel.get("state", "?"))
     label = _paint(f"{state.upper():<9}", state_colour(state), colour)
     reasons = tunnel.get("reasons") or []
     text = " | ".join(f"{r.get('code')}: {r.get('text')}" if isinstance(r, dict) else str(r) for r in reasons)
     expiry = tunnel.get("hard_expires_in")
     exp = f" hard expiry in {expiry:.0f}s" if isinstance(expiry, int | float) else ""
-    return (f"{label} {tunnel.get('id')} ({tunnel.get('netns')}, reqid {tunnel.get('reqid')}, "
+    ike = tunnel.get("ike")
+    names = f"{ike.get('conn')}/{ike.get('child')}, " if isinstance(ike, Mapping) and ike.get("conn") else ""
+    return (f"{label} {tunnel.get('id')} ({names}{tunnel.get('netns')}, reqid {tunnel.get('reqid')}, "
             f"{tunnel.get('local')} -> {tunnel.get('remote')}){exp}: {text or 'no reason given'}")

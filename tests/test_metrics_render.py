@@ -36,6 +36,7 @@ tunnel_samples = st.builds(
     st.tuples(labels, labels, labels, labels, labels, labels, labels),
     floats, floats, floats, floats, floats, floats, states,
     st.one_of(st.none(), floats), floats, floats, floats, floats,
+    st.one_of(st.none(), st.tuples(labels, labels)),  # the IKE view's (conn, child): ipsec_tunnel_ike_info
 )
 mon_samples = st.builds(
     metrics.MonitorSample,
@@ -66,6 +67,17 @@ def test_render_equals_prometheus_client(tunnels: list[metrics.TunnelSample], mo
     ref = metrics_reference.render_prometheus_client(tunnels, mon)
     assert families(ours) == families(ref)
     assert ours == ref
+
+
+def test_ike_info_names_conn_and_child() -> None:
+    """A tunnel the IKE view names gets one ``ipsec_tunnel_ike_info`` sample; one it does not name gets none."""
+    named = {"conn": "gw", "child": "net"}
+    t = metrics.sample({"id": "default:1:a-b", "netns": "default", "state": "up", "ike": named})
+    bare = metrics.sample({"id": "default:2:a-b", "netns": "default", "state": "up", "ike": None})
+    mon = metrics.MonitorSample({}, {}, 0.0, {}, 0.0, 0, 0, 0, 0)
+    info = [f for f in families(metrics.render([t, bare], mon)) if f[0] == "ipsec_tunnel_ike_info"]
+    assert info[0][3] == [("ipsec_tunnel_ike_info", (("child", "net"), ("conn", "gw"), ("id", "default:1:a-b"),
+                                                     ("netns", "default")), "1.0")]
 
 
 def test_state_templates_equal_state_block() -> None:

@@ -62,12 +62,17 @@ def add_parser(sub: Any) -> None:
                    help="keep no history (on by default for the kernel source) [env MONITOR_HISTORY=off]")
     p.add_argument("--history", action="store_const", const="on", dest="history",
                    help="keep history for a replayed or simulated source too (needs no --state-dir)")
+    p.add_argument("--vici", metavar="SOCKET",
+                   help="strongSwan's VICI socket for the IKE view (default auto: /var/run/charon.vici or "
+                        "/run/charon.vici with the kernel source) [env MONITOR_VICI]")
+    p.add_argument("--no-vici", action="store_const", const="off", dest="vici",
+                   help="no IKE view (kernel only)")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
               "tunnels", "seed", "log_level", "metrics_tunnels", "events_log", "tls_cert",
-              "tls_key", "state_dir", "history")
+              "tls_key", "state_dir", "history", "vici")
 
 
 #: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).

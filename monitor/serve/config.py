@@ -94,6 +94,9 @@ class Settings:
     #: History retention: seconds kept (default 30 days) and the database's size cap in bytes (default 1 GiB).
     history_max_age: float = 30 * 86_400.0
     history_max_bytes: int = 1 << 30
+    #: strongSwan's VICI socket for the IKE view: ``auto`` (kernel source: /var/run/charon.vici or /run/charon.vici,
+    #: retried until charon is there; other sources: off), ``off``, or a socket path (any source).
+    vici: str = "auto"
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).
@@ -119,6 +122,15 @@ class Settings:
         if self.history == "auto":
             return self.source_kind == "kernel" or self.state_dir is not None
         return self.history == "on"
+
+    @property
+    def vici_socket(self) -> tuple[bool, str | None]:
+        """``(enabled, path)`` of the IKE view: path None = auto-detect."""
+        if self.vici == "off":
+            return False, None
+        if self.vici == "auto":
+            return self.source_kind == "kernel", None
+        return True, self.vici
 
     @property
     def effective_stale_after(self) -> float:
@@ -169,6 +181,7 @@ def _validate(s: Settings) -> None:
     need(s.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     need(s.token is None or (len(s.token) >= 8 and not any(c.isspace() for c in s.token)),
          "token must be at least 8 characters without whitespace")
+    need(bool(s.vici.strip()), "vici must be 'auto', 'off' or a socket path")
     need(not (s.all_netns and s.netns), "netns and all_netns are mutually exclusive")
     need(s.history in ("auto", "on", "off"), f"history must be auto, on or off, got {s.history!r}")
     need(s.history_max_age > 0, f"history_max_age must be > 0 seconds, got {s.history_max_age}")

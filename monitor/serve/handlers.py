@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,8 @@ DAEMON = web.AppKey("daemon", Daemon)
 CORRELATOR = web.AppKey("correlator", TunnelView)
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 INSTANCE = web.AppKey("instance", str)
+#: ``(status, detail)`` of the IKE view (``monitor.ike.view.IkeCorrelator.status_json``/``detail_json``).
+IKE_STATUS: web.AppKey[tuple[Callable[[], dict[str, Any]], Callable[[], dict[str, Any]]]] = web.AppKey("ike")
 
 
 def error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -200,7 +203,14 @@ def health_doc(app: web.Application) -> tuple[int, dict[str, Any]]:
         "clients": len(hub.clients),
         "history": daemon.history.status() if daemon.history is not None else {"enabled": False},
     }
+    if IKE_STATUS in app:
+        doc["ike"] = app[IKE_STATUS][0]()  # informational: the IKE view is optional, never degrades
     return (503 if degraded else 200), doc
+
+
+async def ike_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/ike``: the IKE view's status, charon's SAs and connections, the last error per connection."""
+    return json_response({"schema": SCHEMA, **request.app[IKE_STATUS][1]()})
 
 
 async def healthz_handler(request: web.Request) -> web.StreamResponse:

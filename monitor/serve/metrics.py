@@ -53,6 +53,8 @@ class TunnelSample(NamedTuple):
     integrity_errors: float
     flaps: float = 0.0
     downtime: float = 0.0
+    #: ``(conn, child)`` of the IKE view's ``ike`` block, when the tunnel has one (``ipsec_tunnel_ike_info``).
+    ike: tuple[str, str] | None = None
 
 
 class MonitorSample(NamedTuple):
@@ -120,7 +122,14 @@ def sample(t: Mapping[str, Any]) -> TunnelSample:
         _errors(t, "replay_errors", ("replay_errors", "replay")),
         _errors(t, "integrity_errors", ("integrity_errors", "integrity_failed")),
         _num(t.get("flaps")), _num(t.get("downtime")),
+        _ike_names(t.get("ike")),
     )
+
+
+def _ike_names(block: object) -> tuple[str, str] | None:
+    if isinstance(block, Mapping) and isinstance(block.get("conn"), str) and isinstance(block.get("child"), str):
+        return str(block["conn"]), str(block["child"])
+    return None
 
 
 # ------------------------------------------------------------------ text format primitives
@@ -257,6 +266,7 @@ _HELP = {
     "ipsec_tunnel_integrity_errors": (_C, "Packets failing the integrity check."),
     "ipsec_tunnel_flaps": (_C, "Times the tunnel went down from a working state (kept across restarts with history)."),
     "ipsec_tunnel_downtime_seconds": (_C, "Seconds the tunnel spent down (kept across restarts with history)."),
+    "ipsec_tunnel_ike_info": (_G, "1 per tunnel the IKE view names: its strongSwan connection and child (join on id)."),
     "ipsec_tunnels": (_G, "Tunnels per health state (exported whatever metrics_tunnels says)."),
     "ipsec_monitor_enobufs": (_C, "ENOBUFS overruns of the netlink socket."),
     "ipsec_xfrm_stat": (_C, "The kernel's /proc/net/xfrm_stat counters per netns (counter: the kernel's name)."),
@@ -312,6 +322,9 @@ def _tunnel_text(ts: list[TunnelSample]) -> list[str]:
     out += [f"ipsec_tunnel_flaps_total{{{lab}}} {f(t.flaps)}\n" for lab, t in pairs]
     out.append(_head("ipsec_tunnel_downtime_seconds"))
     out += [f"ipsec_tunnel_downtime_seconds_total{{{lab}}} {f(t.downtime)}\n" for lab, t in pairs]
+    out.append(_head("ipsec_tunnel_ike_info"))
+    out += [f'ipsec_tunnel_ike_info{{child="{escape(t.ike[1])}",conn="{escape(t.ike[0])}",id="{escape(t.labels[4])}",'
+            f'netns="{escape(t.labels[0])}"}} 1.0\n' for t in ts if t.ike is not None]
     return out
 
 

@@ -53,6 +53,7 @@ class MonitorCollector:
         hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
         replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
         flaps, down = fam("ipsec_tunnel_flaps", tl), fam("ipsec_tunnel_downtime_seconds", tl)
+        info = fam("ipsec_tunnel_ike_info", ["id", "netns", "conn", "child"])
         for t in self.tunnels:
             lab = list(t.labels)
             nbytes.add_metric([*lab, "in"], t.bytes_in)
@@ -70,7 +71,9 @@ class MonitorCollector:
             integ.add_metric(lab, t.integrity_errors)
             flaps.add_metric(lab, t.flaps)
             down.add_metric(lab, t.downtime)
-        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ, flaps, down)
+            if t.ike is not None:
+                info.add_metric([t.labels[4], t.labels[0], *t.ike], 1.0)
+        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ, flaps, down, info)
 
     def _monitor_families(self) -> Iterator[Metric]:
         m, fam = self.mon, self._family

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from monitor.errors import ConfigError
+from monitor.ike.view import IkeCorrelator, IkeService, disabled_status
 from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
 from monitor.serve.config import Settings
 from monitor.serve.daemon import Daemon
@@ -26,6 +27,7 @@ from monitor.serve.handlers import (
     CORRELATOR,
     DAEMON,
     HUB,
+    IKE_STATUS,
     INSTANCE,
     SETTINGS,
     SOCKETS,
@@ -33,6 +35,7 @@ from monitor.serve.handlers import (
     error,
     healthz_handler,
     host_allowed,
+    ike_handler,
     metrics_handler,
     netns_handler,
     netns_list_handler,
@@ -164,6 +167,11 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     prober = prober_from_settings(settings.prober)  # None unless [prober] enabled = true
     if prober is not None:
         correlator = ProbedCorrelator(core, prober)  # merges the tunnel JSON's `probe` field
+    ike_on, vici_path = settings.vici_socket
+    ike: IkeCorrelator | None = None
+    if ike_on:  # outermost: the kernel tunnels it annotates already carry `probe`
+        ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None)
+        correlator = ike
     src = source if source is not None else build_source(settings)
     hub = Hub(correlator, ring_size=settings.ring_size, client_queue=settings.client_queue,
               client_max_updates=settings.client_max_updates, snapshot_chunk=settings.snapshot_chunk,
@@ -199,6 +207,18 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app.on_shutdown.append(_close_websockets)  # before the runner waits for handlers to finish
     if prober is not None:
         app.cleanup_ctx.append(ProberService(prober, core, daemon.clock).cleanup_ctx)
+    if ike is not None:
+        view = ike
+        view.core_clock = daemon.clock
+        view.publish = lambda ids: hub.publish_tunnels_soon(ids, daemon.clock())
+        app[IKE_STATUS] = (view.status_json, view.detail_json)
+        service = IkeService(view, vici_path, ready=daemon.opened, failed=lambda: daemon.state == "failed")
+        app.cleanup_ctx.append(service.cleanup_ctx)
+    else:
+        why = "off (--no-vici / vici = off)" if settings.vici == "off" else \
+            f"off for the {settings.source_kind} source (set vici to a socket path to use one)"
+        app[IKE_STATUS] = (lambda: disabled_status(why), lambda: {"status": disabled_status(why), "sas": [],
+                                                                  "conns": [], "errors": []})
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
     app.router.add_get("/api/v1/tunnels/{id}", tunnel_handler)
@@ -207,6 +227,7 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     app.router.add_get("/api/v1/events", events_handler)
     app.router.add_get("/api/v1/netns", netns_list_handler)
     app.router.add_get("/api/v1/netns/{name}", netns_handler)
+    app.router.add_get("/api/v1/ike", ike_handler)
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/metrics", metrics_handler)
     if (STATIC_DIR / "index.html").is_file():
