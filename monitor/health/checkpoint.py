@@ -79,7 +79,6 @@ class Checkpointing(Lifecycle):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._restore: dict[str, dict[str, TunnelCheckpoint]] = {}  # netns -> id -> checkpoint, until loaded
-        self._restored = 0
 
     def restore(self, tunnels: Iterable[TunnelCheckpoint], seq: int) -> None:
         """Continue from a checkpoint (call before the first event): ``seq`` continues, and each netns's
@@ -141,7 +140,6 @@ class Checkpointing(Lifecycle):
 
     def _continue(self, t: Tunnel, cp: TunnelCheckpoint, now: float) -> None:
         """One tunnel continues from its checkpoint (see the module docstring)."""
-        self._restored += 1
         skew = self.wall_skew
         live: dict[SAKey, Any] = {(s.spi, s.daddr, s.proto): s for s in t.sas}
         old = {(s.spi, s.daddr, s.proto): s for s in cp.sas}

@@ -160,7 +160,7 @@ class HistoryService:
                 await task
         if self.history is not None:
             self.flush(final=True)
-            await asyncio.to_thread(self.history.close, self.wall())
+            await asyncio.to_thread(self.history.close)
 
     # ------------------------------------------------------------------ status and queries
 

@@ -35,7 +35,6 @@ class Restored(NamedTuple):
     seq: int
     events: list[dict[str, Any]]
     skipped: int  # damaged checkpoint rows left out
-    stopped_at: float | None
 
 
 class History:
@@ -66,16 +65,9 @@ class History:
         """Hand a batch to the writer thread (never blocks)."""
         return self.writer.submit(batch)
 
-    def close(self, stopped_at: float) -> None:
-        """Record the stop time, write what is queued, and close."""
-        self.writer.submit(Batch(stopped_at, [], [], []))
+    def close(self) -> None:
+        """Write what is queued, and close."""
         self.writer.close()
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('stopped_at', ?)", (repr(stopped_at),))
-            conn.close()
-        except sqlite3.Error as exc:
-            log.warning("history: cannot record the stop time in %s: %s", self.path, exc)
 
     def status(self) -> dict[str, Any]:
         """The writer's counters plus the path and the database's size."""
@@ -105,11 +97,7 @@ def load(conn: sqlite3.Connection, recent: int) -> Restored:
     rows = conn.execute("SELECT seq, ts, type, tunnel, netns, detail FROM events ORDER BY seq DESC LIMIT ?",
                         (recent,)).fetchall()
     events = [event_doc(r) for r in reversed(rows)]
-    try:
-        stopped = float(meta["stopped_at"]) if "stopped_at" in meta else None
-    except ValueError:
-        stopped = None
-    return Restored(cps, seq, events, skipped, stopped)
+    return Restored(cps, seq, events, skipped)
 
 
 def event_doc(row: tuple[Any, ...]) -> dict[str, Any]:

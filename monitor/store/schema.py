@@ -12,7 +12,7 @@ Tables (instants are wall-clock seconds; totals past SQLite's signed 64 bits liv
 ``tunnels``    per tunnel its latest checkpoint (``monitor.health.checkpoint.TunnelCheckpoint`` as JSON),
                ``removed`` when it left the kernel
 ``rates``      per tunnel and 5 minutes (``minute``: the first) the byte totals at the last checkpoint in them
-``meta``       key/value: ``created``, ``last_seq``, ``stopped_at``
+``meta``       key/value: ``last_seq``, ``seq_reserved`` (what a restart continues above)
 """
 
 from __future__ import annotations
