@@ -99,6 +99,24 @@ class IkeCorrelator:
         if self.publish is not None:
             self.publish([*touched, *(before | set(self._synth))])
 
+    # -- events --------------------------------------------------------------------------------
+
+    def drain_events(self) -> list[Any]:
+        """The inner correlator's new events; those of a tunnel the IKE view named carry ``detail.ike``
+        (``{conn, child, last_error}``), so a ``tunnel_down`` says what charon saw (peer gone, auth failed ...)."""
+        events: list[Any] = self._inner.drain_events()
+        if not self._names:
+            return events
+        return [self._named(ev) for ev in events]
+
+    def _named(self, ev: Any) -> Any:
+        names = self._names.get(getattr(ev, "tunnel", None) or "")
+        if names is None or not hasattr(ev, "_replace") or not isinstance(getattr(ev, "detail", None), dict):
+            return ev
+        err = self.errors.get(names[0])
+        ike = {"conn": names[0], "child": names[1], "last_error": err.to_json() if err else None}
+        return ev._replace(detail={**ev.detail, "ike": ike})
+
     # -- the view ------------------------------------------------------------------------------
 
     def _refresh_synth(self, ids: Iterable[str]) -> None:
