@@ -21,8 +21,10 @@ from monitor.ike.join import IkeState, annotate, configured_tunnel, unjoined
 from monitor.ike.records import Conn, ConnChild
 from monitor.ike.rules import IkeError
 
-#: Above this many tunnels an update re-reads only those whose reqid charon lists (no join by selectors).
-FULL_SCAN_MAX = 20_000
+#: When charon's connections change (first listing, reload), tunnels not yet joined are re-read for the join by
+#: selectors, up to this many tunnels (~70 us each: 0.35 s of loop at most); otherwise, and above it, an update
+#: re-reads only the tunnels already joined and those whose reqid charon lists. New tunnels join when first read.
+FULL_SCAN_MAX = 5_000
 #: An ``ike_down`` (IKE_SA went down) does not replace a more telling error younger than this.
 KEEP_SPECIFIC = 10.0
 
@@ -59,6 +61,7 @@ class IkeCorrelator:
         self._names: dict[str, tuple[str, str]] = {}  # kernel tunnel id -> (conn, child) it was joined to
         self._synth: dict[str, tuple[Conn, ConnChild]] = {}
         self._since: dict[str, float] = {}
+        self._scanned: tuple[Conn, ...] = ()  # the connections of the last full re-read
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -90,8 +93,9 @@ class IkeCorrelator:
         ids = list(self._inner.tunnel_ids())
         reqids = set(self.state.index.by_reqid)
         touched = [t for t in ids if t in self._names or reqid_of(t) in reqids]
-        if self.state.conns and len(ids) <= FULL_SCAN_MAX:  # a down tunnel joins by selectors: look at all
+        if self.state.conns != self._scanned and len(ids) <= FULL_SCAN_MAX:  # down tunnels join by selectors
             touched = ids
+            self._scanned = self.state.conns
         now, core_now = self.clock(), self.core_clock()
         for tid in touched:
             self._kernel_json(tid, core_now, now)
