@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from monitor.ike.client import Listing, ViciClient, ViciStatus
+from monitor.ike.client import Listing, ViciClient, ViciStatus, describe
 from monitor.ike.rules import IkeError
 from tests.fake_charon import FakeCharon
 from tests.ike_samples import b, list_conn, list_sa
@@ -171,3 +171,16 @@ def test_serve_with_charon_coming_and_going(sock_dir: Path) -> None:
         fake.stop()
     assert "Traceback" not in err
     assert err.count("IKE view unavailable") == 1, err
+
+
+@pytest.mark.parametrize(("exc", "words"), [
+    (FileNotFoundError(2, "No such file"), "no VICI socket at /s"),
+    (PermissionError(13, "Permission denied"), "permission denied on /s"),
+    (ConnectionRefusedError(111, "refused"), "does not accept connections on /s"),
+    (OSError("Connection closed"), "charon closed the VICI connection at /s"),
+    (BrokenPipeError(32, "Broken pipe"), "charon closed the VICI connection at /s"),
+])
+def test_status_lines_say_what_to_do(exc: OSError, words: str) -> None:
+    """Each failure's status line names the socket and the cause (root is never refused, so permission is
+    checked here rather than on a real socket)."""
+    assert words in describe(exc, "/s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -74,27 +75,31 @@ class IkeCorrelator:
             self.status.update(connected=item.connected, socket=item.socket, error=item.error, since=item.ts)
             if not item.connected:  # charon gone: the kernel-only view, until it is back
                 self.state = IkeState(errors=dict(self.errors))
+            self._changed()
         elif isinstance(item, Listing):
             self.status["refreshed"] = item.ts
             self.state = IkeState.of(item.sas, item.conns, item.ts, self.errors)
+            self._changed()
         elif isinstance(item, IkeError):
             key = item.conn or ""
             old = self.errors.get(key)
             if item.code == "ike_down" and old is not None and item.ts - old.ts < KEEP_SPECIFIC:
                 return
             self.errors[key] = item
-            self.state = IkeState.of(self.state.sas, self.state.conns, self.state.listed_at, self.errors)
-        else:
-            return
-        self._changed()
+            self.state = dataclasses.replace(self.state, errors=dict(self.errors))  # the indexes stay
+            self._changed(only_conn=key)
 
-    def _changed(self) -> None:
+    def _changed(self, only_conn: str | None = None) -> None:
+        """Re-read the tunnels an update concerns (all of one connection's for an error) and publish them."""
         before = set(self._synth)
         ids = list(self._inner.tunnel_ids())
         reqids = set(self.state.index.by_reqid)
-        touched = [t for t in ids if t in self._names or reqid_of(t) in reqids]
-        if self.state.conns != self._scanned and len(ids) <= FULL_SCAN_MAX:  # down tunnels join by selectors
-            touched = ids
+        if only_conn is not None:
+            touched = [t for t, names in self._names.items() if names[0] == only_conn]
+        else:
+            touched = [t for t in ids if t in self._names or reqid_of(t) in reqids]
+        if only_conn is None and self.state.conns != self._scanned and len(ids) <= FULL_SCAN_MAX:
+            touched = ids  # down tunnels join by selectors
             self._scanned = self.state.conns
         now, core_now = self.clock(), self.core_clock()
         for tid in touched:
