@@ -133,7 +133,9 @@ def test_serve_with_charon_coming_and_going(sock_dir: Path) -> None:
     try:
         until("the IKE view", lambda: _get(base, "api/v1/ike")["status"]["connected"] and _joined(base))
         ike = _get(base, "api/v1/ike")
+        validate("rest-ike.json", ike)
         assert (ike["status"]["ike_sas"], ike["status"]["conns"]) == (1, 1)
+        assert [c["name"] for c in ike["sas"][0]["children"]] == ["net"]
         t = _joined(base)
         assert t is not None
         validate("tunnel.json", t)
@@ -151,6 +153,8 @@ def test_serve_with_charon_coming_and_going(sock_dir: Path) -> None:
 
         fake.emit("log", b(group="IKE", level=1, ikesa_name="gw", msg="received NO_PROPOSAL_CHOSEN notify error"))
         until("the failure as reason", lambda: _tunnels(base)["ike:gw:voice"]["reasons"][0]["code"] == "no_proposal")
+        errors = _get(base, "api/v1/ike")["errors"]
+        assert [(e["conn"], e["code"]) for e in errors] == [("gw", "no_proposal")]
 
         fake.stop()
         until("disconnected", lambda: not _get(base, "api/v1/ike")["status"]["connected"])
