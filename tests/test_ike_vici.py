@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from monitor.ike.client import Listing, ViciClient, ViciStatus
+from monitor.ike.client import Listing, ViciClient, ViciStatus, describe
 from monitor.ike.rules import IkeError
 from tests.fake_charon import FakeCharon
 from tests.ike_samples import b, list_conn, list_sa
@@ -133,7 +133,9 @@ def test_serve_with_charon_coming_and_going(sock_dir: Path) -> None:
     try:
         until("the IKE view", lambda: _get(base, "api/v1/ike")["status"]["connected"] and _joined(base))
         ike = _get(base, "api/v1/ike")
+        validate("rest-ike.json", ike)
         assert (ike["status"]["ike_sas"], ike["status"]["conns"]) == (1, 1)
+        assert [c["name"] for c in ike["sas"][0]["children"]] == ["net"]
         t = _joined(base)
         assert t is not None
         validate("tunnel.json", t)
@@ -151,6 +153,8 @@ def test_serve_with_charon_coming_and_going(sock_dir: Path) -> None:
 
         fake.emit("log", b(group="IKE", level=1, ikesa_name="gw", msg="received NO_PROPOSAL_CHOSEN notify error"))
         until("the failure as reason", lambda: _tunnels(base)["ike:gw:voice"]["reasons"][0]["code"] == "no_proposal")
+        errors = _get(base, "api/v1/ike")["errors"]
+        assert [(e["conn"], e["code"]) for e in errors] == [("gw", "no_proposal")]
 
         fake.stop()
         until("disconnected", lambda: not _get(base, "api/v1/ike")["status"]["connected"])
@@ -171,3 +175,16 @@ def test_serve_with_charon_coming_and_going(sock_dir: Path) -> None:
         fake.stop()
     assert "Traceback" not in err
     assert err.count("IKE view unavailable") == 1, err
+
+
+@pytest.mark.parametrize(("exc", "words"), [
+    (FileNotFoundError(2, "No such file"), "no VICI socket at /s"),
+    (PermissionError(13, "Permission denied"), "permission denied on /s"),
+    (ConnectionRefusedError(111, "refused"), "does not accept connections on /s"),
+    (OSError("Connection closed"), "charon closed the VICI connection at /s"),
+    (BrokenPipeError(32, "Broken pipe"), "charon closed the VICI connection at /s"),
+])
+def test_status_lines_say_what_to_do(exc: OSError, words: str) -> None:
+    """Each failure's status line names the socket and the cause (root is never refused, so permission is
+    checked here rather than on a real socket)."""
+    assert words in describe(exc, "/s")

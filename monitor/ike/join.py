@@ -51,6 +51,11 @@ class Index:
         return cls({k: tuple(v) for k, v in by_reqid.items()}, by_spi)
 
 
+def _ts(v: str) -> str:
+    """A traffic selector without its protocol/port suffix: ``10.1.0.0/24[udp/500]`` -> ``10.1.0.0/24``."""
+    return v.split("[", 1)[0].strip()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IkeState:
     """What charon said last: its SAs and connections, when they were listed (wall clock), and the last
@@ -61,13 +66,22 @@ class IkeState:
     listed_at: float = 0.0
     errors: Mapping[str, IkeError] = field(default_factory=dict)
     index: Index = field(default_factory=lambda: Index({}, {}))
+    #: configured children by each (local, remote) selector pair they cover, both orientations (match_config)
+    by_ts: Mapping[tuple[str, str], frozenset[tuple[int, int]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, sas: Sequence[IkeSa], conns: Sequence[Conn], listed_at: float,
            errors: Mapping[str, IkeError]) -> IkeState:
-        """A state with its index built."""
+        """A state with its indexes built."""
+        by_ts: dict[tuple[str, str], set[tuple[int, int]]] = {}
+        for i, conn in enumerate(conns):
+            for j, ch in enumerate(conn.children):
+                for a in ch.local_ts:
+                    for b in ch.remote_ts:
+                        by_ts.setdefault((_ts(a), _ts(b)), set()).add((i, j))
+                        by_ts.setdefault((_ts(b), _ts(a)), set()).add((i, j))
         return cls(sas=tuple(sas), conns=tuple(conns), listed_at=listed_at, errors=dict(errors),
-                   index=Index.build(sas))
+                   index=Index.build(sas), by_ts={k: frozenset(v) for k, v in by_ts.items()})
 
 
 def _spi(v: object) -> int | None:
@@ -163,24 +177,20 @@ def findings(tunnel: Mapping[str, Any], ike: IkeSa | None, child: ChildSa | None
     return out
 
 
-def _ts(v: str) -> str:
-    """A traffic selector without its protocol/port suffix: ``10.1.0.0/24[udp/500]`` -> ``10.1.0.0/24``."""
-    return v.split("[", 1)[0].strip()
-
-
-def match_config(tunnel: Mapping[str, Any], conns: Sequence[Conn]) -> tuple[Conn, ConnChild] | None:
+def match_config(tunnel: Mapping[str, Any], state: IkeState) -> tuple[Conn, ConnChild] | None:
     """The one configured child whose traffic selectors cover the tunnel's policy selectors (for a tunnel charon
-    lists no CHILD_SA for, e.g. down with its policies left); None when none or several do."""
+    lists no CHILD_SA for, e.g. down with its policies left); None when none or several do. One dict lookup per
+    selector (``state.by_ts``), so a fleet of down tunnels costs no scan of every connection."""
     pairs = {(str(s.get("src")), str(s.get("dst"))) for s in tunnel.get("selectors") or () if isinstance(s, Mapping)}
-    if not pairs:
+    found: frozenset[tuple[int, int]] | None = None
+    for p in pairs:
+        found = state.by_ts.get(p, frozenset()) if found is None else found & state.by_ts.get(p, frozenset())
+        if not found:
+            return None
+    if found is None or len(found) != 1:
         return None
-    found = []
-    for conn in conns:
-        for ch in conn.children:
-            mine = {(_ts(a), _ts(b)) for a in ch.local_ts for b in ch.remote_ts}
-            if pairs <= mine or pairs <= {(b, a) for a, b in mine}:
-                found.append((conn, ch))
-    return found[0] if len(found) == 1 else None
+    (i, j), = found
+    return state.conns[i], state.conns[i].children[j]
 
 
 def annotate(tunnel: Mapping[str, Any], state: IkeState, now: float, grace: float = 10.0) -> dict[str, Any]:
@@ -198,7 +208,7 @@ def annotate(tunnel: Mapping[str, Any], state: IkeState, now: float, grace: floa
         out["hints"] = [*(tunnel.get("hints") or ()), *found]
     if ike is not None and child is not None:
         conn, name = ike.conn, child.name
-    elif (cfg := match_config(tunnel, state.conns)) is not None:
+    elif (cfg := match_config(tunnel, state)) is not None:
         conn, name = cfg[0].name, cfg[1].name
     else:
         out["ike"] = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -21,8 +22,10 @@ from monitor.ike.join import IkeState, annotate, configured_tunnel, unjoined
 from monitor.ike.records import Conn, ConnChild
 from monitor.ike.rules import IkeError
 
-#: Above this many tunnels an update re-reads only those whose reqid charon lists (no join by selectors).
-FULL_SCAN_MAX = 20_000
+#: When charon's connections change (first listing, reload), tunnels not yet joined are re-read for the join by
+#: selectors, up to this many tunnels (~70 us each: 0.35 s of loop at most); otherwise, and above it, an update
+#: re-reads only the tunnels already joined and those whose reqid charon lists. New tunnels join when first read.
+FULL_SCAN_MAX = 5_000
 #: An ``ike_down`` (IKE_SA went down) does not replace a more telling error younger than this.
 KEEP_SPECIFIC = 10.0
 
@@ -59,6 +62,7 @@ class IkeCorrelator:
         self._names: dict[str, tuple[str, str]] = {}  # kernel tunnel id -> (conn, child) it was joined to
         self._synth: dict[str, tuple[Conn, ConnChild]] = {}
         self._since: dict[str, float] = {}
+        self._scanned: tuple[Conn, ...] = ()  # the connections of the last full re-read
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -71,33 +75,56 @@ class IkeCorrelator:
             self.status.update(connected=item.connected, socket=item.socket, error=item.error, since=item.ts)
             if not item.connected:  # charon gone: the kernel-only view, until it is back
                 self.state = IkeState(errors=dict(self.errors))
+            self._changed()
         elif isinstance(item, Listing):
             self.status["refreshed"] = item.ts
             self.state = IkeState.of(item.sas, item.conns, item.ts, self.errors)
+            self._changed()
         elif isinstance(item, IkeError):
             key = item.conn or ""
             old = self.errors.get(key)
             if item.code == "ike_down" and old is not None and item.ts - old.ts < KEEP_SPECIFIC:
                 return
             self.errors[key] = item
-            self.state = IkeState.of(self.state.sas, self.state.conns, self.state.listed_at, self.errors)
-        else:
-            return
-        self._changed()
+            self.state = dataclasses.replace(self.state, errors=dict(self.errors))  # the indexes stay
+            self._changed(only_conn=key)
 
-    def _changed(self) -> None:
+    def _changed(self, only_conn: str | None = None) -> None:
+        """Re-read the tunnels an update concerns (all of one connection's for an error) and publish them."""
         before = set(self._synth)
         ids = list(self._inner.tunnel_ids())
         reqids = set(self.state.index.by_reqid)
-        touched = [t for t in ids if t in self._names or reqid_of(t) in reqids]
-        if self.state.conns and len(ids) <= FULL_SCAN_MAX:  # a down tunnel joins by selectors: look at all
-            touched = ids
+        if only_conn is not None:
+            touched = [t for t, names in self._names.items() if names[0] == only_conn]
+        else:
+            touched = [t for t in ids if t in self._names or reqid_of(t) in reqids]
+        if only_conn is None and self.state.conns != self._scanned and len(ids) <= FULL_SCAN_MAX:
+            touched = ids  # down tunnels join by selectors
+            self._scanned = self.state.conns
         now, core_now = self.clock(), self.core_clock()
         for tid in touched:
             self._kernel_json(tid, core_now, now)
         self._refresh_synth(ids)
         if self.publish is not None:
             self.publish([*touched, *(before | set(self._synth))])
+
+    # -- events --------------------------------------------------------------------------------
+
+    def drain_events(self) -> list[Any]:
+        """The inner correlator's new events; those of a tunnel the IKE view named carry ``detail.ike``
+        (``{conn, child, last_error}``), so a ``tunnel_down`` says what charon saw (peer gone, auth failed ...)."""
+        events: list[Any] = self._inner.drain_events()
+        if not self._names:
+            return events
+        return [self._named(ev) for ev in events]
+
+    def _named(self, ev: Any) -> Any:
+        names = self._names.get(getattr(ev, "tunnel", None) or "")
+        if names is None or not hasattr(ev, "_replace") or not isinstance(getattr(ev, "detail", None), dict):
+            return ev
+        err = self.errors.get(names[0])
+        ike = {"conn": names[0], "child": names[1], "last_error": err.to_json() if err else None}
+        return ev._replace(detail={**ev.detail, "ike": ike})
 
     # -- the view ------------------------------------------------------------------------------
 

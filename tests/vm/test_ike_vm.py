@@ -18,7 +18,7 @@ import pytest
 
 from tests.vm.references import _CHILD, _SPI_LINE
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]  # the first VM test boots the VM for all
 
 _IKE = re.compile(r"^(\S+): #(\d+), (\S+),")
 
