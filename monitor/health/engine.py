@@ -124,6 +124,10 @@ class Engine:
                 t.last_in_ts = t.last_out_ts = 0.0
             ns.tunnels[key] = t
             self._tunnels[tid] = t
+            if reqid:
+                first = ns.by_pair.setdefault((reqid, lo, hi), t)
+                if first is not t:
+                    ns.split_pairs.setdefault((reqid, lo, hi), [first]).append(t)
             self._dirty.add(tid)
             if hi in ns.locals and lo not in ns.locals:
                 t.local, t.local_known = t.hi, True
@@ -139,7 +143,10 @@ class Engine:
             ns.sas.pop((sa.spi, sa.daddr, sa.proto), None)
         for p in t.policies:
             ns.policies.pop(p.index, None)
-        ns.tunnels.pop((t.reqid, t.if_id, t.mark, t.lo, t.hi), None)
+        for if_id, mark in {(t.if_id, t.mark), *((i, m) for i, m, _ in t.halves or ())}:
+            if ns.tunnels.get((t.reqid, if_id, mark, t.lo, t.hi)) is t:
+                del ns.tunnels[(t.reqid, if_id, mark, t.lo, t.hi)]
+        self._unpair(ns, t)
         ns.unknown.discard(t)
         ns.pending.discard(t)
         ns.changed.discard(t)
@@ -151,6 +158,21 @@ class Engine:
         # (monitor.serve.daemon.LoadGc), which would never find these cycles
         t.sas.clear()
         t.policies.clear()
+
+    @staticmethod
+    def _unpair(ns: NetnsState, t: Tunnel) -> None:
+        """Take ``t`` out of the ``(reqid, lo, hi)`` indexes."""
+        pk = (t.reqid, t.lo, t.hi)
+        peers = ns.split_pairs.get(pk)
+        if peers is not None:
+            peers[:] = [u for u in peers if u is not t]
+            if len(peers) < 2:
+                del ns.split_pairs[pk]
+        if ns.by_pair.get(pk) is t:
+            if peers:
+                ns.by_pair[pk] = peers[0]
+            else:
+                del ns.by_pair[pk]
 
     def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
         if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):
