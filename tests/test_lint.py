@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from correlate_builders import make_policy, newpolicy
 from correlate_harness import T0, Gw
 
@@ -98,3 +99,45 @@ def test_lint_runs_at_policy_dump_end() -> None:
     ids = g.c.tunnel_ids()
     assert len(ids) == 2  # all() over an empty list would pass whatever the lint did
     assert all("selector_overlap" in [h["code"] for h in (g.c.tunnel_json(t, T0) or {})["hints"]] for t in ids)
+
+
+def test_reserved_range_and_local_range_limit_are_configurable() -> None:
+    """The FAQ's provider reserves 10.100.0.0/16 and accepts 3 CIDRs per VPC: both are settings, not code."""
+    from monitor.health.lint import reserved_overlaps
+
+    g = Gw(lint_interval=5, reserved_local_ranges=["10.100.0.0/16"], max_local_ranges=2)
+    for n, net in enumerate((("10.1.0.0", 16), ("10.100.8.0", 24), ("172.16.0.0", 12))):
+        g.policies(T0, reqid=n + 1, local_net=net)
+    g.policies(T0, reqid=9, peer="198.51.100.9", local_net=("10.2.0.0", 16))
+    g.run_until(T0 + 10)
+    ns = g.c.netns_json("gw", T0 + 10)
+    assert ns is not None
+    by_code: dict[str, list[str]] = {}
+    for h in ns["hints"]:
+        by_code.setdefault(h["code"], []).append(h["text"])
+    assert by_code["reserved_range"] == [
+        "Local selector 10.100.8.0/24 overlaps 10.100.0.0/16, which the peer reserves for itself "
+        "(reserved_local_ranges): traffic to it will not reach this side."]
+    # three local ranges towards 198.51.100.7 (limit 2); the other peer has one
+    assert by_code["too_many_local_ranges"] == [
+        "3 local ranges towards peer 198.51.100.7 (10.1.0.0/16, 10.100.8.0/24, 172.16.0.0/12); the peer accepts "
+        "at most 2 (max_local_ranges)."]
+    # unset, neither hint exists; 0.0.0.0/0 (route-based) never counts as using a reserved range
+    plain = Gw(lint_interval=5)
+    plain.policies(T0, local_net=("10.100.8.0", 24))
+    plain.run_until(T0 + 10)
+    doc = plain.c.netns_json("gw", T0 + 10)
+    assert doc is not None
+    assert doc["hints"] == []
+    assert reserved_overlaps(["10.100.0.0/16"], ["0.0.0.0/0", "10.99.0.0/16"]) == []
+    assert reserved_overlaps(["10.100.0.0/16"], ["10.0.0.0/8"]) == [("10.0.0.0/8", "10.100.0.0/16")]
+
+
+def test_lint_settings_are_validated() -> None:
+    from monitor.errors import ConfigError
+    from monitor.health.model import HealthConfig
+
+    for bad in ({"reserved_local_ranges": "10.100.0.0/16"}, {"reserved_local_ranges": ["10.100.0.0/33"]},
+                {"max_local_ranges": -1}, {"max_local_ranges": 2.5}):
+        with pytest.raises(ConfigError):
+            HealthConfig(**bad)  # type: ignore[arg-type]

@@ -16,7 +16,9 @@ from collections.abc import Iterable, Sequence
 from socket import AF_INET, AF_INET6, inet_pton  # address text conversion only (pure)
 from typing import NamedTuple
 
-__all__ = ["Overlap", "SelectorEntry", "find_overlaps", "uncovered_ranges"]
+__all__ = [
+    "Overlap", "SelectorEntry", "find_overlaps", "local_ranges_per_peer", "reserved_overlaps", "uncovered_ranges",
+]
 
 class SelectorEntry(NamedTuple):
     """One tunnel selector as seen from the local side: ``src`` local range, ``dst`` remote range."""
@@ -119,3 +121,27 @@ def uncovered_ranges(expected: Sequence[str], remote_selectors: Iterable[str]) -
         if i < 0 or ends[i] < want[2]:
             out.append(text)
     return out
+
+
+def reserved_overlaps(reserved: Sequence[str], local_selectors: Iterable[str]) -> list[tuple[str, str]]:
+    """``(selector, reserved range)`` for each local selector that overlaps a reserved range.
+
+    ``0.0.0.0/0`` and ``::/0`` (route-based tunnels) are not ranges anyone chose: they are skipped."""
+    spans = [(text, r) for text in reserved if (r := _range(text)) is not None]
+    out = []
+    for sel in sorted(set(local_selectors)):
+        r = _range(sel)
+        if r is None or (r[1] == 0 and r[2] == (1 << (32 if r[0] == 4 else 128)) - 1):
+            continue
+        for text, (family, lo, hi) in spans:
+            if family == r[0] and lo <= r[2] and r[1] <= hi:
+                out.append((sel, text))
+    return out
+
+
+def local_ranges_per_peer(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """``remote gateway -> sorted distinct local selector ranges`` from ``(remote, local range)`` pairs."""
+    out: dict[str, set[str]] = {}
+    for peer, rng in pairs:
+        out.setdefault(peer, set()).add(rng)
+    return {peer: sorted(r) for peer, r in out.items()}

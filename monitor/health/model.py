@@ -73,14 +73,25 @@ class HealthConfig:
     expected_remote_ranges: tuple[str, ...] = ()
     """Remote (device) ranges every netns with tunnels should cover with a policy, e.g. the FAQ's
     ``10.192.0.0/12``, ``100.64.0.0/10`` ..."""
+    reserved_local_ranges: tuple[str, ...] = ()
+    """Ranges the peers reserve for themselves, which no local selector may use (the FAQ's provider uses
+    ``10.100.0.0/16`` internally): a local selector overlapping one gets a ``reserved_range`` hint."""
+    max_local_ranges: int = 0
+    """Most distinct local selector ranges one peer accepts (the FAQ's provider: 3 CIDRs per VPC); more
+    towards one remote gateway give a ``too_many_local_ranges`` hint. 0: no limit."""
 
     def __post_init__(self) -> None:
         # TOML and JSON give lists: store them as the immutable types the fields declare
-        raw: tuple[object, object] = (self.local_addresses, self.expected_remote_ranges)
+        raw: tuple[object, ...] = (self.local_addresses, self.expected_remote_ranges, self.reserved_local_ranges)
         if any(isinstance(v, str) for v in raw):
-            raise ConfigError("local_addresses and expected_remote_ranges must be lists, not strings")
+            raise ConfigError("local_addresses, expected_remote_ranges and reserved_local_ranges must be lists, "
+                              "not strings")
         object.__setattr__(self, "local_addresses", frozenset(self.local_addresses))
         object.__setattr__(self, "expected_remote_ranges", tuple(self.expected_remote_ranges))
+        object.__setattr__(self, "reserved_local_ranges", tuple(self.reserved_local_ranges))
+        limit = self.max_local_ranges
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"[health] max_local_ranges must be a non-negative integer, not {limit!r}")
         for name in ("idle_after", "one_way_after", "acquire_grace", "expiring_margin", "errors_window",
                      "tombstone_ttl", "forget_after", "hint_ttl", "lint_interval", "recent_rekey"):
             value = getattr(self, name)
@@ -98,11 +109,13 @@ class HealthConfig:
                 ipaddress.ip_address(addr)
             except ValueError:
                 raise ConfigError(f"local address {addr!r} is not an IP address") from None
-        for net in self.expected_remote_ranges:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ConfigError(f"expected remote range {net!r} is not a CIDR range") from None
+        for what, nets in (("expected remote", self.expected_remote_ranges),
+                           ("reserved local", self.reserved_local_ranges)):
+            for net in nets:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except (ValueError, TypeError):
+                    raise ConfigError(f"{what} range {net!r} is not a CIDR range") from None
 
 
 class HealthEvent(NamedTuple):
@@ -220,6 +233,10 @@ HINTS: Final[dict[str, str]] = {
     "selector_overlap": "Selectors overlap with {other} ({ranges}); AWS Transit Gateway refuses "
                         "overlapping CIDRs and overlaps misroute traffic.",
     "uncovered_remote_range": "Expected remote range {range} is not covered by any policy.",
+    "reserved_range": "Local selector {selector} overlaps {reserved}, which the peer reserves for itself "
+                      "(reserved_local_ranges): traffic to it will not reach this side.",
+    "too_many_local_ranges": "{count} local ranges towards peer {peer} ({ranges}); the peer accepts at most "
+                             "{limit} (max_local_ranges).",
     "direction_unknown": "Neither SA_DIR, policies nor configured local addresses tell which end is "
                          "local; local/remote and in/out are a guess.",
     "repeated_acquire": "Traffic keeps hitting the policy with no SA ({count} ACQUIREs).",

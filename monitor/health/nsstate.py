@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from monitor.health.lint import SelectorEntry, find_overlaps, uncovered_ranges
+from monitor.health.lint import (
+    SelectorEntry,
+    find_overlaps,
+    local_ranges_per_peer,
+    reserved_overlaps,
+    uncovered_ranges,
+)
 from monitor.health.model import HealthConfig, Reason, hint
 from monitor.health.sastate import PolicyInfo, SAState
 from monitor.health.tunnel import Tunnel, TunnelState
@@ -127,12 +133,14 @@ def run_lint(ns: NetnsState, cfg: HealthConfig, now: float) -> list[Tunnel]:
     """Recompute overlap and coverage hints of the netns; return tunnels whose hints changed."""
     entries = []
     remote: list[str] = []
+    local: list[tuple[str, str]] = []  # (remote gateway, local selector range)
     for info in ns.policies.values():
         t = info.tunnel
         # as seen from the local side: an out policy's (src, dst); in/fwd policies mirror it
         src, dst = (info.src, info.dst) if info.dir == 1 else (info.dst, info.src)
         entries.append(SelectorEntry(t.id, (t.if_id, t.mark), src, dst))
         remote.append(dst)
+        local.append((t.remote, src))
     overlaps = find_overlaps(entries)
     new: dict[str, list[str]] = {}
     for o in overlaps:
@@ -157,4 +165,15 @@ def run_lint(ns: NetnsState, cfg: HealthConfig, now: float) -> list[Tunnel]:
     if cfg.expected_remote_ranges and ns.policies:
         for rng in uncovered_ranges(cfg.expected_remote_ranges, remote):
             ns.hints[f"uncovered_remote_range:{rng}"] = (hint("uncovered_remote_range", range=rng), _INF)
+    for code in [c for c in ns.hints if c.startswith(("reserved_range:", "too_many_local_ranges:"))]:
+        del ns.hints[code]
+    if cfg.reserved_local_ranges:
+        for sel, reserved in reserved_overlaps(cfg.reserved_local_ranges, (rng for _, rng in local)):
+            ns.hints[f"reserved_range:{sel}"] = (hint("reserved_range", selector=sel, reserved=reserved), _INF)
+    if cfg.max_local_ranges:
+        for peer, ranges in local_ranges_per_peer(local).items():
+            if len(ranges) > cfg.max_local_ranges:
+                ns.hints[f"too_many_local_ranges:{peer}"] = (hint(
+                    "too_many_local_ranges", count=len(ranges), peer=peer, ranges=", ".join(ranges[:8]),
+                    limit=cfg.max_local_ranges), _INF)
     return changed
