@@ -120,6 +120,13 @@ def format_event(event: Mapping[str, Any], colour: bool = False) -> str:
     return line.rstrip()
 
 
+def format_netns_hint(ts: Any, netns: str, code: str, text: str, colour: bool = False) -> str:
+    """One ``monitor tail`` line for a namespace hint: ``time  netns  hint code: text``."""
+    when = format_time(float(ts)) if isinstance(ts, int | float) else "-"
+    label = _paint(f"{'hint':<18}", YELLOW, colour)
+    return f"{when:23}  {'':7} {netns}  {'-':<30}  {label} {code}: {text}"
+
+
 def format_tunnel(tunnel: Mapping[str, Any], colour: bool = False) -> str:
     """One ``monitor check`` line for a tunnel: ``STATE id (conn/child, netns, reqid, local -> remote): reasons``
     (``conn/child`` when the IKE view named it)."""

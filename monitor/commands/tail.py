@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from monitor.render import colour_enabled, format_event
+from monitor.render import colour_enabled, format_event, format_netns_hint
 
 DEFAULT_URL = "ws://127.0.0.1:8787/ws"
 MAX_BACKOFF = 5.0
@@ -66,6 +66,7 @@ class Tailer:
         self.instance: str | None = None
         self.printed = 0
         self.connected = False
+        self.hints_seen: dict[str, set[tuple[str, str]]] = {}  # netns -> (code, text) already printed
 
     # --- output -------------------------------------------------------------------------------
 
@@ -78,6 +79,25 @@ class Tailer:
         self.out.flush()
         self.last_seq = seq
         self.printed += 1
+
+    def _print_netns(self, message: Mapping[str, Any]) -> None:
+        """A ``netns`` message: its hints that were not printed yet (a namespace's lint and xfrm_stat)."""
+        doc = message.get("netns")
+        if not isinstance(doc, Mapping):
+            return
+        name = str(doc.get("netns"))
+        hints = [(str(h.get("code")), str(h.get("text"))) for h in doc.get("hints") or () if isinstance(h, Mapping)]
+        seen = self.hints_seen.setdefault(name, set())
+        new = [h for h in hints if h not in seen]
+        seen.intersection_update(hints)  # a hint that went away is printed again when it comes back
+        seen.update(new)
+        for code, text in new:
+            line = (orjson.dumps({"type": "netns_hint", "ts": message.get("ts"), "netns": name, "code": code,
+                                  "text": text}).decode()
+                    if self.json_lines else format_netns_hint(message.get("ts"), name, code, text, self.colour))
+            self.out.write(line + "\n")
+        if new:
+            self.out.flush()
 
     def _note(self, text: str) -> None:
         self.err.write(f"monitor tail: {text}\n")
@@ -155,6 +175,8 @@ class Tailer:
                     await self._on_hello(session, data)
                 elif mtype == "event":
                     self._print(data["event"])
+                elif mtype == "netns":
+                    self._print_netns(data)
                 elif mtype == "gap" and data.get("reason") == "slow_client":
                     await self._backfill(session, int(data["from_seq"]) - 1, int(data["to_seq"]))
 

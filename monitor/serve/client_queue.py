@@ -3,7 +3,8 @@
 The queue is an ``OrderedDict`` whose keys make coalescing O(1):
 ``("e", seq)`` an event, ``("t", id)`` the latest full tunnel (re-inserted at the end on update, so the
 stream stays in ``seq`` order), ``("c",)`` the pending counters frame, ``("g", n)`` a gap marker,
-``("r",)`` "send a fresh snapshot", ``("d", n)`` a reply to the client's own request. Each value is
+``("r",)`` "send a fresh snapshot", ``("d", n)`` a reply to the client's own request, ``("n", name)`` the latest
+``netns`` message of one namespace (re-inserted at the end on update, like a tunnel). Each value is
 ``(seq label, payload)``: the newest event ``seq`` when it was queued.
 """
 
@@ -106,6 +107,13 @@ class Client:
             del self.q[key]
         self._put(key, (seq, None if behind else (gen, data)))
 
+    def push_netns(self, name: str, seq: int, data: bytes) -> None:
+        """Queue a namespace's latest ``netns`` message; replaces a pending one (at most one per netns)."""
+        key = ("n", name)
+        if key in self.q:
+            del self.q[key]
+        self._put(key, (seq, data))
+
     def push_reply(self, data: bytes) -> bool:
         """Queue a reply to the client's own request; False if too many are pending."""
         if self.n_replies >= MAX_REPLIES:
@@ -128,7 +136,7 @@ class Client:
                 self.n_updates -= 1
             elif kind == "d":
                 self.n_replies -= 1
-            else:
+            elif kind != "n":
                 break
             del q[key]
             out.append(value)

@@ -7,9 +7,9 @@ the hub, and one ``loop.call_at`` timer is re-armed from ``correlator.next_deadl
 never fed to the core: before each call the daemon sets the core's ``wall_skew`` (wall minus core time), so
 a clock step (NTP at boot) moves only how instants are shown, never a timer, an idle decision or a duration.
 
-Besides that it owns: the periodic ``counters`` frame, the event-loop lag probe, the stalled-client
-watchdog (which also feeds the heap trimmer, :mod:`monitor.serve.heap`), and the per-netns source
-statistics shown by ``/healthz`` and ``/metrics``.
+Besides that it owns: the periodic ``counters`` frame (and after it, ``netns`` messages for changed
+namespaces), the event-loop lag probe, the stalled-client watchdog (which also feeds the heap trimmer,
+:mod:`monitor.serve.heap`), and the per-netns source statistics shown by ``/healthz`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -183,6 +183,7 @@ class Daemon:
         self._publish_handle: asyncio.Handle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.gc = LoadGc()
+        self._netns_sig: dict[str, object] = {}  # what the last ``netns`` message of each namespace said
         #: Gives freed heap back after websocket clients leave (fed by the watchdog).
         self.heap = HeapTrimmer()
         #: Set by create_app when ``events_log`` is configured (monitor.serve.eventlog.EventLog).
@@ -373,6 +374,22 @@ class Daemon:
         while True:
             await asyncio.sleep(self.counters_interval)
             await self.hub.flush_counters(self.clock())
+            self.publish_netns(self.clock())
+
+    def publish_netns(self, now: float) -> None:
+        """Send a ``netns`` message for each namespace whose hints or ``xfrm_stat`` changed since the last one."""
+        names = getattr(self.core, "netns_names", None)
+        view = getattr(self.core, "netns_json", None)
+        if names is None or view is None:
+            return
+        for ns in names():
+            doc = view(ns, now)
+            if doc is None:
+                continue
+            sig = (tuple((h["code"], h["text"]) for h in doc["hints"]), tuple(sorted((doc["xfrm_stat"] or {}).items())))
+            if self._netns_sig.get(ns) != sig:
+                self._netns_sig[ns] = sig
+                self.hub.publish_netns(doc, now)
 
     async def _lag_probe(self) -> None:
         loop = asyncio.get_running_loop()

@@ -145,6 +145,28 @@ class Hub:
                 if c.filters.event_ok(d):
                     c.push_event(seq, data)
 
+    def publish_netns(self, doc: Mapping[str, Any], now: float) -> None:
+        """Send one namespace's view (hints, xfrm_stat, counts) to every client whose filters take the netns."""
+        name = str(doc["netns"])
+        data = self._netns_message(doc, now)
+        for c in self.clients:
+            if not c.filters.netns or name in c.filters.netns:
+                c.push_netns(name, self.seq, data)
+
+    def push_netns_to(self, c: Client, now: float) -> None:
+        """Queue every namespace's current view for one (new) client."""
+        names = getattr(self.view, "netns_names", None)
+        view = getattr(self.view, "netns_json", None)
+        if names is None or view is None:
+            return
+        for name in names():
+            doc = view(name, now)
+            if doc is not None and (not c.filters.netns or name in c.filters.netns):
+                c.push_netns(name, self.seq, self._netns_message(doc, now))
+
+    def _netns_message(self, doc: Mapping[str, Any], now: float) -> bytes:
+        return dumps({"schema": SCHEMA, "type": "netns", "seq": self.seq, "ts": self.wall(now), "netns": doc})
+
     def publish_tunnels(self, ids: Iterable[str], now: float) -> None:
         """Send full updates (or removals) for these tunnels to every matching client."""
         seq = self.seq

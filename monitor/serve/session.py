@@ -64,6 +64,7 @@ async def serve(hub: Hub, c: Client, send: Send, *, since: int | None, snapshot:
         await send(data)
     if want_snapshot:
         await send_snapshot(hub, c, send, seq)
+    hub.push_netns_to(c, hub.clock())  # every namespace's current view; later ones only when it changes
     await drain(hub, c, send, send_many)
 
 
@@ -149,6 +150,8 @@ async def drain(hub: Hub, c: Client, send: Send, send_many: SendMany | None = No
             await send_snapshot(hub, c, send, hub.seq)
             c.progress = time.monotonic()
             continue
+        elif kind == "n":
+            data = value
         else:
             c.n_replies -= 1
             data = value
