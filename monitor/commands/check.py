@@ -11,7 +11,8 @@ code  status      when
 ====  ==========  ==============================================================================
 0     OK          every tunnel is ``up`` or ``rekeying`` (and ``--min-tunnels`` is met)
 1     WARNING     a tunnel is in a ``--warn-state`` (default ``idle``, ``one-way``, ``errors``),
-                  or its hard expiry is under ``--warn-expiry`` seconds
+                  or its hard expiry is under ``--warn-expiry`` seconds, or a namespace has a hint
+                  (policy lint with ``--config``'s ``[health]`` ranges; not with ``--tunnel``)
 2     CRITICAL    a tunnel is in a ``--crit-state`` (default ``down``, ``expiring``), its hard
                   expiry is under ``--crit-expiry`` seconds, or fewer than ``--min-tunnels`` exist
 3     UNKNOWN     the check could not run: no CAP_NET_ADMIN, no such netns, no XFRM support,
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from monitor.errors import MonitorError, SourceError
+from monitor.errors import ConfigError, MonitorError, SourceError
 from monitor.health.correlate import Correlator
 from monitor.health.model import HealthConfig
 from monitor.health.pipeline import Pipeline
@@ -76,6 +77,8 @@ class Result:
     total: int = 0
     duration: float = 0.0
     sas: int = 0
+    #: ``(netns, code, text)`` of the namespace hints (lint, xfrm_stat); each makes the check WARNING.
+    hints: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def classify(tunnel: Mapping[str, Any], th: Thresholds) -> int:
@@ -98,8 +101,10 @@ def classify(tunnel: Mapping[str, Any], th: Thresholds) -> int:
     return code
 
 
-def evaluate(tunnels: Sequence[Mapping[str, Any]], th: Thresholds) -> Result:
-    """Pure: the check result for a list of public tunnel objects (``docs/schema/tunnel.json``)."""
+def evaluate(tunnels: Sequence[Mapping[str, Any]], th: Thresholds,
+             netns: Sequence[Mapping[str, Any]] = ()) -> Result:
+    """Pure: the check result for a list of public tunnel objects (``docs/schema/tunnel.json``) and of
+    namespace views (``docs/schema/netns.json``): a namespace hint is a WARNING."""
     counts = {s: 0 for s in ALL_STATES}
     unhealthy = []
     for t in tunnels:
@@ -113,12 +118,16 @@ def evaluate(tunnels: Sequence[Mapping[str, Any]], th: Thresholds) -> Result:
     if len(tunnels) < th.min_tunnels:
         code = CRITICAL
         extra = f", expected at least {th.min_tunnels}"
+    hints = [(str(d.get("netns")), str(h.get("code")), str(h.get("text")))
+             for d in netns for h in d.get("hints") or () if isinstance(h, Mapping)]
+    if hints:
+        code = max(code, WARNING)
     n_crit = sum(1 for c, _ in unhealthy if c == CRITICAL)
     n_warn = len(unhealthy) - n_crit
     states = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     summary = (f"IPSEC {STATUS[code]} - {len(tunnels)} tunnels{extra}: {n_crit} critical, {n_warn} warning"
-               + (f" ({states})" if states else ""))
-    return Result(code, summary, unhealthy, counts, len(tunnels))
+               + (f" ({states})" if states else "") + (f"; {len(hints)} namespace hints" if hints else ""))
+    return Result(code, summary, unhealthy, counts, len(tunnels), hints=hints)
 
 
 def perfdata(r: Result) -> str:
@@ -132,7 +141,11 @@ def perfdata(r: Result) -> str:
 
 
 def _core(health: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
-    correlator = Correlator(HealthConfig(**(health or {})))
+    try:
+        config = HealthConfig(**(health or {}))
+    except TypeError as exc:
+        raise ConfigError(f"bad [health] setting: {exc}") from None
+    correlator = Correlator(config)
     return correlator, Pipeline(correlator)
 
 
@@ -150,8 +163,15 @@ def _count_sas(tunnels: Iterable[Mapping[str, Any]]) -> int:
     return sum(len(t.get("sas") or ()) for t in tunnels)
 
 
-def read_replay(path: str, health: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], float]:
-    """Feed a whole capture through the pipeline (``now`` = each record's time); snapshot at its end."""
+def _netns_docs(correlator: Any, now: float, out: list[dict[str, Any]] | None) -> None:
+    if out is not None:
+        out.extend(d for d in (correlator.netns_json(ns, now) for ns in correlator.netns_names()) if d is not None)
+
+
+def read_replay(path: str, health: Mapping[str, Any] | None = None,
+                netns_out: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Feed a whole capture through the pipeline (``now`` = each record's time); snapshot at its end.
+    ``netns_out`` (optional) receives each namespace's view (``docs/schema/netns.json``)."""
     correlator, pipeline = _core(health)
     now = 0.0
     for rec in read_pcap(path):
@@ -159,12 +179,15 @@ def read_replay(path: str, health: Mapping[str, Any] | None = None) -> tuple[lis
         _run_timers(correlator, now)
         pipeline.feed(Datagram(rec.netns, rec.data, rec.ts, rec.outgoing), now)
     _run_timers(correlator, now)
+    _netns_docs(correlator, now, netns_out)
     return correlator.snapshot(now), now
 
 
-def read_simulation(tunnels: int, seed: int, seconds: float = SIMULATE_SECONDS) -> list[dict[str, Any]]:
+def read_simulation(tunnels: int, seed: int, seconds: float = SIMULATE_SECONDS,
+                    health: Mapping[str, Any] | None = None,
+                    netns_out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Run the simulated fleet for ``seconds`` of simulated time (instantly) and snapshot it."""
-    correlator, pipeline = _core()
+    correlator, pipeline = _core(health)
     start = time.time() - seconds
     fleet = Fleet(seed, FleetConfig(tunnels=tunnels), start=start)
     t = start
@@ -178,10 +201,12 @@ def read_simulation(tunnels: int, seed: int, seconds: float = SIMULATE_SECONDS) 
         t = nxt
     now = start + seconds
     _run_timers(correlator, now)
+    _netns_docs(correlator, now, netns_out)
     return list(correlator.snapshot(now))
 
 
-async def read_kernel(netns: Sequence[str], timeout: float) -> list[dict[str, Any]]:
+async def read_kernel(netns: Sequence[str], timeout: float, health: Mapping[str, Any] | None = None,
+                      netns_out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One dump round (GETSA + GETPOLICY) in every namespace through ``KernelSource``; then snapshot.
 
     Raises:
@@ -193,7 +218,7 @@ async def read_kernel(netns: Sequence[str], timeout: float) -> list[dict[str, An
     names: list[str] = list(netns) or [N.DEFAULT]
     if names == ["all"]:
         names = [N.DEFAULT, *(n for n in N.list_netns() if not N.same_as_own(n))]
-    correlator, pipeline = _core()
+    correlator, pipeline = _core(health)
     source = KernelSource(names, interval=3600.0)
     pending: dict[str, dict[int, int]] = {n: {} for n in names}  # netns -> {request seq: msg type}
     done: dict[str, set[int]] = {n: set() for n in names}
@@ -231,6 +256,7 @@ async def read_kernel(netns: Sequence[str], timeout: float) -> list[dict[str, An
     await asyncio.wait_for(consume(), timeout)
     now = time.time()
     _run_timers(correlator, now)
+    _netns_docs(correlator, now, netns_out)
     return list(correlator.snapshot(now))
 
 
@@ -265,6 +291,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--min-tunnels", type=int, default=0, metavar="N",
                    help="CRITICAL when fewer than N tunnels exist")
     p.add_argument("--tunnel", action="append", default=[], metavar="ID", help="only these tunnel ids")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML config of monitor serve: its [health] table (thresholds, lint ranges) applies")
     p.add_argument("--timeout", type=float, default=10.0, help="kernel: give up (UNKNOWN) after this many seconds")
     p.add_argument("--tunnels", type=int, default=24, help="simulate: number of tunnels")
     p.add_argument("--seed", type=int, default=1, help="simulate: random seed")
@@ -302,14 +330,19 @@ def add_flaps(tunnels: list[dict[str, Any]], args: argparse.Namespace) -> None:
                             {"code": "flapping", "text": f"went down {n} times in the last {args.window}"}]
 
 
-def _read(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _read(args: argparse.Namespace, netns_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    health: Mapping[str, Any] = {}
+    if args.config:
+        from monitor.serve.config import read_toml  # noqa: PLC0415 - only with --config
+
+        health = read_toml(args.config).get("health") or {}
     kind, _, rest = args.source.partition(":")
     if kind == "replay" and rest:
-        return read_replay(rest)[0]
+        return read_replay(rest, health, netns_out)[0]
     if kind == "simulate":
-        return read_simulation(args.tunnels, args.seed)
+        return read_simulation(args.tunnels, args.seed, health=health, netns_out=netns_out)
     if kind == "kernel" and not rest:
-        return asyncio.run(read_kernel(args.netns, args.timeout))
+        return asyncio.run(read_kernel(args.netns, args.timeout, health, netns_out))
     raise MonitorError(f"--source must be kernel, replay:FILE.pcap or simulate, not {args.source!r}")
 
 
@@ -325,8 +358,9 @@ def _unknown(args: argparse.Namespace, message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """``monitor check``: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
     t0 = time.perf_counter()
+    netns: list[dict[str, Any]] = []
     try:
-        tunnels = _read(args)
+        tunnels = _read(args, netns)
     except MonitorError as exc:  # PermissionDenied, NetnsNotFound, XfrmUnsupported, CaptureFormatError ...
         return _unknown(args, str(exc))
     except TimeoutError:
@@ -343,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
             return _unknown(args, str(exc))
     th = Thresholds(args.warn_states, args.crit_states, args.warn_expiry, args.crit_expiry, args.min_tunnels,
                     args.max_flaps)
-    result = evaluate(tunnels, th)
+    result = evaluate(tunnels, th, [] if args.tunnel else netns)
     result.sas = _count_sas(tunnels)
     result.duration = time.perf_counter() - t0
     if args.json:
@@ -353,11 +387,14 @@ def run(args: argparse.Namespace) -> int:
                "tunnels": [{"status": STATUS[c], "id": t.get("id"), "netns": t.get("netns"),
                             "reqid": t.get("reqid"), "local": t.get("local"), "remote": t.get("remote"),
                             "state": t.get("state"), "reasons": t.get("reasons", []),
-                            "hard_expires_in": t.get("hard_expires_in")} for c, t in result.unhealthy]}
+                            "hard_expires_in": t.get("hard_expires_in")} for c, t in result.unhealthy],
+               "netns_hints": [{"status": "WARNING", "netns": ns, "code": code, "text": text}
+                               for ns, code, text in result.hints]}
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return result.code
     colour = colour_enabled(sys.stdout.isatty(), os.environ)
     lines = [f"{result.summary} | {perfdata(result)}"]
     lines += [format_tunnel(t, colour) for _, t in result.unhealthy]
+    lines += [f"WARNING   namespace {ns}: {code}: {text}" for ns, code, text in result.hints]
     sys.stdout.write("\n".join(lines) + "\n")
     return result.code
