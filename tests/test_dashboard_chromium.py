@@ -266,3 +266,42 @@ async def test_dashboard_values_equal_rest(browser: tuple[str, subprocess.Popen[
         assert r["rout"] == _rate_text(t["rate_out_bps"])
         assert r["tin"].startswith(f"{_bytes_text(t['bytes_in'])} in total")
         assert r["tout"].startswith(f"{_bytes_text(t['bytes_out'])} in total")
+
+
+async def test_dashboard_namespace_panel_equals_rest(browser: tuple[str, subprocess.Popen[bytes]],
+                                                     tmp_path: Path) -> None:
+    """Issue 12 item 8: the namespace panel shows each namespace and its hints as /api/v1/netns does (a
+    simulated fleet with an expected device range that no policy covers, so there is a hint to show; the counts
+    are compared with a fresh page, since a netns message is only re-sent when hints or counters change)."""
+    devtools, _ = browser
+    port = free_port()
+    config = tmp_path / "monitor.toml"
+    config.write_text('[health]\nexpected_remote_ranges = ["100.64.0.0/10"]\n')
+    server = SimServer(port, tmp_path / "serve.log")
+    server.args = [*server.args, "--config", str(config)]
+    server.start()
+    try:
+        rest: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while not any(h["code"] == "uncovered_remote_range" for d in rest.values() for h in d["hints"]):
+            assert time.monotonic() < deadline, f"no uncovered_remote_range hint over REST: {rest}"
+            await asyncio.sleep(0.2)
+            rest = {d["netns"]: d for d in server.get("/api/v1/netns")["netns"]}
+        async with aiohttp.ClientSession() as session:
+            page = await open_page(session, devtools, f"http://127.0.0.1:{port}/")
+            await page.wait("the namespace panel's hint", "document.querySelectorAll('#netns-list .hint').length > 0")
+            shown = json.loads(await page.js(
+                "JSON.stringify([...document.querySelectorAll('#netns-list li')].map(li => ({netns: li.dataset.netns,"
+                " head: li.firstChild.textContent, hints: [...li.querySelectorAll('.hint')].map(h => h.textContent)})))"))
+            page.reader.cancel()
+            await page.ws.close()
+        after = {d["netns"]: d for d in server.get("/api/v1/netns")["netns"]}
+    finally:
+        server.stop()
+    assert {s["netns"] for s in shown} == set(rest)
+    for s in shown:
+        d = after[s["netns"]]
+        assert s["head"].startswith(f"{d['netns']}: {d['tunnels']} tunnels, "), (s, d)
+        lint = [f"{h['code']}: {h['text']}" for h in d["hints"] if h["code"] == "uncovered_remote_range"]
+        assert lint
+        assert [h for h in s["hints"] if h.startswith("uncovered_remote_range")] == lint

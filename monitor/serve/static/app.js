@@ -29,6 +29,7 @@
     events: 0,
     clock: { ts: null, local: 0, rate: 1 },  // server clock estimate (the simulator may run faster)
     filter: { states: new Set(), netns: "", text: "" },
+    netns: new Map(),        // name -> the latest netns message's view (hints, xfrm_stat, counts)
     pendingSnapshot: null,
     dirty: true,
   };
@@ -300,7 +301,33 @@
     c.textContent = text;
     document.body.dataset.connected = up ? "true" : "false";
   }
+  // One entry per namespace: counts, its hints (lint, xfrm_stat increases), the kernel counters that are not 0.
+  function renderNetns() {
+    const list = $("#netns-list");
+    list.textContent = "";
+    const names = [...state.netns.keys()].sort();
+    $("#netns-count").textContent = String(names.length);
+    for (const name of names) {
+      const d = state.netns.get(name);
+      const li = el("li", (d.hints || []).length ? "netns has-hints" : "netns");
+      li.dataset.netns = name;
+      li.appendChild(el("div", "", `${name}: ${d.tunnels} tunnels, ${d.sas} SAs, ${d.policies} policies`));
+      for (const h of d.hints || []) {
+        const div = el("div", "hint", `${h.code}: ${h.text}`);
+        div.dataset.code = h.code;
+        li.appendChild(div);
+      }
+      const moved = Object.entries(d.xfrm_stat || {}).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`);
+      if (moved.length) li.appendChild(el("div", "sub", moved.join(" · ")));
+      list.appendChild(li);
+    }
+  }
+
   const handlers = {
+    netns(m) {
+      if (m.netns && m.netns.netns) state.netns.set(m.netns.netns, m.netns);
+      renderNetns();
+    },
     async hello(m) {
       state.fields = m.counters_fields || state.fields;
       $("#server").textContent = m.server || "";
