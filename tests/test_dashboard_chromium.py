@@ -292,7 +292,8 @@ async def test_dashboard_namespace_panel_equals_rest(browser: tuple[str, subproc
             await page.wait("the namespace panel's hint", "document.querySelectorAll('#netns-list .hint').length > 0")
             shown = json.loads(await page.js(
                 "JSON.stringify([...document.querySelectorAll('#netns-list li')].map(li => ({netns: li.dataset.netns,"
-                " head: li.firstChild.textContent, hints: [...li.querySelectorAll('.hint')].map(h => h.textContent)})))"))
+                " head: li.firstChild.textContent,"
+                " hints: [...li.querySelectorAll('.hint')].map(h => h.textContent)})))"))
             page.reader.cancel()
             await page.ws.close()
         after = {d["netns"]: d for d in server.get("/api/v1/netns")["netns"]}
