@@ -33,7 +33,7 @@ def _kernel_sas(text: str) -> dict[int, dict[str, Any]]:
             cur = out.setdefault(int(m[1], 16), {"encap": None})
         elif cur is None:
             continue
-        elif (m := re.match(r"\s+replay-window (\d+)", line)) is not None:
+        elif (m := re.match(r"\s+replay-window (\d+) seq ", line)) is not None:  # not the stats' line
             cur["replay_window"] = int(m[1])
         elif (m := re.match(r"\s+encap type (\S+) sport (\d+) dport (\d+)", line)) is not None:
             cur["encap"] = {"type": m[1], "sport": int(m[2]), "dport": int(m[3])}
