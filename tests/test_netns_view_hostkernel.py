@@ -72,7 +72,8 @@ def test_xfrm_stat_hint_is_visible_over_rest_and_metrics(tmp_path: Path) -> None
         ws_url = base.replace("http://", "ws://") + "ws"
         tail_out = tmp_path / "tail.jsonl"
         with open(tail_out, "wb") as out, open(tmp_path / "tail.err", "wb") as err:
-            tail = subprocess.Popen([sys.executable, "-m", "monitor", "tail", "--json", "--url", ws_url, "-n", "0"],
+            tail = subprocess.Popen([sys.executable, "-m", "monitor", "tail", "--json", "--hints", "yes",
+                                     "--url", ws_url, "-n", "0"],
                                     stdout=out, stderr=err, env=_clean_env())
         # the first reading is the baseline: wait for it, then send traffic into the block policy
         until("a first xfrm_stat reading", lambda: (_get(base, f"api/v1/netns/{ns}")["netns"] or {}).get("xfrm_stat"))

@@ -36,6 +36,9 @@ def add_parser(sub: Any) -> None:
                    help=f"websocket URL of monitor serve (env MONITOR_URL; default {DEFAULT_URL}); "
                         "the token comes from env MONITOR_TOKEN")
     p.add_argument("--json", action="store_true", help="print each event as one JSON object per line")
+    p.add_argument("--hints", choices=("auto", "yes", "no"), default="auto",
+                   help="print namespace hints (lint, xfrm_stat) as they appear (auto: yes, but not with --json, "
+                        "whose lines are events only unless asked: they are then {\"type\": \"netns_hint\", ...})")
     p.add_argument("-n", "--lines", type=int, default=10, metavar="N",
                    help="first print the last N events the server still holds (default 10)")
     for name, what in (("tunnel", "tunnel id"), ("netns", "network namespace"),
@@ -55,11 +58,13 @@ class Tailer:
 
     def __init__(self, url: str, *, token: str | None = None, filters: Mapping[str, list[str]] | None = None,
                  json_lines: bool = False, colour: bool = False, lines: int = 10, since_ts: float | None = None,
+                 hints: bool | None = None,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self.url = URL(url)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.filters = {k: ",".join(v) for k, v in (filters or {}).items() if v}
         self.json_lines, self.colour, self.lines = json_lines, colour, lines
+        self.hints = (not json_lines) if hints is None else hints
         self.since_ts = since_ts  # --since: start from the events at or after this wall time
         self.out, self.err = out, err
         self.last_seq: int | None = None
@@ -83,7 +88,7 @@ class Tailer:
     def _print_netns(self, message: Mapping[str, Any]) -> None:
         """A ``netns`` message: its hints that were not printed yet (a namespace's lint and xfrm_stat)."""
         doc = message.get("netns")
-        if not isinstance(doc, Mapping):
+        if not self.hints or not isinstance(doc, Mapping):
             return
         name = str(doc.get("netns"))
         hints = [(str(h.get("code")), str(h.get("text"))) for h in doc.get("hints") or () if isinstance(h, Mapping)]
@@ -223,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"monitor tail: error: --since: {exc}", file=sys.stderr)
             return 2
     tailer = Tailer(args.url, token=os.environ.get("MONITOR_TOKEN") or None, filters=filters,
-                    json_lines=args.json, colour=colour, lines=args.lines, since_ts=since_ts)
+                    json_lines=args.json, colour=colour, lines=args.lines, since_ts=since_ts,
+                    hints=None if args.hints == "auto" else args.hints == "yes")
     try:
         return asyncio.run(tailer.run())
     except KeyboardInterrupt:
