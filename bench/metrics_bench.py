@@ -172,6 +172,24 @@ def run_one(tunnels: int, repeats: int, reference: bool) -> dict[str, Any]:
     return res
 
 
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown rows for RESULTS.md: ours and the old shape, per size and mode."""
+    rows = ["| tunnels | metrics_tunnels | series | text MB | gzip MB (wire) | CPU s per scrape | old shape: CPU s, "
+            "gzip MB, text MB | CPU ratio | RSS growth MB (old) | longest loop stall ms |",
+            "|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]
+    mb = 1e6
+    for size in result["sizes"]:
+        for mode in ("all", "unhealthy", "none"):
+            r = size[mode]
+            b = r["before"]
+            rows.append(f"| {size['tunnels']:,} | {mode} | {r['series']:,} | {r['bytes'] / mb:.1f} | "
+                        f"{r['wire_bytes'] / mb:.2f} | {r['cpu_s']:.3f} | "
+                        f"{b['cpu_s']:.3f}, {b['wire_bytes'] / mb:.2f}, "
+                        f"{b['bytes'] / mb:.1f} | {r['cpu_ratio']:.2f} | {r['rss_growth_bytes'] / 2**20:.0f} "
+                        f"({b['rss_growth_bytes'] / 2**20:.0f}) | {r['max_block_s'] * 1000:.0f} |")
+    return "\n".join(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
