@@ -46,7 +46,8 @@ from bench.common import cpu_seconds, loadavg, raise_nofile, rss_bytes, run_queu
 
 __all__ = ["SCENARIOS", "run", "run_scenario"]
 
-TARGETS = {"a_p99_ms": 50.0, "b_p99_ms": 250.0, "c_p99_ratio": 1.2, "d_stall_ms": 100.0}
+#: Issue 15 tightened (a): p99 <= 25 ms (was 50) and under half a core of server CPU while injecting.
+TARGETS = {"a_p99_ms": 25.0, "a_cpu_fraction": 0.5, "b_p99_ms": 250.0, "c_p99_ratio": 1.2, "d_stall_ms": 100.0}
 PROBE = 0.005
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -294,6 +295,10 @@ def judge(res: dict[str, Any]) -> dict[str, Any]:
         out["a_p99_ms"] = {"value": p99, "target": TARGETS["a_p99_ms"],
                            "met": p99 is not None and p99 <= TARGETS["a_p99_ms"]
                            and sc["a"]["clients_result"]["finished"] == sc["a"]["clients"]}
+        cpu = sc["a"]["server"]["cpu_fraction_injecting"]
+        out["a_cpu_fraction"] = {"value": cpu, "target": TARGETS["a_cpu_fraction"],
+                                 "run_queue_wait_s": sc["a"]["server"].get("run_queue_wait_s"),
+                                 "met": cpu is not None and cpu <= TARGETS["a_cpu_fraction"]}
     if "b" in sc:
         b = sc["b"]
         p99 = b["clients_result"]["latency_ms"]["p99"]

@@ -1,31 +1,39 @@
-"""Prometheus ``/metrics`` exposition at scale: gather + render of N synthetic tunnels.
+"""Prometheus ``/metrics`` exposition at scale: one scrape of N synthetic tunnels, ours against the old shape.
 
-``python -m bench.metrics_bench [--tunnels 5000,100000]`` builds a correlator holding N tunnels (2N SAs
-from ``bench.common``'s fleet, fed through the real decoder and pipeline), then times, on one thread:
+``python -m bench.metrics_bench [--tunnels 5000,100000] [--quick]`` builds a correlator holding N tunnels (2N
+SAs from ``bench.common``'s fleet, fed through the real decoder and pipeline), then, for ``metrics_tunnels`` =
+all / unhealthy / none, runs one scrape the way ``GET /metrics`` does when Prometheus asks for gzip
+(:func:`monitor.serve.metrics.scrape_chunks`: gather on an event loop through the correlator's
+``metrics_row``, text and gzip written chunk by chunk in a worker thread, the pieces counted and dropped as a
+socket would), and measures:
 
-- ``gather``: :func:`monitor.serve.metrics.gather` (runs on the event loop; the longest stretch between two
-  yields is reported as ``max_block_s``, i.e. the longest the loop is blocked by a scrape;
-  ``gather_cold_cpu_s`` is the first scrape, before the ``ScrapeCache`` knows the tunnels);
-- ``render``: :func:`monitor.serve.metrics.render` (runs in a worker thread);
-- the baseline ``render_prometheus_client``: the same samples through ``prometheus_client``'s
-  ``generate_latest`` (what ``render`` used to be), for the ratio;
-- bytes of the exposition, for ``metrics_tunnels`` = all / unhealthy / none.
+- CPU seconds of the whole scrape (``time.process_time``: every thread of the process), best of ``--repeats``;
+- bytes on the wire (gzip) and uncompressed, series count;
+- RSS growth during the scrape (peak RSS ``VmHWM`` after resetting it through ``/proc/self/clear_refs``,
+  minus RSS before; falls back to polling ``VmRSS`` every 2 ms);
+- the longest stretch the event loop was blocked (a ticker task).
 
-CPU time is ``time.thread_time`` (the machine is shared), best of ``--repeats``.
+Baseline in the same run, same correlator: the previous scrape's shape (every tunnel's public JSON,
+``render`` of the whole body, ``gzip.compress`` of it at the same level). At the smallest size the body is
+also checked byte for byte against ``prometheus_client.generate_latest`` of the same samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import gzip as gzip_mod
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.common import NOW0, loaded_pipeline, write_result
+from bench.common import NOW0, loadavg, loaded_pipeline, machine_description, rss_bytes, write_result
 from monitor.health.correlate import Correlator
-from monitor.serve import metrics, metrics_reference
+from monitor.serve import metrics, metrics_reference, metrics_text
+from monitor.serve.protocol import STATES
 
 MON = metrics.MonitorSample(enobufs={"bench": 0}, resyncs={"bench": 0}, lag=0.001,
                             dumps={"bench": {"last_dump": NOW0, "last_dump_duration": 0.5}},
@@ -37,68 +45,163 @@ def build(tunnels: int) -> Correlator:
     return loaded_pipeline(tunnels)[1]
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+def _cpu(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     best, out = float("inf"), None
     for _ in range(repeats):
-        t0 = time.thread_time()
+        gc.collect()
+        t0 = time.process_time()
         out = fn()
-        best = min(best, time.thread_time() - t0)
+        best = min(best, time.process_time() - t0)
     return best, out
 
 
-def _gather(c: Correlator, mode: str, cache: metrics.ScrapeCache) -> tuple[metrics.Gathered, float]:
-    """Run gather on a private loop; return (samples, longest stretch between two loop iterations)."""
-    async def main() -> tuple[metrics.Gathered, float]:
+class PeakRss:
+    """RSS growth over a block: VmHWM reset via clear_refs where the kernel allows it, else a polling thread."""
+
+    def __init__(self) -> None:
+        self.growth = 0
+        self._stop = threading.Event()
+        self._poll: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRss:
+        gc.collect()
+        self.before = rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.hwm = True
+        except OSError:
+            self.hwm = False
+            self.peak = self.before
+            self._poll = threading.Thread(target=self._run, daemon=True)
+            self._poll.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.hwm:
+            with open("/proc/self/status") as f:
+                peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        else:
+            self._stop.set()
+            assert self._poll is not None
+            self._poll.join()
+            peak = self.peak
+        self.growth = peak - self.before
+
+
+def _on_loop(make: Callable[[], Any]) -> tuple[Any, float]:
+    """Run the coroutine ``make()`` on a private loop; return (its result, longest loop stall)."""
+    async def main() -> tuple[Any, float]:
         stop = False
         worst = 0.0
 
         async def ticker() -> None:
             nonlocal worst
             last = time.perf_counter()
-            while not stop:
-                await asyncio.sleep(0)
+            while not stop:  # a 1 ms sleeper: idle like the daemon's loop, not a spinning rival for the GIL
+                await asyncio.sleep(0.001)
                 now = time.perf_counter()
-                worst = max(worst, now - last)
+                worst = max(worst, now - last - 0.001)
                 last = now
 
         task = asyncio.ensure_future(ticker())
         await asyncio.sleep(0)
-        out = await metrics.gather(c, NOW0, mode=mode, cache=cache)
+        out = await make()
         stop = True
         await task
         return out, worst
     return asyncio.run(main())
 
 
-def run_one(tunnels: int, repeats: int) -> dict[str, Any]:
+def ours(c: Correlator, mode: str) -> tuple[tuple[int, int], float]:
+    """One streamed, gzipped scrape; returns ((wire bytes, pieces), longest loop stall)."""
+    async def scrape() -> tuple[int, int]:
+        n = pieces = 0
+        async for piece in metrics.scrape_chunks(c, MON, mode, gzip=True):
+            n += len(piece)
+            pieces += 1
+        return n, pieces
+    out: tuple[tuple[int, int], float] = _on_loop(scrape)
+    return out
+
+
+def before(c: Correlator, mode: str) -> tuple[int, int]:
+    """The old shape: JSON gather, whole body with the one-hot state lines, whole gzip. Returns (wire bytes,
+    plain bytes); the one-hot lines are appended rather than in place, which changes neither cost nor size much."""
+    async def gather() -> metrics.Gathered:
+        return await metrics.gather(c, NOW0, mode=mode)
+    g, _ = _on_loop(gather)
+    body = metrics.render(g.tunnels, MON, g.counts)
+    # ipsec_tunnel_state was one-hot: the other six states' 0.0 lines, which the old renderer also wrote
+    zeros = "".join([f'ipsec_tunnel_state{{{metrics.tunnel_labels(t.labels)},state="{s}"}} 0.0\n'
+                     for t in g.tunnels for s in STATES if s != t.state]).encode()
+    body += zeros
+    return len(gzip_mod.compress(body, metrics_text.GZIP_LEVEL)), len(body)
+
+
+def run_one(tunnels: int, repeats: int, reference: bool) -> dict[str, Any]:
     """Measure one fleet size."""
     c = build(tunnels)
     res: dict[str, Any] = {"tunnels": tunnels}
     for mode in metrics.MODES:
-        cache = metrics.ScrapeCache()
-        cold_cpu, _ = _best(lambda m=mode, k=cache: _gather(c, m, k), 1)  # type: ignore[misc]
-        g_cpu, (g, block) = _best(lambda m=mode, k=cache: _gather(c, m, k), repeats)  # type: ignore[misc]
-        r_cpu, body = _best(lambda g=g: metrics.render(g.tunnels, MON, g.counts), repeats)  # type: ignore[misc]
-        row = {"gather_cold_cpu_s": round(cold_cpu, 4), "gather_cpu_s": round(g_cpu, 4),
-               "max_block_s": round(block, 4), "render_cpu_s": round(r_cpu, 4), "bytes": len(body),
-               "series": body.count(b"\n") - body.count(b"# ")}
-        if mode == "all":
-            b_cpu, base = _best(lambda g=g: metrics_reference.render_prometheus_client(g.tunnels, MON, g.counts), 1)  # type: ignore[misc]
-            if base != body:
-                raise SystemExit("render and render_prometheus_client disagree")
-            row.update(baseline_render_cpu_s=round(b_cpu, 4), render_speedup=round(b_cpu / r_cpu, 1))
+        with PeakRss() as rss:
+            (wire, pieces), stall = ours(c, mode)
+        cpu, _ = _cpu(lambda m=mode: ours(c, m), repeats)  # type: ignore[misc]
+        plain = asyncio.run(metrics.scrape(c, MON, mode))
+        row: dict[str, Any] = {
+            "cpu_s": round(cpu, 4), "wire_bytes": wire, "pieces": pieces, "bytes": len(plain),
+            "series": plain.count(b"\n") - plain.count(b"# "), "rss_growth_bytes": rss.growth,
+            "rss_method": "VmHWM" if rss.hwm else "poll", "max_block_s": round(stall, 4)}
+        with PeakRss() as rss0:
+            before(c, mode)
+        b_cpu, (b_wire, b_plain) = _cpu(lambda m=mode: before(c, m), repeats if mode != "all" else 1)  # type: ignore[misc]
+        row["before"] = {"cpu_s": round(b_cpu, 4), "wire_bytes": b_wire, "bytes": b_plain,
+                         "rss_growth_bytes": rss0.growth}
+        row["cpu_ratio"] = round(cpu / b_cpu, 3) if b_cpu else None
+        if reference and mode == "all":
+            samples = [metrics.sample(t) for t in c.snapshot(NOW0)]
+            if metrics_reference.render_prometheus_client(samples, MON) != plain:
+                raise SystemExit("scrape and render_prometheus_client disagree")
+            row["reference_identical"] = True
         res[mode] = row
+        print(json.dumps({mode: row}), flush=True)
     return res
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown rows for RESULTS.md: ours and the old shape, per size and mode."""
+    rows = ["| tunnels | metrics_tunnels | series | text MB | gzip MB (wire) | CPU s per scrape | old shape: CPU s, "
+            "gzip MB, text MB | CPU ratio | RSS growth MB (old) | longest loop stall ms |",
+            "|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]
+    mb = 1e6
+    for size in result["sizes"]:
+        for mode in ("all", "unhealthy", "none"):
+            r = size[mode]
+            b = r["before"]
+            rows.append(f"| {size['tunnels']:,} | {mode} | {r['series']:,} | {r['bytes'] / mb:.1f} | "
+                        f"{r['wire_bytes'] / mb:.2f} | {r['cpu_s']:.3f} | "
+                        f"{b['cpu_s']:.3f}, {b['wire_bytes'] / mb:.2f}, "
+                        f"{b['bytes'] / mb:.1f} | {r['cpu_ratio']:.2f} | {r['rss_growth_bytes'] / 2**20:.0f} "
+                        f"({b['rss_growth_bytes'] / 2**20:.0f}) | {r['max_block_s'] * 1000:.0f} |")
+    return "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tunnels", default="5000,100000")
+    ap.add_argument("--quick", action="store_true", help="--tunnels 2000,10000 --repeats 1")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
-    out = {"sizes": [run_one(int(n), a.repeats) for n in a.tunnels.split(",")]}
+    sizes = [2000, 10000] if a.quick else [int(n) for n in a.tunnels.split(",")]
+    repeats = 1 if a.quick else a.repeats
+    out = {"params": {"quick": a.quick, "repeats": repeats}, "machine": machine_description(),
+           "sizes": [run_one(n, repeats, reference=i == 0) for i, n in enumerate(sizes)], "load": loadavg()}
     print(json.dumps(out, indent=1))
     if not a.no_write:
         write_result("metrics", out)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import fanout_bench, refresh_bench, run, storm_bench
+from bench import fanout_bench, metrics_bench, refresh_bench, run, storm_bench
 from bench.common import dump_records, fleet_sa, patch_counters, write_result
 from monitor.wire import xfrm as X
 from monitor.wire.decode import decode_datagram
@@ -99,7 +99,8 @@ def test_fanout_smoke() -> None:
     assert a["clients_result"]["dropped"] == 0
     assert a["server"]["rss_connected"] > 0
     assert d["clients_result"]["snapshot"]["tunnels"] == 20
-    assert set(r["targets"]) == {"a_p99_ms", "d_longest_stall_ms"}
+    assert set(r["targets"]) == {"a_p99_ms", "a_cpu_fraction", "d_longest_stall_ms"}
+    assert r["targets"]["a_cpu_fraction"]["value"] > 0
 
 
 def test_render_targets_table(tmp_path: Path) -> None:
@@ -121,6 +122,27 @@ def test_render_targets_table(tmp_path: Path) -> None:
     # met is the target applied to this run's own figure: CPU seconds scaled to 200k SAs <= 2 s
     cpu_200k = r["first_load"]["cpu_best_s"] * 200_000 / r["sas"]
     assert first["met"] is (cpu_200k <= 2.0), (first, cpu_200k)
+
+
+def test_metrics_smoke(tmp_path: Path) -> None:
+    """The /metrics bench scrapes the real correlator through the streamed gzip path, checks the body against
+    prometheus_client, measures the old shape beside it, and bench.run renders its rows (not judged: small)."""
+    res = metrics_bench.run_one(300, 1, reference=True)
+    a = res["all"]
+    assert a["reference_identical"] is True
+    assert a["series"] >= 300 * 11
+    assert 0 < a["wire_bytes"] < a["bytes"] < a["before"]["bytes"]  # gzip; and the one-hot lines are gone
+    assert res["none"]["series"] < 100
+    assert a["cpu_s"] > 0
+    assert a["before"]["cpu_s"] > 0
+    results = tmp_path / "results"
+    write_result("metrics", {"params": {"quick": True}, "sizes": [res]}, results)
+    md = tmp_path / "RESULTS.md"
+    run.render(results, md)
+    rows = [r for r in json.loads((results / "summary.json").read_text()) if r["item"] == "/metrics"]
+    assert len(rows) == 3
+    assert all(r["met"] is None and "not the target size" in r["measured"] for r in rows)
+    assert "| 300 | all |" in md.read_text()
 
 
 def test_vm_guest_script_parses() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.serve import metrics
-from monitor.serve.protocol import STATES
 from tests.test_web_fakes import tunnel_doc
 
 
@@ -39,8 +38,9 @@ def test_tunnel_series_values_and_labels() -> None:
     assert got["ipsec_tunnel_integrity_errors_total"][0][2] == 9.0
     assert got["ipsec_tunnel_hard_expiry_seconds"] == [("ipsec_tunnel_hard_expiry_seconds", lab, 42.5)]
     states = {s[1]["state"]: s[2] for s in got["ipsec_tunnel_state"]}
-    assert set(states) == set(STATES)
-    assert {k for k, v in states.items() if v == 1.0} == {"one-way"}
+    # the current state only (issue 15): one series, value 1; the other states have none (not 0)
+    assert states == {"one-way": 1.0}
+    assert [s[1] for s in got["ipsec_tunnel_state"]] == [{**lab, "state": "one-way"}]
 
 
 def test_no_expiry_sample_without_time_limits_and_sa_fallback() -> None:

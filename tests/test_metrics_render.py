@@ -80,12 +80,15 @@ def test_ike_info_names_conn_and_child() -> None:
                                                      ("netns", "default")), "1.0")]
 
 
-def test_state_templates_equal_state_block() -> None:
-    """The per-state templates used by render give the same lines as building the block directly."""
-    lab = metrics.tunnel_labels(('n"s', "1", "2001:db8::1", "back\\slash\\0", "t\n1", "", "7"))
-    for state in STATES:
-        assert metrics._STATE_TEMPLATES[state].replace("\0", lab) == metrics.state_block(lab, state)
-        assert metrics.state_block(lab, state).count(" 1.0\n") == 1
+def test_state_is_one_series_with_the_current_state() -> None:
+    """ipsec_tunnel_state: exactly one series per tunnel, labelled with its state (awkward ones escaped), value 1."""
+    labs = ('n"s', "1", "2001:db8::1", "back\\slash\\0", "t\n1", "", "7")
+    mon = metrics.MonitorSample({}, {}, 0.0, {}, 0.0, 0, 0, 0, 0)
+    for state in (*STATES, 'we"ird'):
+        t = metrics.TunnelSample(labs, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, state, None, 0.0, 0.0)
+        (fam,) = [f for f in text_string_to_metric_families(metrics.render([t], mon).decode())
+                  if f.name == "ipsec_tunnel_state"]
+        assert [(s.labels["state"], s.labels["remote"], s.value) for s in fam.samples] == [(state, labs[3], 1.0)]
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True))

@@ -287,6 +287,12 @@ class Correlator(Checkpointing):
         t = self._tunnels.get(tid)
         return None if t is None else t.counters_row()
 
+    def metrics_row(self, tid: str, now: float) -> tuple[Any, ...] | None:
+        """The values ``/metrics`` exports of one tunnel (``Tunnel.metrics_row``; the same as its JSON shows,
+        cheaper), or None if there is no such tunnel."""
+        t = self._tunnels.get(tid)
+        return None if t is None else t.metrics_row(now)
+
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """Every tunnel's JSON, sorted by id."""
         return [self._tunnels[tid].to_json(now, self._derived_hints(self._tunnels[tid]), self.wall_skew)

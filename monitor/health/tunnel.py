@@ -246,6 +246,19 @@ class Tunnel:
         return [self.id, self.bytes_in, self.bytes_out, self.packets_in, self.packets_out,
                 round(self.rate_bi, 3), round(self.rate_bo, 3), str(self.state)]
 
+    def metrics_row(self, now: float) -> tuple[Any, ...]:
+        """What ``/metrics`` exports of this tunnel, the values :meth:`to_json` would show, without building it:
+        ``(netns, reqid, local, remote, id, if_id, mark, state, bytes_in, bytes_out, packets_in, packets_out,
+        rekeys, rekey_failures, hard_expires_in | None, replay_errors, integrity_errors, flaps, downtime)``."""
+        hard = 0.0  # hard_expires_at() in one pass over the SAs
+        for sa in self.newest_pair():
+            if sa is not None and sa.hard_at and (not hard or sa.hard_at < hard):
+                hard = sa.hard_at
+        return (self.netns, self.reqid, self.local, self.remote, self.id, self.if_id, self.mark, str(self.state),
+                self.bytes_in, self.bytes_out, self.packets_in, self.packets_out, self.rekeys, self.rekey_failures,
+                round(hard - now, 3) if hard else None, self.replay_errors, self.integrity_errors, self.flaps,
+                round(self.down_secs + (now - self.since if self.state is TunnelState.DOWN else 0.0), 3))
+
     def to_json(self, now: float, extra_hints: Sequence[Reason] = (), wall_skew: float = 0.0) -> dict[str, Any]:
         """The public tunnel dict (schema 1). Rates are bytes (packets) per second.
 

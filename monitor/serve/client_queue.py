@@ -51,12 +51,19 @@ class Client:
         #: ``write_run(messages)`` (write them now, synchronously, in order).
         self.can_write: Callable[[], bool] | None = None
         self.write_run: Callable[[list[bytes]], None] | None = None
+        #: Optional, set by the transport: write already-framed bytes now (the hub's direct broadcast).
+        self.write_raw: Callable[[bytes], None] | None = None
         #: True while this client's writer task waits with an empty queue (nothing in flight).
         self.idle = False
+        #: True while the client is in the hub's direct broadcast set for this loop iteration: events are
+        #: not queued per client but written to it by the hub's flusher (``Hub._flush``).
+        self.direct = False
         self._open_gap: list[int] | None = None  # [from_seq, to_seq, count] of the last gap entry
         self._ids = itertools.count()
 
     def _put(self, key: Hashable, value: tuple[int, Any]) -> None:
+        if self.direct:  # anything else for this client: its broadcast events so far go first, queued
+            self.hub.demote(self)
         if not self.q:
             self.progress = time.monotonic()
         self.q[key] = value

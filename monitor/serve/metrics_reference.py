@@ -22,7 +22,6 @@ from monitor.serve.metrics import (
     _aggregate,
     count_states,
 )
-from monitor.serve.protocol import STATES
 
 
 class MonitorCollector:
@@ -63,9 +62,7 @@ class MonitorCollector:
             pkts.add_metric([*lab, "out"], t.packets_out)
             rekeys.add_metric(lab, t.rekeys)
             fails.add_metric(lab, t.rekey_failures)
-            states = STATES if t.state in STATES else (*STATES, t.state)
-            for s in states:
-                state.add_metric([*lab, s], 1.0 if s == t.state else 0.0)
+            state.add_metric([*lab, t.state], 1.0)  # the current state only
             if t.hard_expires_in is not None:
                 hard.add_metric(lab, t.hard_expires_in)
             replay.add_metric(lab, t.replay_errors)

@@ -69,6 +69,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         transport.write(b"".join([text_frame(d) for d in datas]))
 
     client.can_write, client.write_run = can_write, write_run
+    if transport is not None:
+        client.write_raw = transport.write  # the hub's direct broadcast: frames built once for all clients
+        hub.frame = text_frame
     writer = asyncio.create_task(session.serve(hub, client, send, since=since, snapshot=snapshot, send_many=send_many))
     reader = asyncio.create_task(_read_ops(ws, hub, client))
     stalled = False
