@@ -174,3 +174,41 @@ async def test_a_flood_while_reading_strands_no_request(netns: str) -> None:
           f"pending request {longest:.2f} s, view {len(view())} kernel {len(kernel)} {took:.2f} s after the flood")
     assert longest < 5.0, f"request {sent.get(stranded)} (seq {stranded}) waited {longest:.1f} s for its reply"
     assert view() == kernel
+
+
+def test_reading_goes_on_after_an_overrun_under_uvloop(netns: str) -> None:
+    """``monitor serve`` runs on uvloop. After an overrun the pending ENOBUFS makes epoll report POLLERR, and
+    libuv stops watching the socket for good: the source read nothing more, the queue never emptied, so the
+    socket stayed congested and the kernel dropped every later event without a second ENOBUFS (found by the VM
+    storm scenario: ``/proc/net/netlink`` showed 12 KiB queued forever and drops growing). Two overruns in a
+    row must both be seen, and the queue drained after each. (Seen failing before the fix: ENOBUFS stayed 1.)"""
+    uvloop = pytest.importorskip("uvloop")
+
+    def queued() -> int:
+        out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/netlink"], check=True,
+                             capture_output=True, text=True, timeout=30).stdout
+        rows = [r.split() for r in out.splitlines()[1:]]
+        return sum(int(r[4]) for r in rows if r[1] == "6" and r[3] != "00000000")  # XFRM sockets with groups
+
+    async def main() -> list[tuple[int, int]]:
+        raw = RawXfrm(netns)
+        source = KernelSource([netns], interval=5.0, rcvbuf=4096)  # the kernel makes it 8 KiB
+        seen = []
+        try:
+            async with Collector(source) as c:
+                await c.wait("the first dumps", lambda: len(c.controls("xfrm_stat")) >= 1)
+                for n in (1, 2):
+                    # the loop is blocked while the kernel sends 600 notifications: the buffer overruns
+                    _send(raw, [encode(_policy(k)[0]) for k in range(n * 1000, n * 1000 + 300)]
+                          + [encode(_policy(k)[1]) for k in range(n * 1000, n * 1000 + 300)])
+                    await c.wait(f"overrun {n} reported", lambda n=n: source.enobufs.get(netns, 0) >= n, timeout=10)
+                    deadline = time.monotonic() + 10
+                    while (left := await asyncio.to_thread(queued)) and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    seen.append((source.enobufs[netns], left))
+        finally:
+            raw.close()
+        return seen
+
+    seen = uvloop.run(main())
+    assert seen == [(1, 0), (2, 0)]
