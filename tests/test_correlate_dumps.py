@@ -248,9 +248,10 @@ def test_events_between_an_overrun_and_its_resync_dump_do_not_flap() -> None:
     assert g.json(T0 + 35)["state"] in ("up", "rekeying")
 
 
-@pytest.mark.xfail(strict=True, reason="known (issue 18, VM storm: 131 of 210 children one rekey short; this history is one way): the "
-                   "implicit rekey started by the new outbound SA marks the new inbound SA, listed before it in the "
-                   "same dump, as old, so it never completes; left for monitor/health/lifecycle.py")
+@pytest.mark.xfail(strict=True, reason="known (issue 18, VM storm: 131 of 210 children one rekey short; this "
+                   "history is one way): the implicit rekey started by the new outbound SA marks the new inbound "
+                   "SA, listed before it in the same dump, as old, so it never completes; left for "
+                   "monitor/health/lifecycle.py")
 def test_rekey_counted_when_the_new_pair_is_only_seen_in_the_resync_dump() -> None:
     """The same history: the generation change is one rekey, complete once the old outbound SA is gone."""
     g = Gw()
