@@ -38,6 +38,16 @@ def test_env_types_lists_and_bools() -> None:
     assert (s.netns, s.aevents, s.stale_after) == (("red", "blue"), True, 12.0)
 
 
+def test_rcvbuf_reaches_the_kernel_source() -> None:
+    """MONITOR_RCVBUF sets the event socket's receive buffer of the kernel source serve builds (the storm VM
+    scenario forces overruns with it); the default stays 32 MiB."""
+    from monitor.serve.web import build_source
+
+    src = build_source(load_settings({}, env={"MONITOR_RCVBUF": "262144"}))
+    assert src.rcvbuf == 262144  # type: ignore[attr-defined]
+    assert build_source(load_settings({}, env={})).rcvbuf == 32 << 20  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
@@ -47,6 +57,7 @@ def test_env_types_lists_and_bools() -> None:
         ({"MONITOR_SOURCE": "kernal"}, "source must be"),
         ({"MONITOR_SOURCE": "replay:"}, "source must be"),
         ({"MONITOR_INTERVAL": "0"}, "interval must be > 0"),
+        ({"MONITOR_RCVBUF": "1024"}, "rcvbuf must be >= 4096"),
         ({"MONITOR_LOG_LEVEL": "loud"}, "log_level"),
         ({"MONITOR_TOKEN": "short"}, "at least 8"),
     ],

@@ -136,8 +136,13 @@ class Lifecycle(Counters, Policies, Halves):
                                             "enc": st.enc, "auth": st.auth, "aead": st.aead})
         if older and was_established and not ns.quiet:
             if replaced is not None:  # a replacement without soft expire (libreswan): a rekey too
-                t.rk_start, t.rk_mark, t.rk_soft = now, st.order - 1, False
-                t.rk_old = tuple(o.spi for o in replaced if o is not None)
+                # ``st``'s generation: the SAs the kernel installed with it (within a second). A resync dump
+                # after lost events may list the new inbound SA before ``st``; it is new, not replaced: the
+                # rekey completes once both directions hold an SA newer than every SA of the old generation.
+                old = [o for o in t.sas if o is not st and o.add_time < st.add_time - 1.0]
+                t.rk_start, t.rk_soft = now, False
+                t.rk_mark = max(o.order for o in old) if old else st.order - 1
+                t.rk_old = tuple(o.spi for o in replaced if o is not None and (not old or o in old))
             self._check_rekey(t, now)
         elif t.rk_start is not None:
             self._check_rekey(t, now)

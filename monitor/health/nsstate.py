@@ -74,8 +74,10 @@ class NetnsState:
 
     @property
     def deferring(self) -> bool:
-        """True while state evaluation waits for the end of a loading or resync dump."""
-        return self.loading or self.ploading or (self.resync and self.sa_dump_begin is not None)
+        """True while state evaluation waits for the end of a loading or resync dump: from an overrun
+        (``on_resync``) on, not only while the resync dump runs, since the events read meanwhile are an
+        incomplete view (a DELSA whose replacement's notification was lost must not take a tunnel down)."""
+        return self.loading or self.ploading or self.resync
 
     def to_json(self, now: float) -> dict[str, Any]:
         """Netns-level view: counts, hints and dump bookkeeping."""

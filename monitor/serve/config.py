@@ -49,6 +49,9 @@ class Settings:
     interval: float = 5.0
     #: Kernel source: join XFRMNLGRP_AEVENTS (per-packet async events; expensive).
     aevents: bool = False
+    #: Kernel source: receive buffer in bytes of each namespace's event socket (SO_RCVBUFFORCE; the kernel
+    #: doubles it). Smaller means overruns (ENOBUFS, then one resync dump) sooner under an event storm.
+    rcvbuf: int = 32 << 20
     #: Replay and simulator: time acceleration (2.0 = twice as fast; 0 = as fast as possible for replay).
     speed: float = 1.0
     #: Simulator: number of tunnels.
@@ -169,6 +172,7 @@ def _validate(s: Settings) -> None:
         f"source must be 'kernel', 'simulate' or 'replay:FILE.pcap', got {s.source!r}",
     )
     need(s.interval > 0, f"interval must be > 0 seconds, got {s.interval}")
+    need(s.rcvbuf >= 4096, f"rcvbuf must be >= 4096 bytes, got {s.rcvbuf}")
     need(s.speed >= 0, f"speed must be >= 0, got {s.speed}")
     need(s.tunnels >= 1, f"tunnels must be >= 1, got {s.tunnels}")
     for name in ("ring_size", "client_queue", "client_max_updates", "snapshot_chunk"):

@@ -79,7 +79,7 @@ def build_source(settings: Settings) -> Source:
     from monitor.sources.kernel import KernelSource  # noqa: PLC0415 - lazy: pyroute2 only when needed
 
     netns: Any = "all" if settings.all_netns else (settings.netns or ("default",))
-    return KernelSource(netns=netns, interval=settings.interval, aevents=settings.aevents)
+    return KernelSource(netns=netns, interval=settings.interval, aevents=settings.aevents, rcvbuf=settings.rcvbuf)
 
 
 def build_core(settings: Settings) -> tuple[Any, Any]:

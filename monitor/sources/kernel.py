@@ -22,7 +22,9 @@ On ENOBUFS (the kernel dropped multicast events for us) the source counts it, lo
 ``Control("enobufs")`` and runs a full dump cycle *after* the overrun (an earlier dump could contain
 SAs whose DELSA was just lost): the dump in flight on the other socket is finished, not abandoned, and
 any number of overruns during one cycle make one more cycle, not a cascade. ``enobufs`` counts
-overruns, ``resyncs`` the resync cycles actually run. If the consumer falls behind, the readers pause so the kernel's
+overruns, ``resyncs`` the resync cycles actually run. After an overrun (and at every cycle) the readers are
+registered again: uvloop stops watching a socket whose poll reported the error, which left ``monitor serve``
+deaf to every later event (``_rearm_soon``). If the consumer falls behind, the readers pause so the kernel's
 buffer, not our memory, absorbs the burst: at worst that is another ENOBUFS and a resync.
 """
 
@@ -81,6 +83,7 @@ class _Watch:
         self.pending: tuple[int, asyncio.Future[int]] | None = None
         self.wake = asyncio.Event()
         self.resync = False
+        self.rearm = False  # a re-registration of the readers is scheduled (see KernelSource._rearm_soon)
         self.task: asyncio.Task[None] | None = None
         self.buf = bytearray(RECV_SIZE)
 
@@ -255,6 +258,7 @@ class KernelSource:
                 # a pending socket error (sk_err) is reported once: tell, keep reading; never raise into the loop
                 log.warning("netns %s: receive failed: %s", w.name, exc)
                 self._control(w.name, "source_error", message=f"netns {w.name}: receive failed: {exc}")
+                self._rearm_soon(w)
                 return
             data = bytes(w.buf[:n])
             self._queue.put_nowait(Datagram(w.name, data, time.time(), False))
@@ -276,6 +280,30 @@ class KernelSource:
             w.pending[1].set_result(-errno.ENOBUFS)
         w.resync = True
         w.wake.set()
+        self._rearm_soon(w)
+
+    def _rearm_soon(self, w: _Watch) -> None:
+        """Register ``w``'s readers again once the current callback is done.
+
+        A pending socket error (``sk_err``: ENOBUFS after an overrun) makes epoll report POLLERR, and libuv
+        (uvloop, ``monitor serve``'s loop) then stops watching the socket for good (``uv__poll_io``): the
+        reader never runs again, the never-emptied socket stays congested (``NETLINK_S_CONGESTED``) and the
+        kernel drops every later event silently, without a second ENOBUFS (issue 18, seen in the VM storm:
+        12 KiB left in the queue forever, drops growing). asyncio's own loop keeps watching; re-adding is
+        harmless there.
+        """
+        if not w.rearm:
+            w.rearm = True
+            assert self._loop is not None
+            self._loop.call_soon(self._rearm, w)
+
+    def _rearm(self, w: _Watch) -> None:
+        w.rearm = False
+        if self._paused or self._watches.get(w.name) is not w or self._loop is None or self._loop.is_closed():
+            return
+        for s in w.sockets():
+            self._loop.remove_reader(s.fileno())
+        self._add_readers(w)
 
     def _check_reply(self, w: _Watch, data: bytes) -> None:
         """Finish the pending request if ``data`` holds its DONE, ERROR or NEWSADINFO reply."""
@@ -325,6 +353,8 @@ class KernelSource:
         first = True
         while True:
             w.wake.clear()
+            if not first:  # a reader libuv stopped without our callback seeing the error: back within a cycle
+                self._rearm(w)
             if w.resync:
                 self.resyncs[w.name] = self.resyncs.get(w.name, 0) + 1
             w.resync = False
