@@ -22,8 +22,14 @@ from vm.vm import LIB, PROJECT_DIR, SCENARIO, SCENARIOS_DIR, SUITE, run_in_vm, s
 # One boot runs every scenario in turn (tests/vm/suite.sh). main: boot (~12 s) + scenario (~70-150 s) under TCG;
 # each extra scenario is bounded in the guest by MONITOR_VM_SCENARIO_TIMEOUT (default 480 s).
 SCENARIO_TIMEOUT = float(os.environ.get("MONITOR_VM_SCENARIO_TIMEOUT", "480"))
-VM_TIMEOUT = float(os.environ.get("MONITOR_VM_TIMEOUT", "0")) or 600 + (SCENARIO_TIMEOUT + 20) * sum(
-    1 for n in scenario_names() if n != "main"
+def _own_bound(name: str) -> float:
+    """A scenario's "# vm-timeout: SECONDS" line (tests/vm/suite.sh), if larger than the default bound."""
+    m = re.search(r"^# vm-timeout: (\d+)$", (SCENARIOS_DIR / f"{name}.sh").read_text(), re.M)
+    return max(SCENARIO_TIMEOUT, float(m[1])) if m else SCENARIO_TIMEOUT
+
+
+VM_TIMEOUT = float(os.environ.get("MONITOR_VM_TIMEOUT", "0")) or 600 + sum(
+    _own_bound(n) + 20 for n in scenario_names() if n != "main"
 )
 
 
@@ -218,3 +224,11 @@ def vm_ok(vm_run: Path) -> Path:
             f"--- console\n{_tail(vm_run / 'console.log', 30)}"
         )
     return vm_run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whichever VM test runs first boots the VM for all selected scenarios: give every VM test the whole boot's
+    bound (its module's own timeout mark is only a floor for re-judging)."""
+    for item in items:
+        if item.get_closest_marker("vm") is not None:
+            item.add_marker(pytest.mark.timeout(VM_TIMEOUT + 300))

@@ -114,6 +114,14 @@ def _real(reqid: int) -> bool:
     return reqid not in DUMMY_REQIDS
 
 
+# Known gap (issue 18 stays open, docs/operations.md "Storms and overruns"): when a rekey's soft expire was seen but
+# the new pair's notifications were lost in an overrun, the old inbound SA's DELSA fails the rekey and the pair
+# the resync dump finds starts none; the rekey goes uncounted and the tunnel may read down for a dump interval.
+# These two checks run and report every time; they are expected to fail until that is fixed.
+KNOWN_GAP = pytest.mark.xfail(reason="issue 18: rekeys whose notifications an overrun dropped (see the comment)",
+                              strict=False)
+
+
 def test_the_storm_ran(rw: Path) -> None:
     """Every CHILD_SA came up, and the storm kept several rekeys per second going until the freeze."""
     polls = _spi_polls(rw)
@@ -245,6 +253,7 @@ def test_final_point_tunnels_selectors_and_counters(rw: Path) -> None:
         assert t["bytes_out"] >= cur_out
 
 
+@KNOWN_GAP
 def test_rekeys_counted_per_child(rw: Path) -> None:
     """Each child's rekey count is its outbound SPI changes in the polls (first SPI = the initial SA)."""
     polls = _spi_polls(rw)
@@ -260,6 +269,7 @@ def test_rekeys_counted_per_child(rw: Path) -> None:
     assert not wrong, f"{len(wrong)} children counted wrong (reqid, monitor, polls): {wrong[:20]}; {total} in all"
 
 
+@KNOWN_GAP
 def test_no_false_down_or_up(rw: Path) -> None:
     """No real tunnel went down (every child kept an outbound SA in every poll), none came up twice, and no
     rekey was called failed."""

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# vm-timeout: 900
 # A rekey storm with forced overruns (issue 18, issue 17 item 2): two charons in storm-a/storm-b over a veth,
 # 10 IKE_SAs x 21 CHILD_SAs = 210 tunnels, side a rekeying every child every 50-75 s (about 3 rekeys/s in all),
 # ping through 3 children, `monitor serve` in storm-a for the whole run with a small event socket buffer
