@@ -108,6 +108,33 @@ charon_start() {
   log "charon starting in netns $ns (pid $BG_PID)"
 }
 
+# strongswan_conf SIDE [CHARON_LINES]: $WORK/SIDE/strongswan.conf for a charon with only the plugins a PSK tunnel
+# needs (fast start under TCG), its vici socket at $WORK/SIDE.vici, and CHARON_LINES (options) added in `charon {}`.
+strongswan_conf() {
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/strongswan.conf" <<EOT
+charon {
+  load_modular = no
+  load = random nonce openssl aes sha1 sha2 hmac kdf gmp kernel-netlink socket-default vici
+  install_routes = no
+${2:-}
+  plugins {
+    vici {
+      socket = unix://$WORK/$1.vici
+    }
+  }
+}
+EOT
+}
+
+# charon_up SIDE NETNS: start SIDE's charon in NETNS and load $WORK/SIDE/swanctl.conf through its vici socket
+charon_up() {
+  charon_start "$2" "$WORK/$1"
+  poll_until 30 0.2 test -S "$WORK/$1.vici" || fail "charon $1: no vici socket"
+  sw "$WORK/$1.vici" --load-all --file "$WORK/$1/swanctl.conf" >> "$RW/swanctl-load-$1.log" \
+    || fail "swanctl --load-all for $1"
+}
+
 # sw VICI_SOCKET ARGS...: swanctl against one charon, without loading crypto plugins (slow under TCG)
 sw() {
   local sock=$1; shift

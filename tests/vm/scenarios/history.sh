@@ -52,22 +52,9 @@ serve_start 1   # Python's start-up overlaps charon's
 
 write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION REKEY_TIME
   local s=$1
-  mkdir -p "$WORK/$s"
-  cat > "$WORK/$s/strongswan.conf" <<EOT
-charon {
-  load_modular = no
-  load = random nonce openssl aes sha1 sha2 hmac kdf gmp kernel-netlink socket-default vici
-  install_routes = no
-  delete_rekeyed_delay = 2
+  strongswan_conf "$s" "  delete_rekeyed_delay = 2
   retransmit_tries = 2
-  retransmit_timeout = 1.0
-  plugins {
-    vici {
-      socket = unix://$WORK/$s.vici
-    }
-  }
-}
-EOT
+  retransmit_timeout = 1.0"
   cat > "$WORK/$s/swanctl.conf" <<EOT
 connections {
   tun {
@@ -105,12 +92,6 @@ secrets {
   }
 }
 EOT
-}
-charon_up() {  # charon_up SIDE NETNS
-  charon_start "$2" "$WORK/$1"
-  poll_until 30 0.2 test -S "$WORK/$1.vici" || fail "charon $1: no vici socket"
-  sw "$WORK/$1.vici" --load-all --file "$WORK/$1/swanctl.conf" >> "$RW/swanctl-load-$1.log" \
-    || fail "swanctl --load-all for $1"
 }
 write_conf a 198.51.100.1 198.51.100.2 10.30.1.1/32 10.40.1.1/32 start 10s
 write_conf b 198.51.100.2 198.51.100.1 10.40.1.1/32 10.30.1.1/32 none 30s

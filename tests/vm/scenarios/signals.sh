@@ -46,21 +46,8 @@ SERVE_PID=$BG_PID
 
 write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION
   local s=$1
-  mkdir -p "$WORK/$s"
-  cat > "$WORK/$s/strongswan.conf" <<EOT
-charon {
-  load_modular = no
-  load = random nonce openssl aes sha1 sha2 hmac kdf gmp kernel-netlink socket-default vici
-  install_routes = no
-  retransmit_tries = 3
-  retransmit_timeout = 2.0
-  plugins {
-    vici {
-      socket = unix://$WORK/$s.vici
-    }
-  }
-}
-EOT
+  strongswan_conf "$s" "  retransmit_tries = 3
+  retransmit_timeout = 2.0"
   cat > "$WORK/$s/swanctl.conf" <<EOT
 connections {
   tun {
@@ -97,12 +84,6 @@ secrets {
   }
 }
 EOT
-}
-charon_up() {  # charon_up SIDE NETNS
-  charon_start "$2" "$WORK/$1"
-  poll_until 30 0.2 test -S "$WORK/$1.vici" || fail "charon $1: no vici socket"
-  sw "$WORK/$1.vici" --load-all --file "$WORK/$1/swanctl.conf" >> "$RW/swanctl-load-$1.log" \
-    || fail "swanctl --load-all for $1"
 }
 write_conf a 198.51.100.1 198.51.100.2 10.50.1.1/32 10.60.1.1/32 start
 write_conf b 198.51.100.2 198.51.100.1 10.60.1.1/32 10.50.1.1/32 none
