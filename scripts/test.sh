@@ -17,7 +17,7 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   APT=(apt-get -y -q -o DPkg::Lock::Timeout=900)
   "${APT[@]}" update >/dev/null
   "${APT[@]}" install --no-install-recommends \
-      iproute2 tcpdump prometheus chromium tmux systemd util-linux libcap2-bin procps \
+      iproute2 tcpdump prometheus prometheus-alertmanager chromium tmux systemd util-linux libcap2-bin procps \
       python3-venv iputils-ping gcc libc6-dev linux-libc-dev >/dev/null
   echo "== VM harness (Debian kernel, QEMU, strongSwan, virtme-ng)"
   bash scripts/vm-setup.sh
