@@ -21,6 +21,8 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
       python3-venv iputils-ping gcc libc6-dev linux-libc-dev >/dev/null
   echo "== VM harness (Debian kernel, QEMU, strongSwan, virtme-ng)"
   bash scripts/vm-setup.sh
+  echo "== container engine and Debian base image (podman, runc, mmdebstrap)"
+  bash scripts/container-setup.sh
   echo "== python environment"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
