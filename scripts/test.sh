@@ -23,6 +23,8 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   bash scripts/vm-setup.sh
   echo "== container engine and Debian base image (podman, runc, mmdebstrap)"
   bash scripts/container-setup.sh
+  echo "== systemd boot image (mmdebstrap Debian root filesystem with systemd, for QEMU)"
+  bash scripts/systemd-vm-setup.sh
   echo "== python environment"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
