@@ -47,6 +47,15 @@ try:
     r = u.urlopen(sys.argv[1], timeout=3); print(r.status, r.read().decode().replace("\n", " "))
 except Exception as e:
     print(0, repr(e))' "http://127.0.0.1:8787$1"; }
+# wait until GET /api/v1/tunnels matches the glob $1, at most $2 seconds (each try starts a python: slow in TCG)
+wait_tunnels() {
+  end=$(( $(date +%s) + $2 ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    case "$(get /api/v1/tunnels)" in $1) return 0;; esac
+    sleep 0.5
+  done
+  return 1
+}
 say boot "$(systemctl is-system-running 2>&1 | head -n1) pid1=$(cat /proc/1/comm)"
 # the venv the unit's header describes; pip runs from its wheel and skips byte-compiling (under TCG,
 # ensurepip and compiling every module took 250 s of a 370 s run)
@@ -76,10 +85,7 @@ mkdir -p /etc/systemd/system/ipsec-monitor.service.d
 printf '[Service]\nNetworkNamespacePath=/run/netns/gw\n' > /etc/systemd/system/ipsec-monitor.service.d/netns.conf
 systemctl daemon-reload
 systemctl start ipsec-monitor
-for i in $(seq 1 150); do
-  case "$(get /api/v1/tunnels)" in 200*reqid*) break;; esac
-  sleep 0.2
-done
+wait_tunnels '200*reqid*' 120
 say active "$(systemctl is-active ipsec-monitor)"
 say healthz "$(get /healthz)"
 say tunnels "$(get /api/v1/tunnels)"
@@ -89,10 +95,7 @@ say status "$(grep -E '^(Uid|Gid|CapEff|CapBnd|CapAmb|CapPrm|NoNewPrivs|Seccomp)
 say user "$(id -u ipsec-monitor)"
 say security "$(systemd-analyze security ipsec-monitor --no-pager 2>&1 | tail -n1)"
 ip -n gw xfrm state flush
-for i in $(seq 1 150); do
-  case "$(get /api/v1/tunnels)" in *'"state":"down"'*) break;; esac
-  sleep 0.2
-done
+wait_tunnels '*"state":"down"*' 60
 say after_flush "$(get /api/v1/tunnels)"
 t0=$(date +%s.%N)
 systemctl stop ipsec-monitor
