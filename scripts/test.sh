@@ -17,10 +17,14 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
   APT=(apt-get -y -q -o DPkg::Lock::Timeout=900)
   "${APT[@]}" update >/dev/null
   "${APT[@]}" install --no-install-recommends \
-      iproute2 tcpdump prometheus chromium tmux systemd util-linux libcap2-bin procps \
+      iproute2 tcpdump prometheus prometheus-alertmanager chromium tmux systemd util-linux libcap2-bin procps \
       python3-venv iputils-ping gcc libc6-dev linux-libc-dev >/dev/null
   echo "== VM harness (Debian kernel, QEMU, strongSwan, virtme-ng)"
   bash scripts/vm-setup.sh
+  echo "== container engine and Debian base image (podman, runc, mmdebstrap)"
+  bash scripts/container-setup.sh
+  echo "== systemd boot image (mmdebstrap Debian root filesystem with systemd, for QEMU)"
+  bash scripts/systemd-vm-setup.sh
   echo "== python environment"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null

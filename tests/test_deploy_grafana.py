@@ -69,3 +69,54 @@ def test_checker_catches_a_wrong_name() -> None:
     assert promql_names.problems('ipsec_tunnel_state{status="up"}', exp)
     assert promql_names.problems('ipsec_tunnel_state{state="sleepy"}', exp)
     assert promql_names.problems('sum by (spi) (ipsec_tunnel_rekeys_total)', exp)
+
+
+def fleet_overview(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels of the first row ("Fleet overview"), up to the next row."""
+    items = dash["panels"]
+    assert items[0]["type"] == "row"
+    out = []
+    for p in items[1:]:
+        if p["type"] == "row":
+            break
+        out.append(p)
+    return out
+
+
+def fleet_expressions(dash: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) of the fleet overview row with the dashboard variables set to "all"
+    (what Grafana sends with every gateway and namespace selected): ready for a real Prometheus."""
+    return [(p["title"], t["expr"].replace("$instance", ".*").replace("$netns", ".*"))
+            for p in fleet_overview(dash) for t in p["targets"]]
+
+
+def test_gateway_variable_lists_every_gateway_from_the_aggregate() -> None:
+    """The gateway (instance) variable is multi-select with "All" and is read from ``ipsec_tunnels``, which is
+    exported in every metrics_tunnels mode (a gateway with ``none`` still appears); the namespace variable
+    follows the chosen gateways."""
+    dash = json.loads(DASH.read_text())
+    var = {v["name"]: v for v in dash["templating"]["list"]}
+    gw = var["instance"]
+    assert (gw["label"], gw["multi"], gw["includeAll"]) == ("Gateway", True, True)
+    assert gw["query"]["query"] == "label_values(ipsec_tunnels, instance)"
+    assert var["netns"]["query"]["query"] == 'label_values(ipsec_tunnels{instance=~"$instance"}, netns)'
+
+
+def test_fleet_overview_row_is_built_on_aggregates_per_gateway() -> None:
+    """The first row is "Fleet overview": every expression in it filters on the gateway variable and reads
+    only aggregate or monitor series (``ipsec_tunnels``, ``up``, ``ipsec_monitor_*``: what a global Prometheus
+    federates, and what a gateway with metrics_tunnels = "none" exports); a table has one row per gateway
+    and a panel charts down tunnels per gateway."""
+    dash = json.loads(DASH.read_text())
+    assert dash["panels"][0]["title"] == "Fleet overview"
+    row = fleet_overview(dash)
+    exprs = [t["expr"] for p in row for t in p["targets"]]
+    assert all('instance=~"$instance"' in e for e in exprs), exprs
+    metrics = {s.metric for e in exprs for s in promql_names.parse(e).selectors}
+    assert metrics == {"ipsec_tunnels", "up", "ipsec_monitor_event_loop_lag_seconds"}
+    titles = {p["title"]: p for p in row}
+    table = titles["Gateways"]
+    assert table["type"] == "table"
+    assert all("by (instance)" in t["expr"] or t["expr"].startswith("up{") for t in table["targets"])
+    assert [t["expr"] for t in titles["Tunnels down per gateway"]["targets"]] == [
+        'sum by (instance) (ipsec_tunnels{instance=~"$instance", netns=~"$netns", state="down"})']
