@@ -202,35 +202,6 @@ def test_fake_correlator_contract() -> None:
     assert c.take_dirty() == set()
 
 
-class LagProbe:
-    """Measures the event loop's max scheduling lag while running (the loop-blocking check)."""
-
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
-        self.max_lag = 0.0
-        self.samples = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(self.period)
-            self.max_lag = max(self.max_lag, loop.time() - t0 - self.period)
-            self.samples += 1
-
-    def start(self) -> None:
-        """Start probing on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop probing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 class LoopTicks:
     """Counts the event loop's turns, so a test can see where a long job let other tasks run.
 
@@ -262,18 +233,20 @@ class LoopTicks:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def record(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn``, noting the current tick at each call."""
+    def record(self, fn: Callable[..., Any], into: list[int] | None = None) -> Callable[..., Any]:
+        """``fn``, noting the current tick at each call (in ``seen``, or in ``into`` if given)."""
+        seen = self.seen if into is None else into
+
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            self.seen.append(self.n)
+            seen.append(self.n)
             return fn(*args, **kwargs)
         return wrapped
 
-    def longest_run(self) -> int:
+    def longest_run(self, seen: list[int] | None = None) -> int:
         """The most consecutive recorded calls made at the same tick (0 if none were recorded)."""
         best = run = 0
         prev: int | None = None
-        for t in self.seen:
+        for t in self.seen if seen is None else seen:
             run = run + 1 if t == prev else 1
             prev = t
             best = max(best, run)
