@@ -71,16 +71,62 @@ async def test_replay_keeps_bytes_direction_netns_and_time(tmp_path: Path) -> No
     assert got[2].ts - got[0].ts == pytest.approx(0.002, abs=1e-5)
 
 
+class FakeTime:
+    """A monotonic clock and a sleep that advances it (and still yields to the loop once)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    async def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+        self.t += delay
+        await asyncio.sleep(0)
+
+
+async def _play_on(path: Path, speed: float | None, work: float = 0.0) -> tuple[list[Datagram], FakeTime]:
+    """Play ``path`` on a fake clock; the consumer spends ``work`` seconds of it on each item."""
+    ft = FakeTime()
+    got: list[Datagram] = []
+    async for i in ReplaySource(path, speed, monotonic=ft.monotonic, sleep=ft.sleep).items():
+        assert isinstance(i, Datagram)
+        got.append(i)
+        ft.t += work
+    return got, ft
+
+
 async def test_replay_pacing(tmp_path: Path) -> None:
-    """speed=1 keeps the 0.6 s span, speed=4 takes about a quarter, fast mode does not wait."""
+    """Pacing follows the capture's timestamps on an injected clock: speed=1 waits out each 0.3 s gap,
+    speed=4 a quarter of it, time the consumer spent counts towards the wait, and fast mode never waits
+    (wall-clock figures: ``bench/timing_bench.py``)."""
     path = tmp_path / "p.pcap"
     _capture(path, [0.3, 0.3])
-    _, real = await _play(path, 1.0)
-    _, quick = await _play(path, 4.0)
-    _, fast = await _play(path, None)
-    assert real >= 0.59
-    assert 0.14 <= quick < 0.5
-    assert fast < quick, f"fast replay took {fast:.3f}s, paced x4 took {quick:.3f}s"
+    got, real = await _play_on(path, 1.0)
+    assert len(got) == 3
+    assert pytest.approx([0.3, 0.3], abs=1e-6) == real.slept
+    _, quick = await _play_on(path, 4.0)
+    assert pytest.approx([0.075, 0.075], abs=1e-6) == quick.slept
+    # the schedule is kept against the clock, not gap by gap: 0.1 s of work leaves 0.2 s to wait
+    _, busy = await _play_on(path, 1.0, work=0.1)
+    assert pytest.approx([0.2, 0.2], abs=1e-6) == busy.slept
+    # a consumer slower than the capture is never made to wait
+    _, slow = await _play_on(path, 1.0, work=0.5)
+    assert slow.slept == []
+    _, fast = await _play_on(path, None)
+    assert fast.slept == []
+    assert fast.t == 100.0
+
+
+async def test_fast_replay_yields_to_the_loop(tmp_path: Path) -> None:
+    """Played as fast as possible, a long capture still yields to the loop (sleep(0)) every 256 records."""
+    path = tmp_path / "long.pcap"
+    _capture(path, [0.001] * 599)  # 600 records
+    got, ft = await _play_on(path, None)
+    assert len(got) == 600
+    assert ft.slept == [0, 0]  # before records 256 and 512
 
 
 async def test_replay_of_a_bad_file_raises(tmp_path: Path) -> None:
