@@ -10,13 +10,13 @@ checked against real kernel data on every test run, not only when the VM boots.
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
 
 from monitor.wire.pcap import read_pcap
 from monitor.wire.scrub import scrub_keys
+from tests.vm.keys import hand_keys
 from tests.vm.test_monitor_vm import (  # noqa: F401 - fixtures and tests re-collected here on the recorded run
     dump_point,
     run,
@@ -38,47 +38,11 @@ def vm_ok() -> Path:
     return RUN
 
 
-# Independent of monitor.wire: sizes and offsets from include/uapi/linux/xfrm.h, as tests/golden.py builds them.
-# Where each SA message's attributes start: NLMSG_ALIGN(sizeof(fixed struct)).
-_HAND_ATTR_START = {16: 224, 26: 224, 24: 232, 17: 24}  # NEWSA, UPDSA (xfrm_usersa_info), EXPIRE, DELSA
-# XFRMA_ALG_AUTH 1, _CRYPT 2, _COMP 3: struct xfrm_algo { char name[64]; u32 alg_key_len; char key[]; }
-# XFRMA_ALG_AEAD 18, _AUTH_TRUNC 20: name[64], u32 alg_key_len, u32 icv/trunc_len, key at 72
-_HAND_KEY_AT = {1: 68, 2: 68, 3: 68, 18: 72, 20: 72}
-
-
-def _hand_keys(data: bytes) -> list[bytes]:
-    """Every key field of every SA message in a NETLINK_XFRM datagram, found by walking nlmsghdr and
-    rtattr headers by hand (an NLMSG_ERROR's echoed request included)."""
-    keys: list[bytes] = []
-    pos = 0
-    while pos + 16 <= len(data):
-        length, mtype = struct.unpack_from("=IH", data, pos)
-        if length < 16:
-            break
-        msg = data[pos:pos + length]
-        if mtype == 2 and len(msg) >= 20 + 16:  # struct nlmsgerr { int error; struct nlmsghdr msg; ... }
-            keys += _hand_keys(msg[20:])
-        start = _HAND_ATTR_START.get(mtype)
-        if start is not None:
-            a = 16 + start
-            while a + 4 <= len(msg):
-                alen, atype = struct.unpack_from("=HH", msg, a)
-                if alen < 4:
-                    break
-                at = _HAND_KEY_AT.get(atype & 0x3FFF)
-                if at is not None and alen >= 4 + at:
-                    bits = struct.unpack_from("=I", msg, a + 4 + 64)[0]
-                    keys.append(msg[a + 4 + at:a + 4 + at + (bits + 7) // 8])
-                a += (alen + 3) & ~3
-        pos += (length + 3) & ~3
-    return keys
-
-
 @pytest.mark.parametrize("name", ["monitor-a.pcap", "nlmon-a.pcap"])
 def test_committed_captures_key_fields_are_zero(name: str) -> None:
     """Walked by hand (not with ``scrub_keys``): the captures carry SA messages with key fields, and every
     byte of every key field is zero."""
-    keys = [k for r in read_pcap(RUN / name) for k in _hand_keys(r.data)]
+    keys = [k for r in read_pcap(RUN / name) for k in hand_keys(r.data)]
     assert len(keys) > 10, f"only {len(keys)} key fields found in {name}"
     assert sum(len(k) for k in keys) > 100
     nonzero = [i for i, k in enumerate(keys) if any(k)]
