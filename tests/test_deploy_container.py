@@ -78,6 +78,24 @@ def test_setuid_bits_are_stripped_and_only_python_gets_the_capability() -> None:
     assert text.count("os.setxattr(") == 1
 
 
+def test_setuid_strip_command_clears_the_bits(tmp_path: Path) -> None:
+    """The Containerfile's own ``find ... -perm /6000 ... chmod a-s`` command, run over a scratch tree (in
+    place of ``/``), clears setuid and setgid bits and leaves other modes alone."""
+    m = re.search(r"&& (find / [^\n]*?-exec chmod [^\n]*?\{\} \+)", CF.read_text())
+    assert m, "the setuid/setgid strip command is not in the Containerfile"
+    files = {"suid": 0o4755, "sgid": 0o2755, "both": 0o6711, "plain": 0o755, "dir/suid": 0o4700}
+    for name, mode in files.items():
+        f = tmp_path / name
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"#!/bin/true\n")
+        f.chmod(mode)
+    assert (tmp_path / "suid").stat().st_mode & 0o7777 == 0o4755  # the scratch tree really has the bits
+    cmd = m.group(1).replace("find / ", f"find {tmp_path} ", 1)
+    subprocess.run(["sh", "-c", cmd], check=True, timeout=30)
+    got = {name: (tmp_path / name).stat().st_mode & 0o7777 for name in files}
+    assert {name: mode & ~0o6000 for name, mode in files.items()} == got
+
+
 def _cap_bytes() -> bytes:
     """Evaluate the struct.pack(...) expression the Containerfile writes as security.capability."""
     m = re.search(r"struct\.pack\('(<5I)', (0x[0-9a-f]+), 1 << (\d+), 0, 0, 0\)", CF.read_text())

@@ -71,16 +71,62 @@ async def test_replay_keeps_bytes_direction_netns_and_time(tmp_path: Path) -> No
     assert got[2].ts - got[0].ts == pytest.approx(0.002, abs=1e-5)
 
 
+class FakeTime:
+    """A monotonic clock and a sleep that advances it (and still yields to the loop once)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    async def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+        self.t += delay
+        await asyncio.sleep(0)
+
+
+async def _play_on(path: Path, speed: float | None, work: float = 0.0) -> tuple[list[Datagram], FakeTime]:
+    """Play ``path`` on a fake clock; the consumer spends ``work`` seconds of it on each item."""
+    ft = FakeTime()
+    got: list[Datagram] = []
+    async for i in ReplaySource(path, speed, monotonic=ft.monotonic, sleep=ft.sleep).items():
+        assert isinstance(i, Datagram)
+        got.append(i)
+        ft.t += work
+    return got, ft
+
+
 async def test_replay_pacing(tmp_path: Path) -> None:
-    """speed=1 keeps the 0.6 s span, speed=4 takes about a quarter, fast mode does not wait."""
+    """Pacing follows the capture's timestamps on an injected clock: speed=1 waits out each 0.3 s gap,
+    speed=4 a quarter of it, time the consumer spent counts towards the wait, and fast mode never waits
+    (wall-clock figures: ``bench/timing_bench.py``)."""
     path = tmp_path / "p.pcap"
     _capture(path, [0.3, 0.3])
-    _, real = await _play(path, 1.0)
-    _, quick = await _play(path, 4.0)
-    _, fast = await _play(path, None)
-    assert real >= 0.59
-    assert 0.14 <= quick < 0.5
-    assert fast < quick, f"fast replay took {fast:.3f}s, paced x4 took {quick:.3f}s"
+    got, real = await _play_on(path, 1.0)
+    assert len(got) == 3
+    assert pytest.approx([0.3, 0.3], abs=1e-6) == real.slept
+    _, quick = await _play_on(path, 4.0)
+    assert pytest.approx([0.075, 0.075], abs=1e-6) == quick.slept
+    # the schedule is kept against the clock, not gap by gap: 0.1 s of work leaves 0.2 s to wait
+    _, busy = await _play_on(path, 1.0, work=0.1)
+    assert pytest.approx([0.2, 0.2], abs=1e-6) == busy.slept
+    # a consumer slower than the capture is never made to wait
+    _, slow = await _play_on(path, 1.0, work=0.5)
+    assert slow.slept == []
+    _, fast = await _play_on(path, None)
+    assert fast.slept == []
+    assert fast.t == 100.0
+
+
+async def test_fast_replay_yields_to_the_loop(tmp_path: Path) -> None:
+    """Played as fast as possible, a long capture still yields to the loop (sleep(0)) every 256 records."""
+    path = tmp_path / "long.pcap"
+    _capture(path, [0.001] * 599)  # 600 records
+    got, ft = await _play_on(path, None)
+    assert len(got) == 600
+    assert ft.slept == [0, 0]  # before records 256 and 512
 
 
 async def test_replay_of_a_bad_file_raises(tmp_path: Path) -> None:
@@ -114,18 +160,63 @@ async def test_json_replay_of_an_unscrubbed_capture_has_no_key_bytes(tmp_path: P
         assert str(list(key[:4]))[1:-1] not in text
 
 
+# <linux/netlink.h>, <linux/xfrm.h>: message types by number, and the event each one decodes to
+_EXPECTED_EVENT = {2: "NetlinkError", 3: "Done", 16: "SAAdded", 17: "SADeleted", 19: "PolicyAdded",
+                   20: "PolicyDeleted", 25: "PolicyUpdated", 26: "SAUpdated", 24: "SAExpired"}
+# struct xfrm_usersa_info { struct xfrm_selector sel (56 bytes); struct xfrm_id id { xfrm_address_t daddr
+# (16); __be32 spi; ... } ...}: the SPI sits 72 bytes into NEWSA/UPDSA/EXPIRE payloads (xfrm_user_expire
+# starts with the xfrm_usersa_info), and 16 bytes into DELSA's struct xfrm_usersa_id { daddr; __be32 spi; }.
+_SPI_AT = {16: 72, 26: 72, 24: 72, 17: 16}
+
+
+def _walk_capture(path: Path) -> tuple[int, list[tuple[bool, int, int | None]]]:
+    """(datagrams, [(to kernel, nlmsg_type, spi or None)] per message): the pcap and netlink headers read
+    by hand with struct, nothing from ``monitor.wire``."""
+    raw = path.read_bytes()
+    order = "<" if raw[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    assert struct.unpack_from(order + "I", raw, 20)[0] == 253  # LINKTYPE_NETLINK
+    off, datagrams, msgs = 24, 0, []
+    while off < len(raw):
+        incl = struct.unpack_from(order + "IIII", raw, off)[2]
+        pkt = raw[off + 16:off + 16 + incl]
+        off += 16 + incl
+        pkttype, protocol = struct.unpack_from(">H", pkt, 0)[0], struct.unpack_from(">H", pkt, 14)[0]
+        if protocol != 6:  # NETLINK_XFRM only (our files also hold netns-name records)
+            continue
+        datagrams += 1
+        data, pos = pkt[16:], 0
+        # struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags; __u32 seq; __u32 pid; }
+        to_kernel = pkttype == 4 and bool(struct.unpack_from("=H", data, 6)[0] & 1)  # NLM_F_REQUEST
+        while pos + 16 <= len(data):
+            length, mtype = struct.unpack_from("=IH", data, pos)
+            spi = None
+            if mtype in _SPI_AT and length >= 16 + _SPI_AT[mtype] + 4:
+                spi = struct.unpack_from(">I", data, pos + 16 + _SPI_AT[mtype])[0]
+            msgs.append((to_kernel, mtype, spi))
+            pos += (length + 3) & ~3
+    return datagrams, msgs
+
+
 def test_replay_and_decode_commands_on_the_real_capture(capsys: pytest.CaptureFixture[str]) -> None:
-    """`monitor replay --fast` prints one line per message; `monitor decode --summary` counts the same."""
+    """`monitor replay --fast` prints one line per message, in order, each with the direction, event and SPI
+    read from the capture by hand; `monitor decode --summary` counts the same datagrams and messages."""
     if not REAL.exists():
         pytest.skip(f"{REAL.name} is not committed yet")
-    n_msgs = sum(len(decode_datagram(r.data)) for r in read_pcap(REAL))
+    n_datagrams, msgs = _walk_capture(REAL)
+    assert len(msgs) > 300  # the capture: a strongSwan rekey with its dumps (about 360 messages)
     assert main(["replay", "--fast", str(REAL)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == n_msgs
-    assert any("<-kernel SAAdded spi=0x" in line for line in lines)
+    assert len(msgs) == len(lines)
+    for line, (to_kernel, mtype, spi) in zip(lines, msgs, strict=True):
+        _ts, _ns, arrow, event, *rest = line.split()
+        assert ("->kernel" if to_kernel else "<-kernel") == arrow, line
+        assert _EXPECTED_EVENT.get(mtype, "Unknown") == event, f"type {mtype}: {line}"
+        if spi is not None:
+            assert f"spi=0x{spi:08x}" == rest[0], line
+    assert sum(1 for _, _, spi in msgs if spi is not None) > 100
     assert main(["decode", "--summary", str(REAL)]) == 0
     summary = capsys.readouterr().out.splitlines()
-    assert summary[-1].startswith(f"{len(list(read_pcap(REAL)))} datagrams, {n_msgs} messages, 0 malformed")
+    assert summary[-1].startswith(f"{n_datagrams} datagrams, {len(msgs)} messages, 0 malformed")
 
 
 def test_replay_command_reports_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from monitor.wire.pcap import read_pcap
 from monitor.wire.scrub import scrub_keys
+from tests.vm.keys import hand_keys
 from tests.vm.test_monitor_vm import (  # noqa: F401 - fixtures and tests re-collected here on the recorded run
     dump_point,
     run,
@@ -35,6 +36,17 @@ def vm_ok() -> Path:
     """The committed run folder stands in for a fresh VM run."""
     assert (RUN / "done").read_text().strip() == "ok"
     return RUN
+
+
+@pytest.mark.parametrize("name", ["monitor-a.pcap", "nlmon-a.pcap"])
+def test_committed_captures_key_fields_are_zero(name: str) -> None:
+    """Walked by hand (not with ``scrub_keys``): the captures carry SA messages with key fields, and every
+    byte of every key field is zero."""
+    keys = [k for r in read_pcap(RUN / name) for k in hand_keys(r.data)]
+    assert len(keys) > 10, f"only {len(keys)} key fields found in {name}"
+    assert sum(len(k) for k in keys) > 100
+    nonzero = [i for i, k in enumerate(keys) if any(k)]
+    assert nonzero == [], f"{len(nonzero)} of {len(keys)} key fields in {name} hold non-zero bytes"
 
 
 @pytest.mark.parametrize("name", ["monitor-a.pcap", "nlmon-a.pcap"])

@@ -202,30 +202,65 @@ def test_fake_correlator_contract() -> None:
     assert c.take_dirty() == set()
 
 
-class LagProbe:
-    """Measures the event loop's max scheduling lag while running (the loop-blocking check)."""
+class LoopTicks:
+    """Counts the event loop's turns, so a test can see where a long job let other tasks run.
 
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
-        self.max_lag = 0.0
-        self.samples = 0
+    A task increments ``n`` and yields with ``sleep(0)``, over and over: it runs once per loop
+    iteration. ``record(fn)`` wraps a per-item function (e.g. a view's ``tunnel_json``) so that every
+    call notes the tick it ran at; ``longest_run()`` is then the most items handled without the
+    loop running anything else in between. This replaces wall-clock lag bounds, which flake on a
+    loaded machine: it measures the mechanism (where the job yields), not how long a turn took.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.seen: list[int] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            t0 = loop.time()
-            await asyncio.sleep(self.period)
-            self.max_lag = max(self.max_lag, loop.time() - t0 - self.period)
-            self.samples += 1
+            self.n += 1
+            await asyncio.sleep(0)
 
     def start(self) -> None:
-        """Start probing on the running loop."""
+        """Start counting on the running loop."""
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop probing."""
+        """Stop counting."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def record(self, fn: Callable[..., Any], into: list[int] | None = None) -> Callable[..., Any]:
+        """``fn``, noting the current tick at each call (in ``seen``, or in ``into`` if given)."""
+        seen = self.seen if into is None else into
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            seen.append(self.n)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def longest_run(self, seen: list[int] | None = None) -> int:
+        """The most consecutive recorded calls made at the same tick (0 if none were recorded)."""
+        best = run = 0
+        prev: int | None = None
+        for t in self.seen if seen is None else seen:
+            run = run + 1 if t == prev else 1
+            prev = t
+            best = max(best, run)
+        return best
+
+
+def no_write_backpressure(app: Any) -> None:
+    """Make the app's responses never wait on the transport (a huge write-buffer high-water mark).
+
+    aiohttp's ``write``/``send`` only yields to the loop while the transport is paused; with this
+    hook every yield seen during a response comes from the handler itself.
+    """
+    async def hook(request: Any, response: Any) -> None:
+        if request.transport is not None:
+            request.transport.set_write_buffer_limits(high=1 << 30)
+
+    app.on_response_prepare.append(hook)

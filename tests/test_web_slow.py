@@ -4,46 +4,38 @@
   the server's memory grow without bound, and is closed with code 4008 after ``stall_timeout``.
 * A 100,000-tunnel snapshot is sent in chunks without stalling the event loop for other clients.
 
-An autouse probe measures the event loop's max lag over each test and fails the test if the loop was
-blocked for long.
+Neither test bounds the event loop's lag in seconds (that flaked on a loaded 2-core machine; the figure
+is in ``bench/timing_bench.py``): each asserts the mechanism instead. The stalled client's test checks that
+the fast client kept receiving while the server held unsent bytes for the stalled one; the snapshot test
+counts the loop's turns (``LoopTicks``) to see that the server yields at least once per chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from aiohttp.test_utils import TestServer
 
 from monitor.serve.config import Settings
 from monitor.serve.handlers import DAEMON, HUB, SOCKETS
 from monitor.serve.web import create_app
-from tests.test_web_fakes import FakeCorrelator, FakePipeline, LagProbe, QueueSource, validate
+from tests.test_web_fakes import (
+    FakeCorrelator,
+    FakePipeline,
+    LoopTicks,
+    QueueSource,
+    no_write_backpressure,
+    validate,
+)
 
-# seconds. A blocked loop here would mean the server waits on the stalled client: that lasts until
-# stall_timeout (2 s). One full cyclic-GC pass over the heaps left by earlier tests in the same process has
-# been seen at 0.27-0.59 s on a loaded 2-core machine, so the bound sits above that and well below 2 s.
-MAX_LAG = 0.9
-
-
-@pytest.fixture(autouse=True)
-async def loop_lag() -> AsyncIterator[LagProbe]:
-    """Fail the test if the event loop was blocked for more than MAX_LAG at any point."""
-    probe = LagProbe()
-    probe.start()
-    yield probe
-    await probe.stop()
-    assert probe.samples > 0
-    assert probe.max_lag < MAX_LAG, f"event loop blocked for {probe.max_lag:.3f}s"
+BACKLOG = 64 * 1024  # unsent bytes for one client that mean it is not reading (one frame is far smaller)
 
 
 def read_frames(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -112,6 +104,7 @@ async def test_stalled_client_isolated_bounded_and_closed_4008() -> None:
                 await loop.sock_sendall(slow, req)
             fast_events: list[int] = []
             peak_q, peak_buf = 0, 0
+            backed_up, during_backlog = False, 0
             deadline = loop.time() + 20
             while hub.stalled_total == 0:
                 assert loop.time() < deadline, "the stalled client was never closed"
@@ -121,12 +114,15 @@ async def test_stalled_client_isolated_bounded_and_closed_4008() -> None:
                 validate("ws-message.json", m)
                 if m["type"] == "event":
                     fast_events.append(m["seq"])
+                    if backed_up:
+                        during_backlog += 1
                 for c in hub.clients:
                     peak_q = max(peak_q, c.n_events)
-                for ws in app[SOCKETS]:
-                    tr = ws._req.transport if ws._req is not None else None
-                    if tr is not None:
-                        peak_buf = max(peak_buf, tr.get_write_buffer_size())
+                bufs = [ws._req.transport.get_write_buffer_size() for ws in app[SOCKETS]
+                        if ws._req is not None and ws._req.transport is not None]
+                peak_buf = max([peak_buf, *bufs])
+                # the server holds unsent bytes for the stalled client (the fast one reads everything)
+                backed_up = max(bufs, default=0) >= BACKLOG
             # the stalled client is detached; the fast one is still served
             await asyncio.wait_for(_until(lambda: len(hub.clients) == 1), 5)
             more = await fast.receive(timeout=5)
@@ -153,6 +149,8 @@ async def test_stalled_client_isolated_bounded_and_closed_4008() -> None:
     assert struct.unpack("!H", close[:2])[0] == 4008
     assert fast_events == list(range(fast_events[0], fast_events[0] + len(fast_events))), "fast client lost events"
     assert len(fast_events) >= 5
+    # the server did not wait on the stalled client: the fast one was served while that backlog stood
+    assert during_backlog >= 5, f"only {during_backlog} events reached the fast client while the other was stalled"
     assert peak_q <= settings.client_queue
     assert peak_buf < 4 * 1024 * 1024, f"transport buffer grew to {peak_buf} bytes"
     assert app[DAEMON].hub.stalled_total == 1
@@ -163,65 +161,68 @@ async def _until(cond: Any) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_snapshot_100k_tunnels_chunked_without_stalling(loop_lag: LagProbe) -> None:
-    """100,000 tunnels: the snapshot arrives complete in chunks, an event published meanwhile reaches another
-    client quickly, and the loop never blocks for long (autouse probe)."""
-    n = 100_000
+async def test_snapshot_100k_tunnels_chunked_without_stalling() -> None:
+    """100,000 tunnels: the snapshot arrives complete in chunks, the server lets the loop run other tasks
+    at least once per chunk, and an event published meanwhile reaches another client before the snapshot
+    has finished."""
+    n, chunk = 100_000, 500
     fake = FakeCorrelator()
     for i in range(n):
         fake.add(f"t{i:06d}", netns="default" if i % 2 else "blue", n=i)
     fake.drain_events()
     fake.take_dirty()
-    await asyncio.sleep(0.05)
-    gc.freeze()  # the fake's 100k dicts: keep full GC passes from scanning them (as a big server would)
-    loop_lag.max_lag = 0.0  # building the fake fleet above blocks on purpose; measure the server only
+    ticks = LoopTicks()
     source = QueueSource()
-    app = create_app(Settings(source="simulate", port=0, snapshot_chunk=500), source=source,
+    app = create_app(Settings(source="simulate", port=0, snapshot_chunk=chunk), source=source,
                      correlator=fake, pipeline=FakePipeline(fake))
+    no_write_backpressure(app)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
-    loop = asyncio.get_running_loop()
     try:
         async with aiohttp.ClientSession() as sess, \
-                sess.ws_connect(server.make_url("/ws?snapshot=0")) as watcher, \
-                sess.ws_connect(server.make_url("/ws"), max_msg_size=0) as big:
+                sess.ws_connect(server.make_url("/ws?snapshot=0")) as watcher:
             assert orjson.loads((await watcher.receive(timeout=5)).data)["type"] == "hello"
-            got: list[str] = []
-            first: dict[str, Any] = {}
-            chunks = 0
-            published_at: float | None = None
-            seen_at: float | None = None
-            watch = asyncio.create_task(watcher.receive(timeout=30))
-            t0 = loop.time()
-            while True:
-                m = orjson.loads((await big.receive(timeout=30)).data)
-                if m["type"] != "snapshot":
-                    continue
-                if chunks == 0:
-                    first = m  # validated after the loop: jsonschema is slow and would block the loop
-                chunks += 1
-                got.extend(t["id"] for t in m["tunnels"])
-                if chunks == 20 and published_at is None:
-                    source.push(lambda c, now: c.emit("rekey_failed", "t000001"))
-                    published_at = loop.time()
-                if watch.done() and seen_at is None:
-                    seen_at = loop.time()
-                if m["last"]:
-                    break
-            took = loop.time() - t0
-            ev = orjson.loads((await watch).data)
-            seen_at = seen_at or loop.time()
-            # stop measuring here: freeing the test's own 100k fake dicts afterwards is not the server's doing
-            await loop_lag.stop()
+            # only the snapshot's tunnel_json calls are recorded (the watcher asked for no snapshot)
+            fake.tunnel_json = ticks.record(fake.tunnel_json)  # type: ignore[method-assign]
+            ticks.start()
+            async with sess.ws_connect(server.make_url("/ws"), max_msg_size=0) as big:
+                got: list[str] = []
+                first: dict[str, Any] = {}
+                chunks = 0
+                published_at: int | None = None  # chunk counts, not seconds
+                seen_at: int | None = None
+                watch = asyncio.create_task(watcher.receive(timeout=30))
+                while True:
+                    m = orjson.loads((await big.receive(timeout=30)).data)
+                    if m["type"] != "snapshot":
+                        continue
+                    if chunks == 0:
+                        first = m  # validated after the loop: jsonschema is slow and would block the loop
+                    chunks += 1
+                    got.extend(t["id"] for t in m["tunnels"])
+                    if chunks == 20 and published_at is None:
+                        source.push(lambda c, now: c.emit("rekey_failed", "t000001"))
+                        published_at = chunks
+                    if watch.done() and seen_at is None:
+                        seen_at = chunks
+                    if m["last"]:
+                        break
+                await ticks.stop()
+                ev = orjson.loads((await watch).data)
     finally:
         await server.close()
-        gc.unfreeze()
     validate("ws-snapshot.json", first)
-    assert len(got) == n
-    assert len(set(got)) == n
-    assert chunks >= n // 500
+    assert n == len(got)
+    assert n == len(set(got))
+    assert chunks >= n // chunk
     assert ev["type"] == "event"
     assert ev["event"]["type"] == "rekey_failed"
     assert published_at is not None
-    assert seen_at - published_at < took / 2, "the other client waited for the whole snapshot"
-    print(f"100k snapshot: {chunks} chunks in {took:.2f}s, max loop lag {loop_lag.max_lag * 1000:.1f} ms")
+    assert seen_at is not None
+    assert seen_at < chunks, (
+        f"the other client got the event only after the whole snapshot ({chunks} chunks)")
+    assert len(ticks.seen) >= n
+    assert ticks.longest_run() <= chunk, (
+        f"the server built {ticks.longest_run()} tunnels without letting the loop run another task")
+    print(f"100k snapshot: {chunks} chunks, at most {ticks.longest_run()} tunnels per loop turn, "
+          f"event seen at chunk {seen_at} (published at {published_at})")

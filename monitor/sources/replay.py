@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 
 from monitor.sources.items import Datagram, SourceItem
@@ -40,13 +40,17 @@ class ReplaySource:
     Args:
         path: a netlink pcap (ours or ``tcpdump -i nlmon0 -w``).
         speed: playback speed factor; None or 0 means as fast as possible.
+        max_pause: the longest pause between two records, in seconds of playback.
+        monotonic: the clock the schedule is kept on (tests pass a fake one).
+        sleep: how to wait (``asyncio.sleep`` by default; tests pass one that advances their fake clock).
 
     ``items()`` raises ``CaptureFormatError`` if the file is not a netlink pcap, or where it is
     truncated (after yielding every record before that point).
     """
 
     def __init__(self, path: str | Path, speed: float | None = 1.0, *, max_pause: float = MAX_PAUSE,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         if speed is not None and not speed >= 0:  # also refuses nan
             raise ValueError("speed must be positive (or None for as fast as possible)")
         self.path = Path(path)
@@ -55,6 +59,7 @@ class ReplaySource:
         self.count = 0
         self.capped = 0  # gaps cut to max_pause
         self._monotonic = monotonic
+        self._sleep = sleep  # None: asyncio.sleep (looked up at each call); tests inject a fake clock's
         self._ts: float | None = None  # capture time of the newest record yielded
         self._at = 0.0  # monotonic time when it was yielded
 
@@ -85,9 +90,9 @@ class ReplaySource:
                     delay = self.max_pause
                     base, base_ts = self._monotonic() + delay, rec.ts
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await (self._sleep or asyncio.sleep)(delay)
             elif self.count % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+                await (self._sleep or asyncio.sleep)(0)
             self.count += 1
             self._ts, self._at = rec.ts, self._monotonic()
             yield Datagram(rec.netns, rec.data, rec.ts, rec.outgoing)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from monitor.errors import CaptureFormatError
-from monitor.wire.pcap import scrub_capture
+from monitor.wire.pcap import read_pcap, scrub_capture
+from vm.keys import hand_keys, key_patterns
 from vm.references import redact_keys
 from vm.vm import LIB, PROJECT_DIR, SCENARIO, SCENARIOS_DIR, SUITE, run_in_vm, scenario_names, vm_available
 
@@ -46,25 +47,43 @@ MONITOR_OUTPUTS = ("monitor-a.pcap", "monitor-a.log", "serve-a.log", "prober-tun
 KEY_CHECK = "keys-check.txt"
 
 
+def _run_keys(rw: Path) -> list[bytes]:
+    """Every key the run showed: ``ip -s xfrm state`` text (hex) and every SA message of the raw nlmon
+    capture (walked by hand, ``vm.keys.hand_keys``), i.e. the keys of each SA created while it ran."""
+    keys: set[bytes] = set()
+    for name in KEYED_TEXT:
+        f = rw / name
+        if f.exists():
+            keys.update(bytes.fromhex(h) for h in re.findall(r"0x([0-9a-f]{32,})", f.read_text(errors="replace")))
+    raw = rw / "nlmon-a.pcap"
+    if raw.exists():
+        try:
+            for rec in read_pcap(raw):
+                keys.update(hand_keys(rec.data))
+        except CaptureFormatError:
+            pass  # a truncated capture: the records before the cut were read
+    return sorted(k for k in keys if len(k) >= 16 and any(k))  # zeroed (scrubbed) fields are no keys
+
+
 def _check_keys(rw: Path) -> None:
-    """Look for the dump point SAs' keys (from ``ip -s xfrm state``) in the monitor's own outputs.
+    """Look for every key of the run (``_run_keys``) in every other file of the folder: the monitor's own
+    outputs, raw, as hex in either case and as base64 (``vm.keys.key_patterns``).
 
     Writes only counts and file names to KEY_CHECK (never a key). Skipped when the keys were already
     redacted (a reused folder keeps its earlier result).
     """
-    text = (rw / "xfrm-state-a.txt").read_text(errors="replace") if (rw / "xfrm-state-a.txt").exists() else ""
-    keys = [bytes.fromhex(h) for h in re.findall(r"0x([0-9a-f]{32,})", text)]
+    keys = _run_keys(rw)
     if not keys:
         return
+    patterns = [key_patterns(k) for k in keys]
+    sources = {*KEYED_TEXT, "nlmon-a.pcap", KEY_CHECK}
+    present = sorted(f.name for f in rw.iterdir() if f.is_file() and f.name not in sources)
     found = []
-    for name in MONITOR_OUTPUTS:
-        f = rw / name
-        if f.exists():
-            data = f.read_bytes()
-            hits = sum(1 for k in keys if k in data or k.hex().encode() in data.lower())
-            if hits:
-                found.append(f"{name}: {hits} of {len(keys)} keys")
-    present = [n for n in MONITOR_OUTPUTS if (rw / n).exists()]
+    for name in present:
+        data = (rw / name).read_bytes()
+        hits = sum(1 for pats in patterns if any(p in data for p in pats))
+        if hits:
+            found.append(f"{name}: {hits} of {len(keys)} keys")
     (rw / KEY_CHECK).write_text(f"keys {len(keys)}\nchecked {' '.join(present)}\nfound {len(found)}\n"
                                 + "".join(f"  {line}\n" for line in found))
 

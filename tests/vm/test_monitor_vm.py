@@ -334,9 +334,10 @@ def test_prober_keeps_idle_tunnel_up(vm_ok: Path, run: MonitorRun) -> None:
 
 
 def test_no_key_bytes_in_monitor_outputs(vm_ok: Path) -> None:
-    """None of the dump point SAs' keys (taken from `ip -s xfrm state` on the host right after the run,
-    before the artifacts are redacted) appears, raw or as hex, in the recorder's capture, the monitor's logs
-    or serve's JSON."""
+    """No key of any SA the run showed (every SA message of the raw nlmon capture, walked by hand, plus the
+    `ip -s xfrm state` texts; collected before the artifacts are redacted) appears, raw, as hex in either
+    case or as base64, in any other file of the run folder: the recorder's capture, the monitor's logs,
+    serve's JSON (tests/vm/conftest.py::_check_keys; tests/test_vm_key_check.py shows it finding each form)."""
     check = vm_ok / "keys-check.txt"
     assert check.exists(), f"no {check.name}: the fixture found no keys to check in xfrm-state-a.txt {_where(vm_ok)}"
     lines = check.read_text().splitlines()
