@@ -75,6 +75,8 @@ stop_serve() {
 cleanup() {
   stop_pid "$PING_PID" INT 3; PING_PID=
   stop_serve
+  [ -n "$TAIL_PID" ] && stop_pid "$TAIL_PID" INT 5; TAIL_PID=
+  [ -n "$WITNESS_PID" ] && stop_pid "$WITNESS_PID" INT 15; WITNESS_PID=
   if [ -n "$REC_PID" ]; then
     stop_pid "$REC_PID" INT 15
     wait "$REC_PID" 2>/dev/null; log "recorder exited with status $?"
@@ -171,6 +173,10 @@ fi
 # expiring_margin = 5 s: the default (120 s) exceeds the scenario's 25 s CHILD_SA lifetime, so every tunnel
 # would always be "expiring"; rekeys come 10+ s before the hard expiry.
 SERVE_PORT=8787
+WITNESS_PORT=8790
+http_ok() { ip netns exec a curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$1/healthz"; }
+WITNESS_PID=
+TAIL_PID=
 if [ -n "$PROJ" ] && [ -f "$PROJ/monitor/commands/serve.py" ]; then
   cat > "$WORK/serve.toml" <<EOT
 [health]
@@ -189,6 +195,15 @@ EOT
       --interval 1 --host 127.0.0.1 --port "$SERVE_PORT" --config "$WORK/serve.toml" --state-dir "$WORK/state") > "$RW/serve-a.log" 2>&1 &
   SERVE_PID=$!
   log "monitor serve starting (pid $SERVE_PID) in ns a on 127.0.0.1:$SERVE_PORT with the prober (serve.toml)"
+  # The key witness (issue 17 item 1): a second serve that runs from here to the end, across every SA the
+  # scenario creates, with debug logs and its history store; at the end every face it has is saved into RW
+  # (REST, /metrics, events, a `monitor tail --json` stream, `monitor check --json`, the history database) and
+  # the host's key check (tests/vm/conftest.py) greps all of them for every key of the run.
+  (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor serve --source kernel \
+      --interval 1 --host 127.0.0.1 --port "$WITNESS_PORT" --log-level debug --state-dir "$WORK/witness-state") \
+      > "$RW/witness-serve.log" 2>&1 &
+  WITNESS_PID=$!
+  log "witness serve starting (pid $WITNESS_PID) on 127.0.0.1:$WITNESS_PORT"
 else
   log "no $PROJ/monitor/commands/serve.py; prober phase skipped"
 fi
@@ -382,6 +397,14 @@ prober_phase() {
     return 0
   fi
   log "monitor serve answers on 127.0.0.1:$SERVE_PORT and its prober tracks the tunnel"
+  if [ -n "$WITNESS_PID" ] && poll_until 90 1 http_ok "$WITNESS_PORT"; then
+    (cd "$PROJ" && exec ip netns exec a env PYTHONPATH="$PROJ" "$PY" -m monitor tail --json -n 100000 \
+        --url "ws://127.0.0.1:$WITNESS_PORT/ws") > "$RW/witness-tail.jsonl" 2> "$RW/witness-tail.log" &
+    TAIL_PID=$!
+    log "witness tail started (pid $TAIL_PID)"
+  else
+    log "witness serve not answering yet: no tail stream"
+  fi
   stop_ping
   date +%s.%N > "$RW/prober.start"
   PROBER_T0=$(cat "$RW/prober.start")
@@ -476,6 +499,28 @@ ip -n a xfrm policy > "$RW/after-peer-death-policy-a.txt" 2>&1
 sw a --list-sas > "$RW/after-peer-death-swanctl-a.txt"
 stop_ping
 sleep 1.5   # give the recorder one more interval to see the empty state
+
+witness_faces() {  # every face of the witness serve into RW, for the key check
+  [ -n "$WITNESS_PID" ] || return 0
+  local w="http://127.0.0.1:$WITNESS_PORT" id
+  ip netns exec a curl -s -m 10 "$w/api/v1/tunnels" > "$RW/witness-tunnels.json"
+  for id in $(jq -r '.tunnels[].id' "$RW/witness-tunnels.json" 2>/dev/null); do
+    ip netns exec a curl -s -m 10 "$w/api/v1/tunnels/$id" >> "$RW/witness-tunnel-detail.json"
+    ip netns exec a curl -s -m 10 "$w/api/v1/tunnels/$id/history?from=1h" >> "$RW/witness-tunnel-history.json"
+  done
+  ip netns exec a curl -s -m 10 "$w/metrics" > "$RW/witness-metrics.txt"
+  ip netns exec a curl -s -m 10 "$w/api/v1/events?since=0&limit=100000" > "$RW/witness-events.json"
+  ip netns exec a curl -s -m 10 "$w/api/v1/netns" > "$RW/witness-netns.json"
+  (cd "$PROJ" && ip netns exec a env PYTHONPATH="$PROJ" timeout 120 "$PY" -m monitor check --json) \
+    > "$RW/witness-check.json" 2> "$RW/witness-check.log"
+  [ -n "$TAIL_PID" ] && stop_pid "$TAIL_PID" INT 5; TAIL_PID=
+  stop_pid "$WITNESS_PID" INT 15
+  wait "$WITNESS_PID" 2>/dev/null; log "witness serve exited with status $?"
+  WITNESS_PID=
+  cp "$WORK/witness-state/history.sqlite3" "$RW/witness-history.sqlite3" 2>/dev/null
+  log "witness faces saved: $(ls "$RW" | grep -c '^witness-') files, $(wc -l < "$RW/witness-tail.jsonl" 2>/dev/null || echo 0) tail lines"
+}
+witness_faces
 
 log "summary: rekeys=$(rekeys) uptime=$(cut -d' ' -f1 /proc/uptime)s scenario=$(elapsed)s"
 trap - EXIT
