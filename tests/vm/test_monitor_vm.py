@@ -343,5 +343,23 @@ def test_no_key_bytes_in_monitor_outputs(vm_ok: Path) -> None:
     lines = check.read_text().splitlines()
     fields = dict(line.split(" ", 1) for line in lines if line and not line.startswith(" "))
     assert int(fields["keys"]) >= 2, lines
-    assert "monitor-a.pcap" in fields["checked"].split(), lines
+    checked = fields["checked"].split()
+    assert "monitor-a.pcap" in checked, lines
+    # every face of the witness serve that ran across the whole scenario was searched
+    faces = {"witness-serve.log", "witness-tail.jsonl", "witness-tunnels.json", "witness-tunnel-detail.json",
+             "witness-metrics.txt", "witness-events.json", "witness-check.json", "witness-history.sqlite3"}
+    assert faces <= set(checked), f"faces not searched: {sorted(faces - set(checked))} {_where(vm_ok)}"
     assert fields["found"] == "0", "key bytes in the monitor's outputs:\n" + "\n".join(lines)
+
+
+def test_the_key_witness_saw_the_whole_run(vm_ok: Path) -> None:
+    """The witness serve's faces are not empty: it streamed the run's events (every SA it saw added: one
+    sa_added per SPI the scenario's rekeys made), it logged at debug level, check and REST answered."""
+    tail = [json.loads(x) for x in (vm_ok / "witness-tail.jsonl").read_text().splitlines() if x.strip()]
+    added = {e["detail"].get("spi") for e in tail if e["type"] == "sa_added"}
+    rekeys = parse_rekeys((vm_ok / "rekeys.txt").read_text())
+    assert len(added) >= len(rekeys), (len(added), len(rekeys), _where(vm_ok))
+    assert "DEBUG" in (vm_ok / "witness-serve.log").read_text(), _where(vm_ok)
+    assert json.loads((vm_ok / "witness-check.json").read_text())["schema"] == 1
+    assert (vm_ok / "witness-history.sqlite3").stat().st_size > 0
+    assert (vm_ok / "witness-metrics.txt").read_text().count("ipsec_tunnel_bytes_total") >= 2
