@@ -68,6 +68,8 @@ class IkeState:
     index: Index = field(default_factory=lambda: Index({}, {}))
     #: configured children by each (local, remote) selector pair they cover, both orientations (match_config)
     by_ts: Mapping[tuple[str, str], frozenset[tuple[int, int]]] = field(default_factory=dict)
+    #: configuration hints by ``(conn, child)`` (``monitor.ike.advice.conn_hints``; set by the view)
+    hints: Mapping[tuple[str, str], tuple[dict[str, str], ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, sas: Sequence[IkeSa], conns: Sequence[Conn], listed_at: float,
@@ -142,6 +144,7 @@ def ike_block(ike: IkeSa | None, child: ChildSa | None, conn: str, child_name: s
         "child_rekey_in": _later(at, child.rekey_time, now) if child else None,
         "initiator": ike.initiator if ike else None,
         "last_error": err.to_json() if err else None,
+        "hints": [dict(h) for h in state.hints.get((conn, child_name), ())],
     }
 
 

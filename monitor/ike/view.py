@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from monitor.ike.advice import AdviceConfig, conn_hints
 from monitor.ike.client import Listing, ViciClient, ViciStatus
 from monitor.ike.join import IkeState, annotate, configured_tunnel, unjoined
 from monitor.ike.records import Conn, ConnChild
@@ -43,11 +44,13 @@ class IkeCorrelator:
         inner: the correlator (or another decorator of it).
         netns: only tunnels of this netns are joined (charon sees one netns); None: every tunnel.
         grace: seconds before a kernel/charon disagreement is a finding (``monitor.ike.join.findings``).
+        advice: what the configuration hints assume of the peer (``[ike]``; ``monitor.ike.advice``).
     """
 
     def __init__(self, inner: Any, *, netns: str | None = "default", grace: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, advice: AdviceConfig | None = None) -> None:
         self._inner = inner
+        self.advice = advice or AdviceConfig()
         self.netns = netns
         self.grace = grace
         self.clock = clock
@@ -78,7 +81,7 @@ class IkeCorrelator:
             self._changed()
         elif isinstance(item, Listing):
             self.status["refreshed"] = item.ts
-            self.state = IkeState.of(item.sas, item.conns, item.ts, self.errors)
+            self.state = self._hinted(IkeState.of(item.sas, item.conns, item.ts, self.errors))
             self._changed()
         elif isinstance(item, IkeError):
             key = item.conn or ""
@@ -86,8 +89,12 @@ class IkeCorrelator:
             if item.code == "ike_down" and old is not None and item.ts - old.ts < KEEP_SPECIFIC:
                 return
             self.errors[key] = item
-            self.state = dataclasses.replace(self.state, errors=dict(self.errors))  # the indexes stay
+            self.state = self._hinted(dataclasses.replace(self.state, errors=dict(self.errors)))  # indexes stay
             self._changed(only_conn=key)
+
+    def _hinted(self, state: IkeState) -> IkeState:
+        """``state`` with its configuration hints (they depend on the SAs and errors too)."""
+        return dataclasses.replace(state, hints=conn_hints(state.conns, state.sas, state.errors, self.advice))
 
     def _changed(self, only_conn: str | None = None) -> None:
         """Re-read the tunnels an update concerns (all of one connection's for an error) and publish them."""
@@ -184,7 +191,8 @@ class IkeCorrelator:
     def detail_json(self) -> dict[str, Any]:
         """``/api/v1/ike``: the status, charon's SAs and connections as parsed, the last error per connection."""
         return {"status": self.status_json(), "sas": list(self.state.sas), "conns": list(self.state.conns),
-                "errors": [{"conn": k or None, **e.to_json()} for k, e in sorted(self.errors.items())]}
+                "errors": [{"conn": k or None, **e.to_json()} for k, e in sorted(self.errors.items())],
+                "hints": [dict(h) for hs in self.state.hints.values() for h in hs]}
 
 
 def disabled_status(why: str) -> dict[str, Any]:

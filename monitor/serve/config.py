@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.ike.advice import AdviceConfig
 from monitor.probe.targets import ProberConfig
 
 DEFAULT_HOST = "127.0.0.1"
@@ -97,6 +98,9 @@ class Settings:
     #: strongSwan's VICI socket for the IKE view: ``auto`` (kernel source: /var/run/charon.vici or /run/charon.vici,
     #: retried until charon is there; other sources: off), ``off``, or a socket path (any source).
     vici: str = "auto"
+    #: What the IKE view's configuration hints assume of the peer (TOML ``[ike]`` table only;
+    #: ``monitor.ike.advice.AdviceConfig``: ``peer_idle_timeout``, ``peer_child_lifetime``, ``peer_ike_lifetime``).
+    ike: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).
@@ -190,6 +194,7 @@ def _validate(s: Settings) -> None:
     for o in s.allowed_origins:
         need("://" in o, f"allowed_origins entries look like 'https://host:port', got {o!r}")
     ProberConfig.from_mapping(s.prober)  # raises ConfigError on a bad [prober] table
+    AdviceConfig.from_mapping(s.ike)  # and on a bad [ike] table
     if s.token is None and not is_loopback(s.host):
         raise ConfigError(
             f"refusing to listen on {s.host!r} without a token: binding to a non-loopback address exposes "
@@ -282,7 +287,7 @@ def read_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The ``MONITOR_*`` layer (``MONITOR_CONFIG`` is handled by :func:`load_settings`)."""
     layer: dict[str, Any] = {}
     for name in (*_FIELDS, *_EXTRA):
-        if name in ("health", "prober"):
+        if name in ("health", "prober", "ike"):
             continue
         var = ENV_PREFIX + name.upper()
         if var in env:

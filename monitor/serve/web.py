@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from monitor.errors import ConfigError
+from monitor.ike.advice import AdviceConfig
 from monitor.ike.view import IkeCorrelator, IkeService, disabled_status
 from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
 from monitor.serve.config import Settings
@@ -170,7 +171,8 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     ike_on, vici_path = settings.vici_socket
     ike: IkeCorrelator | None = None
     if ike_on:  # outermost: the kernel tunnels it annotates already carry `probe`
-        ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None)
+        ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None,
+                            advice=AdviceConfig.from_mapping(settings.ike))
         correlator = ike
     src = source if source is not None else build_source(settings)
     hub = Hub(correlator, ring_size=settings.ring_size, client_queue=settings.client_queue,
@@ -218,7 +220,7 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
         why = "off (--no-vici / vici = off)" if settings.vici == "off" else \
             f"off for the {settings.source_kind} source (set vici to a socket path to use one)"
         app[IKE_STATUS] = (lambda: disabled_status(why), lambda: {"status": disabled_status(why), "sas": [],
-                                                                  "conns": [], "errors": []})
+                                                                  "conns": [], "errors": [], "hints": []})
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
     app.router.add_get("/api/v1/tunnels/{id}", tunnel_handler)
