@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from monitor.ike.advice import AdviceConfig, conn_hints
-from monitor.ike.client import Listing, ViciClient, ViciStatus
-from monitor.ike.join import IkeState, annotate, configured_tunnel, unjoined
+from monitor.ike.client import VICI_ERRORS, Listing, ViciClient, ViciStatus, describe, find_socket, read_listing
+from monitor.ike.join import IkeState, annotate, configured_tunnel, join_all, unjoined
 from monitor.ike.records import Conn, ConnChild
 from monitor.ike.rules import IkeError
 
@@ -193,6 +193,25 @@ class IkeCorrelator:
         return {"status": self.status_json(), "sas": list(self.state.sas), "conns": list(self.state.conns),
                 "errors": [{"conn": k or None, **e.to_json()} for k, e in sorted(self.errors.items())],
                 "hints": [dict(h) for hs in self.state.hints.values() for h in hs]}
+
+
+def join_once(tunnels: list[dict[str, Any]], path: str | None, *, timeout: float = 5.0, netns: str | None = "default",
+              advice: AdviceConfig | None = None, clock: Callable[[], float] = time.time
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``monitor check``'s IKE view: one read of charon (``path``, or the standard sockets when None), the
+    tunnels of ``netns`` (None: all) joined and the configured ones added; and the status (``connected``,
+    ``socket``, ``error``). No socket found, or charon not answering: the tunnels unchanged, and the status
+    says why."""
+    found = find_socket(path)
+    if found is None:
+        return tunnels, {"connected": False, "socket": None, "error": "no VICI socket found (kernel-only view)"}
+    try:
+        listing = read_listing(found, timeout=timeout, clock=clock)
+    except VICI_ERRORS as exc:
+        return tunnels, {"connected": False, "socket": found, "error": describe(exc, found)}
+    state = IkeState.of(listing.sas, listing.conns, listing.ts, {})
+    state = dataclasses.replace(state, hints=conn_hints(state.conns, state.sas, {}, advice or AdviceConfig()))
+    return join_all(tunnels, state, now=clock(), netns=netns), {"connected": True, "socket": found, "error": None}
 
 
 def disabled_status(why: str) -> dict[str, Any]:
