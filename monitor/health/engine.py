@@ -17,6 +17,7 @@ from monitor.health.model import (
     REASONS,
     STATE_CHANGED,
     TUNNEL_DOWN,
+    TUNNEL_SUPERSEDED,
     TUNNEL_UP,
     HealthConfig,
     HealthEvent,
@@ -152,6 +153,22 @@ class Engine:
         t.sas.clear()
         t.policies.clear()
 
+    def _supersede(self, t: Tunnel, now: float, quiet: bool) -> bool:
+        """A tunnel with neither SA nor policy left whose policies another tunnel took over (``t.successor``,
+        set by ``Policies._policy_upsert``) leaves at once, its last event ``tunnel_superseded`` (reason
+        ``superseded``, ``by`` the successor's id): it was replaced, it is not down (issue 12 item 7). False
+        (and nothing done) when the successor is gone meanwhile."""
+        new = self._tunnels.get(t.successor or "")
+        if new is None:
+            t.successor = None
+            return False
+        if not quiet:
+            r = self._reason("superseded")
+            self._emit(now, TUNNEL_SUPERSEDED, t, {"reason": r.code, "text": r.text, "by": new.id,
+                                                   "reqid": new.reqid, "from": str(t.state)})
+        self._drop_tunnel(self._ns[t.netns], t)
+        return True
+
     def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
         if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):
             return
@@ -224,6 +241,8 @@ class Engine:
 
     def _settle(self, t: Tunnel, now: float, quiet: bool = False) -> None:
         """``_evaluate`` then ``_schedule``, finding the newest SA of each direction (and its expiry) once."""
+        if t.successor is not None and not t.sas and not t.policies and self._supersede(t, now, quiet):
+            return
         pair = t.newest_pair()
         hm = expiry_margin(pair[0], pair[1], self.config.expiring_margin)
         self._evaluate(t, now, quiet, pair, hm)

@@ -80,6 +80,11 @@ class Policies(Engine):
         sel = p.sel
         old = ns.policies.get(p.index)
         if old is not None and old.tunnel is not t:
+            prev = old.tunnel
+            if prev.reqid != t.reqid and (prev.lo, prev.hi) == (t.lo, t.hi):
+                # the same selectors between the same gateways under a new reqid (libreswan replaces a first
+                # CHILD_SA so): once ``prev`` has neither SA nor policy left, it is superseded (Engine._settle)
+                prev.successor = t.id
             self._remove_policy(ns, old, now)
             old = None
         if old is None:

@@ -158,6 +158,7 @@ class Tunnel:
         "sas",
         "since",
         "state",
+        "successor",
         "timer_at",
         "up_since",
     )
@@ -194,6 +195,7 @@ class Tunnel:
         self.flaps = 0  # times the tunnel went down from a working state (tunnel_down events)
         self.down_secs = 0.0  # seconds spent down in finished down intervals (the current one is added on read)
         self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
+        self.successor: str | None = None  # id of the tunnel that took its policies under a new reqid
         self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
         self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
         self.err_until = 0.0
