@@ -228,11 +228,13 @@ class IkeService:
     """
 
     def __init__(self, view: IkeCorrelator, path: str | None, *, ready: asyncio.Event | None = None,
-                 failed: Callable[[], bool] = lambda: False, **client_args: Any) -> None:
+                 failed: Callable[[], bool] = lambda: False, client: Callable[..., Any] = ViciClient,
+                 **client_args: Any) -> None:
         self.view = view
         self.ready = ready
         self.failed = failed
-        self.client = ViciClient(path, view.apply, **client_args)
+        #: ``ViciClient`` (strongSwan) or ``monitor.ike.whack.WhackClient`` (libreswan): ``start(loop)``, ``stop()``
+        self.client = client(path, view.apply, **client_args)
 
     async def _start(self) -> None:
         if self.ready is not None:

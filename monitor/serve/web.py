@@ -19,7 +19,9 @@ from aiohttp import web
 
 from monitor.errors import ConfigError
 from monitor.ike.advice import AdviceConfig
+from monitor.ike.client import ViciClient
 from monitor.ike.view import IkeCorrelator, IkeService, disabled_status
+from monitor.ike.whack import WhackClient
 from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
 from monitor.serve.config import Settings
 from monitor.serve.daemon import Daemon
@@ -168,9 +170,9 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     prober = prober_from_settings(settings.prober)  # None unless [prober] enabled = true
     if prober is not None:
         correlator = ProbedCorrelator(core, prober)  # merges the tunnel JSON's `probe` field
-    ike_on, vici_path = settings.vici_socket
+    ike_kind, ike_path = settings.ike_source
     ike: IkeCorrelator | None = None
-    if ike_on:  # outermost: the kernel tunnels it annotates already carry `probe`
+    if ike_kind != "off":  # outermost: the kernel tunnels it annotates already carry `probe`
         ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None,
                             advice=AdviceConfig.from_mapping(settings.ike))
         correlator = ike
@@ -214,7 +216,8 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
         view.core_clock = daemon.clock
         view.publish = lambda ids: hub.publish_tunnels_soon(ids, daemon.clock())
         app[IKE_STATUS] = (view.status_json, view.detail_json)
-        service = IkeService(view, vici_path, ready=daemon.opened, failed=lambda: daemon.state == "failed")
+        service = IkeService(view, ike_path, ready=daemon.opened, failed=lambda: daemon.state == "failed",
+                             client=WhackClient if ike_kind == "whack" else ViciClient)
         app.cleanup_ctx.append(service.cleanup_ctx)
     else:
         why = "off (--no-vici / vici = off)" if settings.vici == "off" else \
