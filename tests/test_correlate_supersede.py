@@ -69,6 +69,32 @@ def test_already_down_when_the_policies_move_leaves_at_once() -> None:
     assert [e.type for e in g.events if e.tunnel == old][-1] == "tunnel_superseded"
 
 
+def test_libreswan_4_10_sequence_from_the_vm() -> None:
+    """The order a real pluto (libreswan 4.10, VM scenario ``libreswan``) replaced its first Child SA in: the
+    out policy turned into a placeholder (template reqid 0, addresses 0.0.0.0), in/fwd deleted, the old SAs
+    deleted (the old tunnel is ``down`` for a moment), the placeholder removed, then the new reqid's SAs and
+    policies with new indexes. The old tunnel is superseded by the new one at its first policy, the
+    placeholder is gone with its policy: one tunnel left, up."""
+    g = Gw(forget_after=3600)
+    pols = {d: make_policy(d, reqid=OLD, index=176 + d) for d in (0, 1, 2)}
+    g.ev(T0, *(newpolicy(p) for p in pols.values()))
+    g.install(T0, gen=0, reqid=OLD)
+    old = _tunnel_of(g, OLD)
+    hold = make_policy(1, reqid=0, index=pols[1].index, peer="0.0.0.0", local="0.0.0.0")
+    g.ev(T0 + 1, newpolicy(hold), delpolicy(pols[0]), delpolicy(pols[2]))
+    i, o = g.gens[0]
+    g.ev(T0 + 1, delsa(o), delsa(i))
+    assert g.c.tunnel_json(old, T0 + 1)["state"] == "down"  # type: ignore[index]  # nothing tells a successor yet
+    g.ev(T0 + 2, delpolicy(hold))
+    g.install(T0 + 2, gen=1, reqid=NEW)
+    new = _tunnel_of(g, NEW)
+    g.ev(T0 + 2, *(newpolicy(make_policy(d, reqid=NEW, index=200 + d)) for d in (0, 2, 1)))
+    assert g.c.tunnel_ids() == [new]
+    mine = [e for e in g.events if e.tunnel == old]
+    assert (mine[-1].type, mine[-1].detail["by"], mine[-1].detail["from"]) == ("tunnel_superseded", new, "down")
+    assert g.json(T0 + 2)["state"] == "up"
+
+
 def test_policies_taken_by_another_gateway_pair_is_no_supersession() -> None:
     """A policy index reused for a tunnel to another peer says nothing about the old tunnel: it goes down
     as before and stays for forget_after."""

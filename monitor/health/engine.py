@@ -77,6 +77,9 @@ class Engine:
         #: time as they come in (``- wall_skew``); instants go out as wall time (``+ wall_skew``).
         self.wall_skew = 0.0
         self._tunnels: dict[str, Tunnel] = {}
+        #: ``(netns, lo, hi)`` -> ids of tunnels that had SAs and have neither SA nor policy left: a tunnel
+        #: between the same gateways that installs one of their old selectors supersedes them (Policies)
+        self._orphans: dict[tuple[str, str, str], set[str]] = {}
         self._ns: dict[str, NetnsState] = {}
         self._events: list[HealthEvent] = []
         self._seq = 0
@@ -146,6 +149,9 @@ class Engine:
         ns.changed.discard(t)
         ns.rated.discard(t)
         self._tunnels.pop(t.id, None)
+        orphans = self._orphans.get((t.netns, t.lo, t.hi))
+        if orphans is not None:
+            orphans.discard(t.id)
         self._dirty.add(t.id)
         # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so
         # refcounting frees all of it at once: the daemon freezes loaded state out of the cyclic GC
@@ -154,7 +160,7 @@ class Engine:
         t.policies.clear()
 
     def _supersede(self, t: Tunnel, now: float, quiet: bool) -> bool:
-        """A tunnel with neither SA nor policy left whose policies another tunnel took over (``t.successor``,
+        """A tunnel with neither SA nor policy left whose selectors another tunnel took over (``t.successor``,
         set by ``Policies._policy_upsert``) leaves at once, its last event ``tunnel_superseded`` (reason
         ``superseded``, ``by`` the successor's id): it was replaced, it is not down (issue 12 item 7). False
         (and nothing done) when the successor is gone meanwhile."""
@@ -241,8 +247,11 @@ class Engine:
 
     def _settle(self, t: Tunnel, now: float, quiet: bool = False) -> None:
         """``_evaluate`` then ``_schedule``, finding the newest SA of each direction (and its expiry) once."""
-        if t.successor is not None and not t.sas and not t.policies and self._supersede(t, now, quiet):
-            return
+        if not t.sas and not t.policies:
+            if t.successor is not None and self._supersede(t, now, quiet):
+                return
+            if t.had_sa and t.gone_sels:
+                self._orphans.setdefault((t.netns, t.lo, t.hi), set()).add(t.id)
         pair = t.newest_pair()
         hm = expiry_margin(pair[0], pair[1], self.config.expiring_margin)
         self._evaluate(t, now, quiet, pair, hm)

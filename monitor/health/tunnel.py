@@ -123,6 +123,7 @@ class Tunnel:
         "err_codes",
         "err_until",
         "flaps",
+        "gone_sels",
         "had_sa",
         "hi",
         "hints",
@@ -196,6 +197,7 @@ class Tunnel:
         self.down_secs = 0.0  # seconds spent down in finished down intervals (the current one is added on read)
         self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
         self.successor: str | None = None  # id of the tunnel that took its policies under a new reqid
+        self.gone_sels: frozenset[tuple[Any, ...]] | None = None  # selectors of its removed policies
         self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
         self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
         self.err_until = 0.0

@@ -3,7 +3,7 @@
 The reference is ``whack --showstates`` of side a, taken right after serve's ``/api/v1/tunnels``: the
 connection's Child SA SPIs must be exactly the SAs of the one kernel tunnel serve shows, named ``net/net``.
 pluto's negotiation (its placeholder policy with an empty template, a first Child SA it may replace under a
-new reqid) must leave no ghost: one tunnel, and no ``tunnel_down`` of any tunnel in the events.
+new reqid) must leave no ghost: one tunnel; a replaced tunnel's last event is ``tunnel_superseded`` by it.
 """
 
 from __future__ import annotations
@@ -58,16 +58,26 @@ def test_one_tunnel_per_connection_named_from_whack(vm_scenario: Any) -> None:
 
 
 def test_no_ghost_in_the_events(vm_scenario: Any) -> None:
-    """No tunnel of the run ever went ``down``; every tunnel other than the one left went away at once (a
-    placeholder that never had an SA) or was superseded by the tunnel that is left."""
+    """The tunnel left never went ``down``. Every other tunnel of the run is gone: one that had SAs (a first
+    Child SA pluto replaced under a new reqid; libreswan 4.10 deletes its SAs before the new ones come, so it
+    may be ``down`` for a moment) ends with ``tunnel_superseded`` by the tunnel left, and one that never had an
+    SA (the placeholder policy) ends with its policy's removal."""
     rw = _run(vm_scenario)
     events = json.loads((rw / "events.json").read_text())["events"]
     (left,) = [t["id"] for t in json.loads((rw / "tunnels.json").read_text())["tunnels"]]
-    assert [e for e in events if e["type"] == "tunnel_down"] == []
+    assert [e for e in events if e["type"] == "tunnel_down" and e["tunnel"] == left] == []
+    last: dict[str, dict[str, Any]] = {}
+    had_sa: set[str] = set()
     for e in events:
-        if e["type"] == "tunnel_superseded":
-            assert e["detail"]["by"] == left, e
-            assert e["detail"]["reason"] == "superseded"
-    others = {e["tunnel"] for e in events if e["tunnel"] and e["tunnel"] != left}
-    ended = {e["tunnel"] for e in events if e["type"] in ("tunnel_superseded", "policy_removed")}
-    assert others <= ended, (others, ended)
+        if e["tunnel"]:
+            last[e["tunnel"]] = e
+            if e["type"] == "sa_added" or (e["type"] == "resync" and e["detail"].get("sas")):
+                had_sa.add(e["tunnel"])
+    for tid, e in last.items():
+        if tid == left:
+            continue
+        if tid in had_sa or any(x["type"] == "sa_deleted" and x["tunnel"] == tid for x in events):
+            assert (e["type"], e["detail"]["by"], e["detail"]["reason"]) == ("tunnel_superseded", left,
+                                                                           "superseded"), e
+        else:
+            assert e["type"] == "policy_removed", e
