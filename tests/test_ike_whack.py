@@ -15,16 +15,17 @@ from monitor.ike.whack import WhackClient, parse_whack
 from monitor.serve.config import Settings
 from tests.ike_samples import kernel_tunnel
 
-#: libreswan 4.10's lines (the IKE SA line as seen from pluto on this machine; the Child SA ones in its format).
+#: libreswan 4.10's own lines (VM scenario `libreswan`; SPIs changed to the samples'), and a state negotiating.
 SHOWSTATES = """\
-000 #1: "net":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); REKEY in 27785s; REPLACE in 28055s; newest; idle;
-000 #2: "net":500 STATE_V2_ESTABLISHED_CHILD_SA (established Child SA); REKEY in 27772s; IKE SA #1; idle;
-000 #2: "net" esp.0d0e0f10@192.0.2.2 esp.c1a2b3c4@192.0.2.1 tun.0@192.0.2.2 tun.0@192.0.2.1 Traffic: ESPin=0B
-000 #3: "other":500 STATE_V2_PARENT_I1 (sent IKE_SA_INIT request); RETRANSMIT in 3s; idle;
-000 #3: pending CHILD SA for "other"
+000 #3: "net":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); REKEY in 27565s; REPLACE in 28645s; newest; idle;
+000 #4: "net":500 STATE_V2_ESTABLISHED_CHILD_SA (established Child SA); LIVENESS in 0s; REKEY in 27652s; \
+REPLACE in 28645s; newest; eroute owner; IKE SA #3; idle;
+000 #4: "net" esp.0d0e0f10@192.0.2.2 esp.c1a2b3c4@192.0.2.1 tun.0@192.0.2.2 tun.0@192.0.2.1 Traffic: ESPin=0B
+000 #5: "other":500 STATE_V2_PARENT_I1 (sent IKE_SA_INIT request); RETRANSMIT in 3s; idle;
+000 #5: pending CHILD SA for "other"
 """
 TRAFFIC = """\
-006 #2: "net", type=ESP, add_time=1764820000, inBytes=840, outBytes=840, maxBytes=2^63B, id='@b'
+006 #4: "net", type=ESP, add_time=1796357744, inBytes=840, outBytes=840, maxBytes=2^63B, id='@b'
 """
 
 
@@ -34,9 +35,9 @@ def test_parse_whack_states_spis_and_ids() -> None:
     sas = {s.conn: s for s in parse_whack(SHOWSTATES, TRAFFIC)}
     assert sorted(sas) == ["net", "other"]
     net = sas["net"]
-    assert (net.uniqueid, net.state, net.remote_id) == (1, "STATE_V2_ESTABLISHED_IKE_SA", "@b")
+    assert (net.uniqueid, net.state, net.remote_id) == (3, "STATE_V2_ESTABLISHED_IKE_SA", "@b")
     (child,) = net.children
-    assert (child.name, child.uniqueid, child.state) == ("net", 2, "INSTALLED")
+    assert (child.name, child.uniqueid, child.state) == ("net", 4, "INSTALLED")
     assert {child.spi_in, child.spi_out} == {0xC1A2B3C4, 0x0D0E0F10}
     assert (sas["other"].state, sas["other"].children) == ("STATE_V2_PARENT_I1", ())
     assert parse_whack("") == []
