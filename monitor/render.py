@@ -24,7 +24,7 @@ _EVENT_COLOURS = {
     "tunnel_up": GREEN, "rekey_completed": GREEN, "sa_added": DIM, "policy_added": DIM,
     "tunnel_down": RED, "rekey_failed": RED, "negotiation_failed": RED, "integrity_errors": MAGENTA,
     "replay_errors": MAGENTA, "rekey_started": CYAN, "acquire": YELLOW, "nat_mapping_changed": BLUE,
-    "sa_expired": YELLOW, "sa_deleted": DIM, "policy_removed": DIM, "resync": YELLOW,
+    "sa_expired": YELLOW, "sa_deleted": DIM, "policy_removed": DIM, "resync": YELLOW, "tunnel_superseded": CYAN,
 }
 
 

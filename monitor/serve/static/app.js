@@ -11,7 +11,7 @@
   const BAD = new Set(["tunnel_down", "rekey_failed", "negotiation_failed", "integrity_errors"]);
   const GOOD = new Set(["tunnel_up", "rekey_completed"]);
   const WARN = new Set(["acquire", "sa_expired", "replay_errors", "resync", "nat_mapping_changed"]);
-  const INFO = new Set(["rekey_started", "state_changed"]);
+  const INFO = new Set(["rekey_started", "state_changed", "tunnel_superseded"]);
 
   const params = new URLSearchParams(location.search);
   const token = params.get("token") || sessionStorage.getItem("monitor-token") || "";
