@@ -307,6 +307,8 @@ class Correlator(Checkpointing):
         return doc
 
     def _flush(self, ns: NetnsState, now: float) -> None:
+        if ns.split_pairs and not ns.deferring:
+            self._join_halves(ns, now)
         if ns.pending:
             pending, ns.pending = ns.pending, set()
             for t in pending:
@@ -326,6 +328,8 @@ class Correlator(Checkpointing):
                 ns.resync = False
         else:
             ns.ploading = False
+        if ns.split_pairs and not ns.deferring:
+            self._join_halves(ns, now, announce=not initial)
         if initial and not ns.quiet and ns.pending:
             # quiet loading is over: set every state without events
             pending, ns.pending = ns.pending, set()

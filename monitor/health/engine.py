@@ -77,8 +77,7 @@ class Engine:
         #: time as they come in (``- wall_skew``); instants go out as wall time (``+ wall_skew``).
         self.wall_skew = 0.0
         self._tunnels: dict[str, Tunnel] = {}
-        #: ``(netns, lo, hi)`` -> ids of tunnels that had SAs and have neither SA nor policy left: a tunnel
-        #: between the same gateways that installs one of their old selectors supersedes them (Policies)
+        #: ``(netns, lo, hi)`` -> ids of tunnels that had SAs and have nothing left (Policies._take_over)
         self._orphans: dict[tuple[str, str, str], set[str]] = {}
         self._ns: dict[str, NetnsState] = {}
         self._events: list[HealthEvent] = []
@@ -128,6 +127,10 @@ class Engine:
                 t.last_in_ts = t.last_out_ts = 0.0
             ns.tunnels[key] = t
             self._tunnels[tid] = t
+            if reqid:
+                first = ns.by_pair.setdefault((reqid, lo, hi), t)
+                if first is not t:
+                    ns.split_pairs.setdefault((reqid, lo, hi), [first]).append(t)
             self._dirty.add(tid)
             if hi in ns.locals and lo not in ns.locals:
                 t.local, t.local_known = t.hi, True
@@ -143,15 +146,16 @@ class Engine:
             ns.sas.pop((sa.spi, sa.daddr, sa.proto), None)
         for p in t.policies:
             ns.policies.pop(p.index, None)
-        ns.tunnels.pop((t.reqid, t.if_id, t.mark, t.lo, t.hi), None)
+        for if_id, mark in {(t.if_id, t.mark), *((i, m) for i, m, _ in t.halves or ())}:
+            if ns.tunnels.get((t.reqid, if_id, mark, t.lo, t.hi)) is t:
+                del ns.tunnels[(t.reqid, if_id, mark, t.lo, t.hi)]
+        self._unpair(ns, t)
         ns.unknown.discard(t)
         ns.pending.discard(t)
         ns.changed.discard(t)
         ns.rated.discard(t)
         self._tunnels.pop(t.id, None)
-        orphans = self._orphans.get((t.netns, t.lo, t.hi))
-        if orphans is not None:
-            orphans.discard(t.id)
+        self._orphans.get((t.netns, t.lo, t.hi), set()).discard(t.id)
         self._dirty.add(t.id)
         # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so
         # refcounting frees all of it at once: the daemon freezes loaded state out of the cyclic GC
@@ -160,10 +164,7 @@ class Engine:
         t.policies.clear()
 
     def _supersede(self, t: Tunnel, now: float, quiet: bool) -> bool:
-        """A tunnel with neither SA nor policy left whose selectors another tunnel took over (``t.successor``,
-        set by ``Policies._policy_upsert``) leaves at once, its last event ``tunnel_superseded`` (reason
-        ``superseded``, ``by`` the successor's id): it was replaced, it is not down (issue 12 item 7). False
-        (and nothing done) when the successor is gone meanwhile."""
+        """Drop ``t`` with a last event ``tunnel_superseded`` (issue 12 item 7); False if its successor is gone."""
         new = self._tunnels.get(t.successor or "")
         if new is None:
             t.successor = None
@@ -174,6 +175,21 @@ class Engine:
                                                    "reqid": new.reqid, "from": str(t.state)})
         self._drop_tunnel(self._ns[t.netns], t)
         return True
+
+    @staticmethod
+    def _unpair(ns: NetnsState, t: Tunnel) -> None:
+        """Take ``t`` out of the ``(reqid, lo, hi)`` indexes."""
+        pk = (t.reqid, t.lo, t.hi)
+        peers = ns.split_pairs.get(pk)
+        if peers is not None:
+            peers[:] = [u for u in peers if u is not t]
+            if len(peers) < 2:
+                del ns.split_pairs[pk]
+        if ns.by_pair.get(pk) is t:
+            if peers:
+                ns.by_pair[pk] = peers[0]
+            else:
+                del ns.by_pair[pk]
 
     def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
         if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from monitor.health.counters import U64_MAX, Counters
 from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, intern_str, spi_list
+from monitor.health.halves import Halves
 from monitor.health.nsstate import NetnsState
 from monitor.health.policies import Policies
 from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
@@ -28,7 +29,7 @@ from monitor.wire.events import (
 __all__ = ["Lifecycle"]
 
 
-class Lifecycle(Counters, Policies):
+class Lifecycle(Counters, Policies, Halves):
     """Applies decoded XFRM events to SAs, policies and tunnels (counters and policies: the mixins)."""
 
     # ------------------------------------------------------------------ SAs

@@ -156,11 +156,13 @@ RESYNC: Final = "resync"
 COUNTER_ANOMALY: Final = "counter_anomaly"
 OSEQ_EXHAUSTION: Final = "oseq_exhaustion"
 TUNNEL_SUPERSEDED: Final = "tunnel_superseded"
+TUNNEL_JOINED: Final = "tunnel_joined"
 
 EVENT_TYPES: Final = frozenset({
     TUNNEL_UP, TUNNEL_DOWN, STATE_CHANGED, REKEY_STARTED, REKEY_COMPLETED, REKEY_FAILED, SA_ADDED,
     SA_DELETED, SA_EXPIRED, ACQUIRE, NEGOTIATION_FAILED, NAT_MAPPING_CHANGED, REPLAY_ERRORS,
     INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC, COUNTER_ANOMALY, OSEQ_EXHAUSTION, TUNNEL_SUPERSEDED,
+    TUNNEL_JOINED,
 })
 
 # --- reasons: why a tunnel is in its state ---------------------------------------------------------

@@ -25,10 +25,10 @@ class NetnsState:
     """Indexes and dump bookkeeping of one network namespace."""
 
     __slots__ = (
-        "changed", "gen", "hints", "last_removed", "last_sa_dump_end", "lint_at", "lint_dirty", "loading",
+        "by_pair", "changed", "gen", "hints", "last_removed", "last_sa_dump_end", "lint_at", "lint_dirty", "loading",
         "locals", "name", "pending", "pgen", "ploading", "pol_dump_begin", "pol_dumped", "policies",
-        "pseen", "rated", "resync", "resyncs", "sa_dump_begin", "sa_dumped", "sas", "seen", "stat_prev",
-        "tombstones", "tunnels", "unknown",
+        "pseen", "rated", "resync", "resyncs", "sa_dump_begin", "sa_dumped", "sas", "seen", "split_pairs",
+        "stat_prev", "tombstones", "tunnels", "unknown",
     )
 
     def __init__(self, name: str, local_addresses: Iterable[str] = ()) -> None:
@@ -36,6 +36,10 @@ class NetnsState:
         self.sas: dict[tuple[int, str, int], SAState] = {}
         self.policies: dict[int, PolicyInfo] = {}
         self.tunnels: dict[tuple[int, int, int, str, str], Tunnel] = {}
+        #: ``(reqid, lo, hi)`` -> the first tunnel with it; when more tunnels share it (other if_id/mark: maybe
+        #: the other direction of the same connection, ``monitor.health.halves``) all are in ``split_pairs``.
+        self.by_pair: dict[tuple[int, str, str], Tunnel] = {}
+        self.split_pairs: dict[tuple[int, str, str], list[Tunnel]] = {}
         self.locals: set[str] = set(local_addresses)
         self.unknown: set[Tunnel] = set()  # tunnels whose local end is still a guess
         self.tombstones: dict[tuple[int, str, int], float] = {}

@@ -125,6 +125,7 @@ class Tunnel:
         "flaps",
         "gone_sels",
         "had_sa",
+        "halves",
         "hi",
         "hints",
         "id",
@@ -195,6 +196,9 @@ class Tunnel:
         self.anomalies = 0  # counter values that cannot be true (monitor.health.counters)
         self.flaps = 0  # times the tunnel went down from a working state (tunnel_down events)
         self.down_secs = 0.0  # seconds spent down in finished down intervals (the current one is added on read)
+        #: ``((if_id, mark, direction), ...)`` when the connection's directions carry different if_ids or
+        #: marks (``mark_in != mark_out``) and were joined into this tunnel (``monitor.health.halves``).
+        self.halves: tuple[tuple[int, int, str], ...] | None = None
         self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
         self.successor: str | None = None  # id of the tunnel that took its policies under a new reqid
         self.gone_sels: frozenset[tuple[Any, ...]] | None = None  # selectors of its removed policies
@@ -266,6 +270,8 @@ class Tunnel:
             "reqid": self.reqid,
             "if_id": self.if_id,
             "mark": self.mark,
+            **({"halves": [{"if_id": i, "mark": m, "direction": d} for i, m, d in self.halves]}
+               if self.halves else {}),
             "local": self.local,
             "remote": self.remote,
             "state": str(self.state),

@@ -8,7 +8,8 @@ never fed to the core: before each call the daemon sets the core's ``wall_skew``
 a clock step (NTP at boot) moves only how instants are shown, never a timer, an idle decision or a duration.
 
 Besides that it owns: the periodic ``counters`` frame, the event-loop lag probe, the stalled-client
-watchdog, and the per-netns source statistics shown by ``/healthz`` and ``/metrics``.
+watchdog (which also feeds the heap trimmer, :mod:`monitor.serve.heap`), and the per-netns source
+statistics shown by ``/healthz`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from monitor.errors import MonitorError
+from monitor.serve.heap import HeapTrimmer
 from monitor.serve.hub import Hub
 from monitor.sources.items import Control, Source
 
@@ -181,6 +183,8 @@ class Daemon:
         self._publish_handle: asyncio.Handle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.gc = LoadGc()
+        #: Gives freed heap back after websocket clients leave (fed by the watchdog).
+        self.heap = HeapTrimmer()
         #: Set by create_app when ``events_log`` is configured (monitor.serve.eventlog.EventLog).
         self.events_log: Any = None
         #: Set by create_app when the history store is on (monitor.serve.history.HistoryService).
@@ -380,6 +384,7 @@ class Daemon:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.hub.stall_timeout / 4))
+            self.heap.tick(len(self.hub.clients))
             for c in self.hub.stalled(time.monotonic()):
                 cb = c.on_stall
                 if cb is not None:

@@ -227,7 +227,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
     mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
                         dumps=daemon.dump_stats(), now=now, clients=len(hub.clients),
                         gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total,
-                        xfrm_stat=xfrm_stat, history=history_sample(daemon.history))
+                        xfrm_stat=xfrm_stat, history=history_sample(daemon.history), heap=_heap_sample(daemon))
     body = await scrape(request.app[CORRELATOR], mon, request.app[SETTINGS].metrics_tunnels)
     headers = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8", "Vary": "Accept-Encoding"}
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
@@ -246,6 +246,14 @@ def history_sample(history: Any) -> dict[str, float]:
             "ipsec_monitor_history_events_written": float(st.get("written_events", 0)),
             "ipsec_monitor_history_write_errors": float(st.get("write_errors", 0)),
             "ipsec_monitor_history_dropped_events": float(st.get("dropped_events", 0))}
+
+
+def _heap_sample(daemon: Daemon) -> dict[str, float]:
+    """The heap trimmer's metrics (empty where the C library has no ``malloc_trim``)."""
+    heap = daemon.heap
+    if not heap.available:
+        return {}
+    return {"ipsec_monitor_heap_trims": float(heap.trims), "ipsec_monitor_heap_released_bytes": float(heap.released)}
 
 
 GZIP_LEVEL = 1  # the cheapest level: most of the size win for a fraction of level 6's CPU

@@ -73,6 +73,8 @@ class MonitorSample(NamedTuple):
     xfrm_stat: Mapping[str, Mapping[str, int]] = {}
     #: The history store's numbers (``HISTORY_METRICS`` names); empty when history is off.
     history: Mapping[str, float] = {}
+    #: The heap trimmer's numbers (``HEAP_METRICS`` names); empty where there is no ``malloc_trim``.
+    heap: Mapping[str, float] = {}
 
 
 class Gathered(NamedTuple):
@@ -282,10 +284,14 @@ _HELP = {
     "ipsec_monitor_history_events_written": (_C, "Health events written to the history store."),
     "ipsec_monitor_history_write_errors": (_C, "Failed history transactions (full disk, read-only file...)."),
     "ipsec_monitor_history_dropped_events": (_C, "Health events not recorded in the history store."),
+    "ipsec_monitor_heap_trims": (_C, "malloc_trim calls after websocket clients left (monitor/serve/heap.py)."),
+    "ipsec_monitor_heap_released_bytes": (_C, "Resident memory given back to the kernel by those trims."),
 }
 #: ``MonitorSample.history`` keys, in exposition order.
 HISTORY_METRICS = ("ipsec_monitor_history_up", "ipsec_monitor_history_events_written",
                    "ipsec_monitor_history_write_errors", "ipsec_monitor_history_dropped_events")
+#: ``MonitorSample.heap`` keys, in exposition order.
+HEAP_METRICS = ("ipsec_monitor_heap_trims", "ipsec_monitor_heap_released_bytes")
 
 
 def _head(name: str) -> str:
@@ -359,6 +365,10 @@ def _monitor_text(m: MonitorSample, counts: Mapping[tuple[str, str], int]) -> li
         if name in m.history:
             head = _head(name)
             out.append(f"{head}{head.split()[2]} {f(float(m.history[name]))}\n")
+    for name in HEAP_METRICS:
+        if name in m.heap:
+            head = _head(name)
+            out.append(f"{head}{head.split()[2]} {f(float(m.heap[name]))}\n")
     return out
 
 

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from monitor.serve.metrics import (
     _C,
     _HELP,
+    HEAP_METRICS,
     HISTORY_METRICS,
     TUNNEL_LABELS,
     MonitorSample,
@@ -109,6 +110,9 @@ class MonitorCollector:
         for name in HISTORY_METRICS:
             if name in m.history:
                 yield fam(name, value=m.history[name])
+        for name in HEAP_METRICS:
+            if name in m.heap:
+                yield fam(name, value=m.heap[name])
 
 
 def render_prometheus_client(tunnels: Iterable[TunnelSample], mon: MonitorSample,
