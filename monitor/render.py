@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["colour_enabled", "format_event", "format_tunnel", "state_colour"]
+__all__ = ["colour_enabled", "format_event", "format_tunnel", "names", "state_colour"]
 
 RESET = "\x1b[0m"
 RED, GREEN, YELLOW, BLUE, MAGENTA, CYAN, DIM, BOLD = (
@@ -24,7 +24,7 @@ _EVENT_COLOURS = {
     "tunnel_up": GREEN, "rekey_completed": GREEN, "sa_added": DIM, "policy_added": DIM,
     "tunnel_down": RED, "rekey_failed": RED, "negotiation_failed": RED, "integrity_errors": MAGENTA,
     "replay_errors": MAGENTA, "rekey_started": CYAN, "acquire": YELLOW, "nat_mapping_changed": BLUE,
-    "sa_expired": YELLOW, "sa_deleted": DIM, "policy_removed": DIM, "resync": YELLOW,
+    "sa_expired": YELLOW, "sa_deleted": DIM, "policy_removed": DIM, "resync": YELLOW, "tunnel_superseded": CYAN,
 }
 
 
@@ -103,12 +103,28 @@ def summarise_detail(detail: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def names(ike: Any) -> str:
+    """``conn/child`` of an ``ike`` block (a tunnel's, or an event's ``detail.ike``); empty when unnamed."""
+    if not isinstance(ike, Mapping) or not ike.get("conn"):
+        return ""
+    return f"{ike.get('conn')}/{ike.get('child')}" if ike.get("child") else str(ike.get("conn"))
+
+
 def format_event(event: Mapping[str, Any], colour: bool = False) -> str:
-    """One ``monitor tail`` line: ``time  #seq  netns  tunnel  type  detail``."""
+    """One ``monitor tail`` line: ``time  #seq  netns  tunnel  type  detail``; a tunnel the IKE view named is
+    followed by ``[conn/child]`` (and charon's last failure, ``ike_error=code``, ends the detail)."""
     etype = str(event.get("type", "?"))
     detail = event.get("detail") or {}
+    named = ""
+    if isinstance(detail, dict) and isinstance(detail.get("ike"), Mapping):
+        ike = detail["ike"]
+        named = names(ike)
+        err = ike.get("last_error")
+        detail = {k: v for k, v in detail.items() if k != "ike"}
+        if isinstance(err, Mapping) and err.get("code"):
+            detail["ike_error"] = err["code"]
     ts = event.get("ts")
-    tunnel = event.get("tunnel") or "-"
+    tunnel = str(event.get("tunnel") or "-") + (f" [{named}]" if named else "")
     paint = _EVENT_COLOURS.get(etype, "")
     new_state = detail.get("to") if isinstance(detail, dict) else None
     if isinstance(new_state, str) and new_state in _STATE_COLOURS:
@@ -136,7 +152,7 @@ def format_tunnel(tunnel: Mapping[str, Any], colour: bool = False) -> str:
     text = " | ".join(f"{r.get('code')}: {r.get('text')}" if isinstance(r, dict) else str(r) for r in reasons)
     expiry = tunnel.get("hard_expires_in")
     exp = f" hard expiry in {expiry:.0f}s" if isinstance(expiry, int | float) else ""
-    ike = tunnel.get("ike")
-    names = f"{ike.get('conn')}/{ike.get('child')}, " if isinstance(ike, Mapping) and ike.get("conn") else ""
-    return (f"{label} {tunnel.get('id')} ({names}{tunnel.get('netns')}, reqid {tunnel.get('reqid')}, "
+    named = names(tunnel.get("ike"))
+    named = f"{named}, " if named else ""
+    return (f"{label} {tunnel.get('id')} ({named}{tunnel.get('netns')}, reqid {tunnel.get('reqid')}, "
             f"{tunnel.get('local')} -> {tunnel.get('remote')}){exp}: {text or 'no reason given'}")

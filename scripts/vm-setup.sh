@@ -91,6 +91,29 @@ if [ ! -x "$VNG/bin/vng" ] || ! "$VNG/bin/vng" --version >/dev/null 2>&1; then
   "$VNG/bin/pip" install -q --disable-pip-version-check virtme-ng >&2
 fi
 
+# 4. libreswan for scenario `libreswan`: its package conflicts with strongSwan's (Conflicts: strongswan-libcharon,
+#    strongswan-starter), so it is not installed: its library dependencies are, and the package itself is unpacked
+#    (dpkg -x) into $CACHE/libreswan, whose binaries the scenario runs from there (tests/vm/scenarios/libreswan.sh).
+LS="$CACHE/libreswan"
+LS_DEPS=(libnss3-tools libnss3 libnspr4 libevent-core-2.1-7 libevent-pthreads-2.1-7 libldns3 libunbound8
+         libcurl3-nss libcap-ng0 libldap-2.5-0 libaudit1 dns-root-data)
+ls_missing=()
+for p in "${LS_DEPS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || ls_missing+=("$p")
+done
+if [ ${#ls_missing[@]} -gt 0 ]; then
+  log "installing libreswan's dependencies ${ls_missing[*]}"
+  "${APT[@]}" install --no-install-recommends "${ls_missing[@]}" >&2
+fi
+if [ ! -x "$LS/usr/libexec/ipsec/pluto" ]; then
+  log "unpacking libreswan into $LS"
+  tmp=$(mktemp -d "$CACHE/dl.XXXXXX"); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download libreswan >&2)
+  rm -rf "$LS.new"; mkdir -p "$LS.new"
+  dpkg -x "$tmp"/libreswan_*.deb "$LS.new"
+  rm -rf "$tmp" "$LS"; mv "$LS.new" "$LS"
+fi
+
 echo "$VMLINUZ" > "$CACHE/kernel"
 log "kernel $KVER, vng $("$VNG/bin/vng" --version 2>&1 | head -n1)"
 echo "$VMLINUZ"

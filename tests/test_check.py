@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from monitor.commands.check import ALL_STATES, CRITICAL, OK, UNKNOWN, WARNING, T
 from monitor.sources.items import Datagram
 from monitor.sources.simfleet import ROLES, Fleet, FleetConfig
 from monitor.wire.pcap import PcapWriter
+from tests.fake_charon import FakeCharon
+from tests.ike_samples import list_conn, list_sa
 
 START = 1_700_000_000.0
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -215,3 +218,32 @@ def test_kernel_check_in_throwaway_netns() -> None:
         assert "expected at least 1" in p.stdout
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_check_names_tunnels_and_lists_configured_children() -> None:
+    """With a (fake) charon on a VICI socket: the configured child that is not up is a CRITICAL line named
+    ``gw/voice``, the JSON carries each tunnel's ``ike`` block and the IKE status; with the socket gone the
+    check is kernel-only and says so in one line."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="vici-", dir="/tmp"))  # unix socket paths: at most 107 bytes
+    path = sock_dir / "charon.vici"
+    fake = FakeCharon(str(path))
+    fake.sas = [list_sa()]
+    fake.conns = [list_conn(children=("net", "voice"))]
+    fake.start()
+    try:
+        text = run_check("--source", "simulate", "--tunnels", "4", "--vici", str(path))
+        doc = json.loads(run_check("--source", "simulate", "--tunnels", "4", "--vici", str(path), "--json").stdout)
+    finally:
+        fake.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert text.returncode == CRITICAL, text.stdout
+    (line,) = [ln for ln in text.stdout.splitlines() if ln.startswith("DOWN") and "ike:gw:voice" in ln]
+    assert "(gw/voice, default, reqid 0," in line, line
+    assert "not_initiated" in line
+    assert doc["ike"] == {"connected": True, "socket": str(path), "error": None}
+    voice = next(t for t in doc["tunnels"] if t["id"] == "ike:gw:voice")
+    assert (voice["ike"]["conn"], voice["ike"]["child"]) == ("gw", "voice")
+    assert doc["total"] == 5  # 4 simulated tunnels (reqid 1 joined to gw/net, not listed twice) + the configured one
+    gone = run_check("--source", "simulate", "--tunnels", "4", "--vici", str(path))
+    assert "IKE view unavailable, kernel-only: no VICI socket at" in gone.stdout, gone.stdout
+    assert "ike:gw:voice" not in gone.stdout

@@ -11,7 +11,9 @@ import pytest
 from monitor.cli import build_parser
 from monitor.commands.serve import settings_from_args
 from monitor.errors import ConfigError
+from monitor.ike.advice import AdviceConfig
 from monitor.serve.config import Settings, is_loopback, load_settings
+from monitor.serve.web import CORRELATOR, create_app
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -110,6 +112,20 @@ def test_health_table_passed_through(tmp_path: Path) -> None:
     assert dict(s.health) == {"idle_after": 120}
 
 
+def test_ike_table_checked_and_reaches_the_view(tmp_path: Path) -> None:
+    """The [ike] table (what the configuration hints assume of the peer) is validated at load and given to
+    the IKE view by create_app."""
+    f = tmp_path / "i.toml"
+    f.write_text("[ike]\npeer_idle_timeout = 10\n")
+    s = load_settings({"vici": str(tmp_path / "vici"), "source": "simulate"}, env={}, config=f)
+    assert dict(s.ike) == {"peer_idle_timeout": 10}
+    app = create_app(s)
+    assert app[CORRELATOR].advice == AdviceConfig(peer_idle_timeout=10.0)
+    f.write_text("[ike]\npeer_idle_timeout = -1\n")
+    with pytest.raises(ConfigError, match="peer_idle_timeout"):
+        load_settings({}, env={}, config=f)
+
+
 def test_loopback_detection() -> None:
     """127/8, ::1 and localhost are loopback; wildcard and public addresses are not."""
     assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
@@ -130,5 +146,5 @@ def test_every_setting_documented() -> None:
     text = DOC.read_text()
     for f in dataclasses.fields(Settings):
         assert f"`{f.name}`" in text, f"{f.name} missing from docs/configuration.md"
-        if f.name not in ("health", "prober"):  # TOML tables only
+        if f.name not in ("health", "prober", "ike"):  # TOML tables only
             assert f"MONITOR_{f.name.upper()}" in text, f"MONITOR_{f.name.upper()} missing"

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.fake_charon import FakeCharon
+from tests.ike_samples import list_conn, list_sa
 from tests.simserver import SimServer, free_port
 
 pytestmark = pytest.mark.external
@@ -306,3 +309,43 @@ async def test_dashboard_namespace_panel_equals_rest(browser: tuple[str, subproc
         lint = [f"{h['code']}: {h['text']}" for h in d["hints"] if h["code"] == "uncovered_remote_range"]
         assert lint
         assert [h for h in s["hints"] if h.startswith("uncovered_remote_range")] == lint
+
+
+async def test_dashboard_shows_ike_names_hints_and_named_events(
+        browser: tuple[str, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    """With the IKE view on (a fake charon on a real VICI socket): the joined tunnel's row and the configured
+    child's row show ``conn/child``, its configuration hints show, the text filter finds a tunnel by its
+    connection name, and the event log names the tunnel of an event (``detail.ike``)."""
+    devtools, _ = browser
+    sock_dir = Path(tempfile.mkdtemp(prefix="vici-", dir="/tmp"))  # unix socket paths: at most 107 bytes
+    fake = FakeCharon(str(sock_dir / "charon.vici"))
+    fake.sas = [list_sa()]
+    fake.conns = [list_conn(children=("net", "voice"))]
+    fake.start()
+    port = free_port()
+    server = SimServer(port, tmp_path / "serve.log", speed=20.0, tunnels=6,
+                       env={"MONITOR_VICI": str(sock_dir / "charon.vici")}).start()
+    names = ("JSON.stringify(Object.fromEntries([...document.querySelectorAll('#tunnels tbody tr.tunnel')].map("
+             "r => [r.dataset.id, (r.querySelector('.ike-names') || {}).textContent || '']).filter(x => x[1])))")
+    try:
+        async with aiohttp.ClientSession() as session:
+            page = await open_page(session, devtools, f"http://127.0.0.1:{port}/")
+            shown = json.loads(await page.wait("two named rows", f"(() => {{ const n = {names};"
+                                               " return Object.keys(JSON.parse(n)).length === 2 && n; })()"))
+            assert {v.strip() for v in shown.values()} == {"gw/net", "gw/voice"}, shown
+            assert shown["ike:gw:voice"].strip() == "gw/voice"
+            hint = await page.js("document.querySelector('tr.tunnel[data-id=\"ike:gw:voice\"] .ike-hint')"
+                                 ".textContent")
+            assert hint.startswith("config (close_action): close_action = clear"), hint
+            await page.js("(() => { const i = document.querySelector('#text-filter'); i.value = 'gw/voice';"
+                          " i.dispatchEvent(new Event('input')); })()")
+            await page.wait("the filter by connection name", f"{ROWS} === 1")
+            await page.wait("an event named gw/net", "[...document.querySelectorAll('#events li .ike-names')]"
+                            ".some(s => s.textContent.trim() === 'gw/net')", timeout=90)
+            assert not page.exceptions, page.exceptions
+            page.reader.cancel()
+            await page.ws.close()
+    finally:
+        server.stop()
+        fake.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -181,3 +181,17 @@ async def test_tail_with_and_without_token() -> None:
         assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  #1 ", out.getvalue())
     finally:
         await srv.stop()
+
+
+def test_format_event_names_the_tunnel_from_detail_ike() -> None:
+    """An event of a tunnel the IKE view named shows ``[conn/child]`` after the tunnel id and charon's last
+    failure as ``ike_error=code``, not the raw ``ike`` dict; an unnamed one is unchanged."""
+    ev = {"seq": 7, "ts": 1_700_000_000.0, "type": "tunnel_down", "tunnel": "default:1:a-b", "netns": "default",
+          "detail": {"reason": "sa_deleted", "ike": {"conn": "gw", "child": "net",
+                                                     "last_error": {"code": "peer_unreachable", "text": "t"}}}}
+    line = format_event(ev)
+    assert "default:1:a-b [gw/net]" in line, line
+    assert "ike_error=peer_unreachable" in line
+    assert "last_error" not in line
+    bare = format_event({**ev, "detail": {"reason": "sa_deleted"}})
+    assert "[" not in bare.split("#7", 1)[1]

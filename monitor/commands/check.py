@@ -301,6 +301,10 @@ def add_parser(sub: Any) -> None:
                         "store of `monitor serve`)")
     p.add_argument("--window", default="1h", metavar="DURATION", help="the --max-flaps window (default 1h)")
     p.add_argument("--state-dir", metavar="DIR", help="where serve's history database is [env MONITOR_STATE_DIR]")
+    p.add_argument("--vici", metavar="SOCKET", default=None,
+                   help="strongSwan's VICI socket: name tunnels conn/child and add configured children that are "
+                        "not up (default with the kernel source: /var/run/charon.vici or /run/charon.vici if there)")
+    p.add_argument("--no-vici", action="store_const", const="off", dest="vici", help="do not read strongSwan")
     p.set_defaults(func=run)
 
 
@@ -367,6 +371,12 @@ def run(args: argparse.Namespace) -> int:
         return _unknown(args, f"no complete dump within {args.timeout:g} s")
     except OSError as exc:
         return _unknown(args, f"{exc.__class__.__name__}: {exc}")
+    ike: dict[str, Any] | None = None
+    if args.vici != "off" and (args.vici is not None or args.source == "kernel"):
+        from monitor.ike.view import join_once  # noqa: PLC0415 - the vici package only when reading charon
+
+        tunnels, ike = join_once(tunnels, args.vici, timeout=args.timeout,
+                                 netns="default" if args.source == "kernel" else None)
     if args.tunnel:
         wanted = set(args.tunnel)
         tunnels = [t for t in tunnels if t.get("id") in wanted]
@@ -387,14 +397,18 @@ def run(args: argparse.Namespace) -> int:
                "tunnels": [{"status": STATUS[c], "id": t.get("id"), "netns": t.get("netns"),
                             "reqid": t.get("reqid"), "local": t.get("local"), "remote": t.get("remote"),
                             "state": t.get("state"), "reasons": t.get("reasons", []),
-                            "hard_expires_in": t.get("hard_expires_in")} for c, t in result.unhealthy],
+                            "hard_expires_in": t.get("hard_expires_in"), "ike": t.get("ike")}
+                           for c, t in result.unhealthy],
                "netns_hints": [{"status": "WARNING", "netns": ns, "code": code, "text": text}
-                               for ns, code, text in result.hints]}
+                               for ns, code, text in result.hints],
+               "ike": ike}
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return result.code
     colour = colour_enabled(sys.stdout.isatty(), os.environ)
     lines = [f"{result.summary} | {perfdata(result)}"]
     lines += [format_tunnel(t, colour) for _, t in result.unhealthy]
     lines += [f"WARNING   namespace {ns}: {code}: {text}" for ns, code, text in result.hints]
+    if ike is not None and ike["error"] and (args.vici is not None or ike["socket"] is not None):
+        lines.append(f"IKE view unavailable, kernel-only: {ike['error']}")
     sys.stdout.write("\n".join(lines) + "\n")
     return result.code

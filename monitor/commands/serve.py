@@ -67,12 +67,16 @@ def add_parser(sub: Any) -> None:
                         "/run/charon.vici with the kernel source) [env MONITOR_VICI]")
     p.add_argument("--no-vici", action="store_const", const="off", dest="vici",
                    help="no IKE view (kernel only)")
+    p.add_argument("--whack", metavar="CTL",
+                   help="libreswan: pluto's control socket; names from `whack --showstates` (default auto: "
+                        "/run/pluto/pluto.ctl when there is no charon socket) [env MONITOR_WHACK]")
+    p.add_argument("--no-whack", action="store_const", const="off", dest="whack", help="never read libreswan")
     p.set_defaults(func=run)
 
 
 FLAG_NAMES = ("host", "port", "token_file", "source", "netns", "all_netns", "interval", "aevents", "speed",
               "tunnels", "seed", "log_level", "metrics_tunnels", "events_log", "tls_cert",
-              "tls_key", "state_dir", "history", "vici")
+              "tls_key", "state_dir", "history", "vici", "whack")
 
 
 #: Seconds ``serve`` waits for the source to open before it listens anyway (/healthz then says how it is).

@@ -17,6 +17,7 @@ from monitor.health.model import (
     REASONS,
     STATE_CHANGED,
     TUNNEL_DOWN,
+    TUNNEL_SUPERSEDED,
     TUNNEL_UP,
     HealthConfig,
     HealthEvent,
@@ -76,6 +77,8 @@ class Engine:
         #: time as they come in (``- wall_skew``); instants go out as wall time (``+ wall_skew``).
         self.wall_skew = 0.0
         self._tunnels: dict[str, Tunnel] = {}
+        #: ``(netns, lo, hi)`` -> ids of tunnels that had SAs and have nothing left (Policies._take_over)
+        self._orphans: dict[tuple[str, str, str], set[str]] = {}
         self._ns: dict[str, NetnsState] = {}
         self._events: list[HealthEvent] = []
         self._seq = 0
@@ -152,12 +155,26 @@ class Engine:
         ns.changed.discard(t)
         ns.rated.discard(t)
         self._tunnels.pop(t.id, None)
+        self._orphans.get((t.netns, t.lo, t.hi), set()).discard(t.id)
         self._dirty.add(t.id)
         # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so
         # refcounting frees all of it at once: the daemon freezes loaded state out of the cyclic GC
         # (monitor.serve.daemon.LoadGc), which would never find these cycles
         t.sas.clear()
         t.policies.clear()
+
+    def _supersede(self, t: Tunnel, now: float, quiet: bool) -> bool:
+        """Drop ``t`` with a last event ``tunnel_superseded`` (issue 12 item 7); False if its successor is gone."""
+        new = self._tunnels.get(t.successor or "")
+        if new is None:
+            t.successor = None
+            return False
+        if not quiet:
+            r = self._reason("superseded")
+            self._emit(now, TUNNEL_SUPERSEDED, t, {"reason": r.code, "text": r.text, "by": new.id,
+                                                   "reqid": new.reqid, "from": str(t.state)})
+        self._drop_tunnel(self._ns[t.netns], t)
+        return True
 
     @staticmethod
     def _unpair(ns: NetnsState, t: Tunnel) -> None:
@@ -246,6 +263,11 @@ class Engine:
 
     def _settle(self, t: Tunnel, now: float, quiet: bool = False) -> None:
         """``_evaluate`` then ``_schedule``, finding the newest SA of each direction (and its expiry) once."""
+        if not t.sas and not t.policies:
+            if t.successor is not None and self._supersede(t, now, quiet):
+                return
+            if t.had_sa and t.gone_sels:
+                self._orphans.setdefault((t.netns, t.lo, t.hi), set()).add(t.id)
         pair = t.newest_pair()
         hm = expiry_margin(pair[0], pair[1], self.config.expiring_margin)
         self._evaluate(t, now, quiet, pair, hm)

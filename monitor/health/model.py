@@ -168,12 +168,14 @@ POLICY_REMOVED: Final = "policy_removed"
 RESYNC: Final = "resync"
 COUNTER_ANOMALY: Final = "counter_anomaly"
 OSEQ_EXHAUSTION: Final = "oseq_exhaustion"
+TUNNEL_SUPERSEDED: Final = "tunnel_superseded"
 TUNNEL_JOINED: Final = "tunnel_joined"
 
 EVENT_TYPES: Final = frozenset({
     TUNNEL_UP, TUNNEL_DOWN, STATE_CHANGED, REKEY_STARTED, REKEY_COMPLETED, REKEY_FAILED, SA_ADDED,
     SA_DELETED, SA_EXPIRED, ACQUIRE, NEGOTIATION_FAILED, NAT_MAPPING_CHANGED, REPLAY_ERRORS,
-    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC, COUNTER_ANOMALY, OSEQ_EXHAUSTION, TUNNEL_JOINED,
+    INTEGRITY_ERRORS, POLICY_ADDED, POLICY_REMOVED, RESYNC, COUNTER_ANOMALY, OSEQ_EXHAUSTION, TUNNEL_SUPERSEDED,
+    TUNNEL_JOINED,
 })
 
 # --- reasons: why a tunnel is in its state ---------------------------------------------------------
@@ -214,6 +216,8 @@ REASONS: Final[dict[str, str]] = {
     "missing_from_dump": "The SAs are gone: a full dump no longer reports them (their deletion event was not seen).",
     "negotiation_failed": "Traffic triggered an ACQUIRE but no SA was negotiated within {acquire_grace:g} s.",
     "netns_removed": "The network namespace was removed.",
+    "superseded": "Replaced by another tunnel with the same outer addresses that took over its policies under a "
+                  "new reqid (the IKE daemon re-negotiated the connection): this one is gone, not down.",
 }
 
 # --- hints: what to look at -------------------------------------------------------------------------

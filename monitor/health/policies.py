@@ -7,12 +7,15 @@ negotiate); a MAPPING is a NAT-T peer whose outer address or port changed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from monitor.health.engine import NLM_MULTI, ZERO_ADDRESSES, Engine, intern_str
 from monitor.health.model import (
     hint,
 )
 from monitor.health.nsstate import NetnsState
 from monitor.health.sastate import PolicyInfo
+from monitor.health.tunnel import Tunnel
 from monitor.wire import xfrm as X
 from monitor.wire.events import (
     Acquire,
@@ -26,6 +29,11 @@ from monitor.wire.events import (
 )
 
 __all__ = ["Policies"]
+
+
+def _sel_key(info: PolicyInfo) -> tuple[Any, ...]:
+    """A policy's direction and selector: what a successor tunnel must install again."""
+    return (info.dir, info.src, info.dst, info.proto, info.sport, info.dport)
 
 
 class Policies(Engine):
@@ -80,6 +88,11 @@ class Policies(Engine):
         sel = p.sel
         old = ns.policies.get(p.index)
         if old is not None and old.tunnel is not t:
+            prev = old.tunnel
+            if prev.reqid != t.reqid and (prev.lo, prev.hi) == (t.lo, t.hi):
+                # the same selectors between the same gateways under a new reqid (libreswan replaces a first
+                # CHILD_SA so): once ``prev`` has neither SA nor policy left, it is superseded (Engine._settle)
+                prev.successor = t.id
             self._remove_policy(ns, old, now)
             old = None
         if old is None:
@@ -91,17 +104,36 @@ class Policies(Engine):
             ns.lint_dirty = True
             self._emit(now, "policy_added", t, {"index": p.index, "dir": p.dir, **info.selector_json()})
             self._touch(ns, t)
+            if self._orphans:
+                self._take_over(ns, t, _sel_key(info), now)
         else:
             info = old
         if ns.pol_dump_begin is not None and info.gen != ns.pgen:
             info.gen = ns.pgen
             ns.pseen += 1
 
+    def _take_over(self, ns: NetnsState, t: Tunnel, key: tuple[Any, ...], now: float) -> None:
+        """``t`` installed selector ``key``: a tunnel between the same gateways, under another reqid, that had
+        SAs, has nothing left and once had that selector is superseded by ``t`` (libreswan 4.10 replaces a first
+        Child SA so: its SAs and policies go, then the new reqid's SAs and policies come with new indexes)."""
+        ids = self._orphans.get((ns.name, t.lo, t.hi))
+        for oid in list(ids or ()):
+            old = self._tunnels.get(oid)
+            if old is None or old is t or old.sas or old.policies or old.reqid == t.reqid:
+                if ids is not None:
+                    ids.discard(oid)
+                continue
+            if old.gone_sels is not None and key in old.gone_sels:
+                old.successor = t.id
+                self._supersede(old, now, False)
+
     def _remove_policy(self, ns: NetnsState, info: PolicyInfo, now: float) -> None:
         ns.policies.pop(info.index, None)
         t = info.tunnel
         if info in t.policies:
             t.policies.remove(info)
+            if t.had_sa:
+                t.gone_sels = (t.gone_sels or frozenset()) | {_sel_key(info)}
             if not t.policies:
                 t.policies_gone = now  # a down tunnel with nothing left is forgotten forget_after from here
         ns.lint_dirty = True

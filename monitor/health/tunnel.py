@@ -123,6 +123,7 @@ class Tunnel:
         "err_codes",
         "err_until",
         "flaps",
+        "gone_sels",
         "had_sa",
         "halves",
         "hi",
@@ -159,6 +160,7 @@ class Tunnel:
         "sas",
         "since",
         "state",
+        "successor",
         "timer_at",
         "up_since",
     )
@@ -198,6 +200,8 @@ class Tunnel:
         #: marks (``mark_in != mark_out``) and were joined into this tunnel (``monitor.health.halves``).
         self.halves: tuple[tuple[int, int, str], ...] | None = None
         self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
+        self.successor: str | None = None  # id of the tunnel that took its policies under a new reqid
+        self.gone_sels: frozenset[tuple[Any, ...]] | None = None  # selectors of its removed policies
         self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
         self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
         self.err_until = 0.0

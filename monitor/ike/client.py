@@ -72,6 +72,25 @@ def describe(exc: BaseException, path: str) -> str:
     return f"VICI connection to {path} failed: {exc or type(exc).__name__}"
 
 
+def find_socket(path: str | None, candidates: Sequence[str] = DEFAULT_SOCKETS) -> str | None:
+    """``path``, else the first of ``candidates`` that exists, else None."""
+    if path is not None:
+        return path
+    return next((p for p in candidates if os.path.exists(p)), None)
+
+
+def read_listing(path: str, *, timeout: float = 5.0, clock: Callable[[], float] = time.time) -> Listing:
+    """One ``list-sas`` + ``list-conns`` read over a connection of its own (``monitor check``: no thread, no
+    events). Raises one of :data:`VICI_ERRORS` (:func:`describe` makes a line of it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        cmd = vici.Session(s)
+        sas = parse_all(cmd.list_sas(), parse_list_sa)
+        conns = parse_all(cmd.list_conns(), parse_list_conn)
+    return Listing(tuple(sas), tuple(conns), clock())
+
+
 class ViciClient:
     """Runs the VICI session in a thread; ``deliver`` gets every update on the event loop.
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from monitor.ike.records import ChildSa, Conn, ConnChild, IkeSa
 from monitor.ike.rules import IkeError
 
-__all__ = ["IkeState", "Index", "annotate", "configured_id", "configured_tunnel", "ike_block", "unjoined"]
+__all__ = ["IkeState", "Index", "annotate", "configured_id", "configured_tunnel", "ike_block", "join_all", "unjoined"]
 
 MISMATCH = "ike_kernel_mismatch"
 #: Child states in which charon means its SPIs to be installed in the kernel.
@@ -68,6 +68,8 @@ class IkeState:
     index: Index = field(default_factory=lambda: Index({}, {}))
     #: configured children by each (local, remote) selector pair they cover, both orientations (match_config)
     by_ts: Mapping[tuple[str, str], frozenset[tuple[int, int]]] = field(default_factory=dict)
+    #: configuration hints by ``(conn, child)`` (``monitor.ike.advice.conn_hints``; set by the view)
+    hints: Mapping[tuple[str, str], tuple[dict[str, str], ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, sas: Sequence[IkeSa], conns: Sequence[Conn], listed_at: float,
@@ -142,6 +144,7 @@ def ike_block(ike: IkeSa | None, child: ChildSa | None, conn: str, child_name: s
         "child_rekey_in": _later(at, child.rekey_time, now) if child else None,
         "initiator": ike.initiator if ike else None,
         "last_error": err.to_json() if err else None,
+        "hints": [dict(h) for h in state.hints.get((conn, child_name), ())],
     }
 
 
@@ -271,3 +274,22 @@ def configured_tunnel(tid: str, conn: Conn, child: ConnChild, *, state: IkeState
                 "local_ts": list(child.local_ts), "remote_ts": list(child.remote_ts),
                 "dpd_action": child.dpd_action, "close_action": child.close_action, "dpd_delay": conn.dpd_delay},
     }
+
+
+def join_all(tunnels: Iterable[Mapping[str, Any]], state: IkeState, *, now: float, netns: str | None = "default",
+             grace: float = 10.0) -> list[dict[str, Any]]:
+    """A one-shot join (``monitor check``): the tunnels of ``netns`` (None: all) annotated, others unchanged,
+    then a configured tunnel for every child no kernel tunnel was joined to (``since`` = ``now``)."""
+    out: list[dict[str, Any]] = []
+    joined: set[tuple[str, str]] = set()
+    for t in tunnels:
+        if netns is not None and t.get("netns") != netns:
+            out.append(dict(t))
+            continue
+        a = annotate(t, state, now, grace)
+        if a.get("ike"):
+            joined.add((a["ike"]["conn"], a["ike"]["child"]))
+        out.append(a)
+    for tid, (conn, child) in unjoined(state, joined).items():
+        out.append(configured_tunnel(tid, conn, child, state=state, netns=netns or "default", since=now, now=now))
+    return out

@@ -17,8 +17,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from monitor.ike.client import Listing, ViciClient, ViciStatus
-from monitor.ike.join import IkeState, annotate, configured_tunnel, unjoined
+from monitor.ike.advice import AdviceConfig, conn_hints
+from monitor.ike.client import VICI_ERRORS, Listing, ViciClient, ViciStatus, describe, find_socket, read_listing
+from monitor.ike.join import IkeState, annotate, configured_tunnel, join_all, unjoined
 from monitor.ike.records import Conn, ConnChild
 from monitor.ike.rules import IkeError
 
@@ -43,11 +44,13 @@ class IkeCorrelator:
         inner: the correlator (or another decorator of it).
         netns: only tunnels of this netns are joined (charon sees one netns); None: every tunnel.
         grace: seconds before a kernel/charon disagreement is a finding (``monitor.ike.join.findings``).
+        advice: what the configuration hints assume of the peer (``[ike]``; ``monitor.ike.advice``).
     """
 
     def __init__(self, inner: Any, *, netns: str | None = "default", grace: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, advice: AdviceConfig | None = None) -> None:
         self._inner = inner
+        self.advice = advice or AdviceConfig()
         self.netns = netns
         self.grace = grace
         self.clock = clock
@@ -78,7 +81,7 @@ class IkeCorrelator:
             self._changed()
         elif isinstance(item, Listing):
             self.status["refreshed"] = item.ts
-            self.state = IkeState.of(item.sas, item.conns, item.ts, self.errors)
+            self.state = self._hinted(IkeState.of(item.sas, item.conns, item.ts, self.errors))
             self._changed()
         elif isinstance(item, IkeError):
             key = item.conn or ""
@@ -86,8 +89,12 @@ class IkeCorrelator:
             if item.code == "ike_down" and old is not None and item.ts - old.ts < KEEP_SPECIFIC:
                 return
             self.errors[key] = item
-            self.state = dataclasses.replace(self.state, errors=dict(self.errors))  # the indexes stay
+            self.state = self._hinted(dataclasses.replace(self.state, errors=dict(self.errors)))  # indexes stay
             self._changed(only_conn=key)
+
+    def _hinted(self, state: IkeState) -> IkeState:
+        """``state`` with its configuration hints (they depend on the SAs and errors too)."""
+        return dataclasses.replace(state, hints=conn_hints(state.conns, state.sas, state.errors, self.advice))
 
     def _changed(self, only_conn: str | None = None) -> None:
         """Re-read the tunnels an update concerns (all of one connection's for an error) and publish them."""
@@ -184,7 +191,27 @@ class IkeCorrelator:
     def detail_json(self) -> dict[str, Any]:
         """``/api/v1/ike``: the status, charon's SAs and connections as parsed, the last error per connection."""
         return {"status": self.status_json(), "sas": list(self.state.sas), "conns": list(self.state.conns),
-                "errors": [{"conn": k or None, **e.to_json()} for k, e in sorted(self.errors.items())]}
+                "errors": [{"conn": k or None, **e.to_json()} for k, e in sorted(self.errors.items())],
+                "hints": [dict(h) for hs in self.state.hints.values() for h in hs]}
+
+
+def join_once(tunnels: list[dict[str, Any]], path: str | None, *, timeout: float = 5.0, netns: str | None = "default",
+              advice: AdviceConfig | None = None, clock: Callable[[], float] = time.time
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``monitor check``'s IKE view: one read of charon (``path``, or the standard sockets when None), the
+    tunnels of ``netns`` (None: all) joined and the configured ones added; and the status (``connected``,
+    ``socket``, ``error``). No socket found, or charon not answering: the tunnels unchanged, and the status
+    says why."""
+    found = find_socket(path)
+    if found is None:
+        return tunnels, {"connected": False, "socket": None, "error": "no VICI socket found (kernel-only view)"}
+    try:
+        listing = read_listing(found, timeout=timeout, clock=clock)
+    except VICI_ERRORS as exc:
+        return tunnels, {"connected": False, "socket": found, "error": describe(exc, found)}
+    state = IkeState.of(listing.sas, listing.conns, listing.ts, {})
+    state = dataclasses.replace(state, hints=conn_hints(state.conns, state.sas, {}, advice or AdviceConfig()))
+    return join_all(tunnels, state, now=clock(), netns=netns), {"connected": True, "socket": found, "error": None}
 
 
 def disabled_status(why: str) -> dict[str, Any]:
@@ -201,11 +228,13 @@ class IkeService:
     """
 
     def __init__(self, view: IkeCorrelator, path: str | None, *, ready: asyncio.Event | None = None,
-                 failed: Callable[[], bool] = lambda: False, **client_args: Any) -> None:
+                 failed: Callable[[], bool] = lambda: False, client: Callable[..., Any] = ViciClient,
+                 **client_args: Any) -> None:
         self.view = view
         self.ready = ready
         self.failed = failed
-        self.client = ViciClient(path, view.apply, **client_args)
+        #: ``ViciClient`` (strongSwan) or ``monitor.ike.whack.WhackClient`` (libreswan): ``start(loop)``, ``stop()``
+        self.client = client(path, view.apply, **client_args)
 
     async def _start(self) -> None:
         if self.ready is not None:

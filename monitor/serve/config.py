@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.ike.advice import AdviceConfig
 from monitor.probe.targets import ProberConfig
 
 DEFAULT_HOST = "127.0.0.1"
@@ -100,6 +101,12 @@ class Settings:
     #: strongSwan's VICI socket for the IKE view: ``auto`` (kernel source: /var/run/charon.vici or /run/charon.vici,
     #: retried until charon is there; other sources: off), ``off``, or a socket path (any source).
     vici: str = "auto"
+    #: libreswan's pluto control socket for the IKE view (names from ``whack --showstates``): ``auto`` (kernel
+    #: source, ``vici`` auto, no charon socket but /run/pluto/pluto.ctl there at start), ``off``, or a path.
+    whack: str = "auto"
+    #: What the IKE view's configuration hints assume of the peer (TOML ``[ike]`` table only;
+    #: ``monitor.ike.advice.AdviceConfig``: ``peer_idle_timeout``, ``peer_child_lifetime``, ``peer_ike_lifetime``).
+    ike: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: Keyword arguments for the correlator's ``HealthConfig`` (TOML ``[health]`` table only).
     health: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: The keepalive prober's ``[prober]`` table (TOML only; off by default; ``monitor.probe.prober.ProberConfig``).
@@ -134,6 +141,22 @@ class Settings:
         if self.vici == "auto":
             return self.source_kind == "kernel", None
         return True, self.vici
+
+    @property
+    def ike_source(self) -> tuple[str, str | None]:
+        """``(kind, path)`` of the IKE view: ``("vici", socket or None = auto-detect)``, ``("whack", ctl)`` or
+        ``("off", None)``. An explicit ``whack`` path wins; ``auto`` picks libreswan only on a kernel source
+        with ``vici`` auto, no charon socket and pluto's control socket present."""
+        from monitor.ike.client import find_socket  # noqa: PLC0415 - a path probe, no vici import
+        from monitor.ike.whack import DEFAULT_CTL  # noqa: PLC0415
+
+        if self.whack not in ("auto", "off"):
+            return "whack", self.whack
+        on, path = self.vici_socket
+        if self.whack == "auto" and self.vici == "auto" and self.source_kind == "kernel" \
+                and find_socket(None) is None and os.path.exists(DEFAULT_CTL):
+            return "whack", DEFAULT_CTL
+        return ("vici", path) if on else ("off", None)
 
     @property
     def effective_stale_after(self) -> float:
@@ -186,6 +209,7 @@ def _validate(s: Settings) -> None:
     need(s.token is None or (len(s.token) >= 8 and not any(c.isspace() for c in s.token)),
          "token must be at least 8 characters without whitespace")
     need(bool(s.vici.strip()), "vici must be 'auto', 'off' or a socket path")
+    need(bool(s.whack.strip()), "whack must be 'auto', 'off' or pluto's control socket path")
     need(not (s.all_netns and s.netns), "netns and all_netns are mutually exclusive")
     need(s.history in ("auto", "on", "off"), f"history must be auto, on or off, got {s.history!r}")
     need(s.history_max_age > 0, f"history_max_age must be > 0 seconds, got {s.history_max_age}")
@@ -194,6 +218,7 @@ def _validate(s: Settings) -> None:
     for o in s.allowed_origins:
         need("://" in o, f"allowed_origins entries look like 'https://host:port', got {o!r}")
     ProberConfig.from_mapping(s.prober)  # raises ConfigError on a bad [prober] table
+    AdviceConfig.from_mapping(s.ike)  # and on a bad [ike] table
     if s.token is None and not is_loopback(s.host):
         raise ConfigError(
             f"refusing to listen on {s.host!r} without a token: binding to a non-loopback address exposes "
@@ -286,7 +311,7 @@ def read_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The ``MONITOR_*`` layer (``MONITOR_CONFIG`` is handled by :func:`load_settings`)."""
     layer: dict[str, Any] = {}
     for name in (*_FIELDS, *_EXTRA):
-        if name in ("health", "prober"):
+        if name in ("health", "prober", "ike"):
             continue
         var = ENV_PREFIX + name.upper()
         if var in env:

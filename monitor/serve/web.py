@@ -18,7 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from monitor.errors import ConfigError
+from monitor.ike.advice import AdviceConfig
+from monitor.ike.client import ViciClient
 from monitor.ike.view import IkeCorrelator, IkeService, disabled_status
+from monitor.ike.whack import WhackClient
 from monitor.probe.runner import ProbedCorrelator, ProberService, prober_from_settings
 from monitor.serve.config import Settings
 from monitor.serve.daemon import Daemon
@@ -167,10 +170,11 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     prober = prober_from_settings(settings.prober)  # None unless [prober] enabled = true
     if prober is not None:
         correlator = ProbedCorrelator(core, prober)  # merges the tunnel JSON's `probe` field
-    ike_on, vici_path = settings.vici_socket
+    ike_kind, ike_path = settings.ike_source
     ike: IkeCorrelator | None = None
-    if ike_on:  # outermost: the kernel tunnels it annotates already carry `probe`
-        ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None)
+    if ike_kind != "off":  # outermost: the kernel tunnels it annotates already carry `probe`
+        ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None,
+                            advice=AdviceConfig.from_mapping(settings.ike))
         correlator = ike
     src = source if source is not None else build_source(settings)
     hub = Hub(correlator, ring_size=settings.ring_size, client_queue=settings.client_queue,
@@ -212,13 +216,14 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
         view.core_clock = daemon.clock
         view.publish = lambda ids: hub.publish_tunnels_soon(ids, daemon.clock())
         app[IKE_STATUS] = (view.status_json, view.detail_json)
-        service = IkeService(view, vici_path, ready=daemon.opened, failed=lambda: daemon.state == "failed")
+        service = IkeService(view, ike_path, ready=daemon.opened, failed=lambda: daemon.state == "failed",
+                             client=WhackClient if ike_kind == "whack" else ViciClient)
         app.cleanup_ctx.append(service.cleanup_ctx)
     else:
         why = "off (--no-vici / vici = off)" if settings.vici == "off" else \
             f"off for the {settings.source_kind} source (set vici to a socket path to use one)"
         app[IKE_STATUS] = (lambda: disabled_status(why), lambda: {"status": disabled_status(why), "sas": [],
-                                                                  "conns": [], "errors": []})
+                                                                  "conns": [], "errors": [], "hints": []})
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/api/v1/tunnels", tunnels_handler)
     app.router.add_get("/api/v1/tunnels/{id}", tunnel_handler)

@@ -101,3 +101,22 @@ def test_charon_restart_is_survived(vm_scenario: Any) -> None:
     log = (rw / "serve.log").read_text()
     assert "Traceback" not in log
     assert log.count("IKE view unavailable") == 1, log
+
+
+def test_start_action_hint_from_a_real_charon(vm_scenario: Any) -> None:
+    """The configuration hints of a real charon's list-conns: the connection nothing initiates (``idle``,
+    ``start_action = none``; swanctl lists no IKE_SA for it) and only it gets the ``start_action`` hint, in
+    ``/api/v1/ike`` and on its tunnel's ``ike`` block; the failing ones (something tried) and ``gw`` (up) do not."""
+    rw = vm_scenario("ike")
+    ike = json.loads((rw / "ike-1.json").read_text())
+    with_hint = {h["conn"] for h in ike["hints"] if h["code"] == "start_action"}
+    swanctl_ike = {m[1] for line in (rw / "swanctl-sas-1.txt").read_text().splitlines() if (m := _IKE.match(line))}
+    assert "idle" not in swanctl_ike, swanctl_ike
+    assert with_hint == {"idle"}, ike["hints"]
+    t = _tunnels(rw, "tunnels-1.json")["ike:idle:never"]
+    (hint,) = [h for h in t["ike"]["hints"] if h["code"] == "start_action"]
+    assert (hint["severity"], hint["child"]) == ("warning", "never")
+    assert "start_action = start (or trap)" in hint["text"]
+    gw = [t for t in _tunnels(rw, "tunnels-1.json").values() if (t.get("ike") or {}).get("conn") == "gw"]
+    assert gw
+    assert all("start_action" not in [h["code"] for h in t["ike"]["hints"]] for t in gw)

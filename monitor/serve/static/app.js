@@ -11,7 +11,7 @@
   const BAD = new Set(["tunnel_down", "rekey_failed", "negotiation_failed", "integrity_errors"]);
   const GOOD = new Set(["tunnel_up", "rekey_completed"]);
   const WARN = new Set(["acquire", "sa_expired", "replay_errors", "resync", "nat_mapping_changed"]);
-  const INFO = new Set(["rekey_started", "state_changed"]);
+  const INFO = new Set(["rekey_started", "state_changed", "tunnel_superseded"]);
 
   const params = new URLSearchParams(location.search);
   const token = params.get("token") || sessionStorage.getItem("monitor-token") || "";
@@ -114,12 +114,17 @@
     if (f.states.size && !f.states.has(t.state)) return false;
     if (f.netns && t.netns !== f.netns) return false;
     if (f.text) {
-      const hay = [t.id, t.netns, t.local, t.remote, String(t.reqid), t.state,
+      const hay = [t.id, t.netns, t.local, t.remote, String(t.reqid), t.state, ikeNames(t.ike),
         ...(t.reasons || []).map((r) => r.code + " " + r.text),
         ...(t.selectors || []).map((s) => JSON.stringify(s))].join(" ").toLowerCase();
       if (!hay.includes(f.text)) return false;
     }
     return true;
+  }
+  // conn/child of an `ike` block (a tunnel's, or an event's detail.ike); "" when the IKE view has no name for it
+  function ikeNames(ike) {
+    if (!ike || !ike.conn) return "";
+    return ike.child ? `${ike.conn}/${ike.child}` : ike.conn;
   }
   function reasonsCell(t) {
     const td = el("td", "reasons");
@@ -131,6 +136,11 @@
       td.appendChild(d);
     }
     for (const h of t.hints || []) td.appendChild(el("div", "sub", "hint: " + (h.text || h.code || h)));
+    for (const h of (t.ike && t.ike.hints) || []) {  // configuration advice from the IKE daemon's config
+      const d = el("div", "sub ike-hint", `config (${h.code}): ${h.text}`);
+      if (h.severity === "warning") d.classList.add("warn");
+      td.appendChild(d);
+    }
     return td;
   }
   function expiryText(t) {
@@ -150,6 +160,8 @@
     link.addEventListener("click", (e) => e.stopPropagation());
     const idBox = el("div");
     idBox.appendChild(link);
+    const named = ikeNames(t.ike);
+    if (named) idBox.appendChild(el("span", "ike-names", " " + named));
     who.appendChild(idBox);
     who.appendChild(el("div", "sub", `${t.local} ⇄ ${t.remote} · reqid ${t.reqid} · ${t.netns}`));
     tr.appendChild(who);
@@ -248,6 +260,10 @@
     for (const [k, v] of Object.entries(detail)) {
       if (k === "from" || k === "to" || v === null || (Array.isArray(v) && !v.length)) continue;
       if (k === "text" || (k === "reason" && detail.text)) continue;
+      if (k === "ike" && typeof v === "object") {  // names go beside the tunnel; charon's last failure stays
+        if (v.last_error && v.last_error.code) parts.push(`ike_error=${v.last_error.code}`);
+        continue;
+      }
       if (k === "reasons" && Array.isArray(v)) { parts.push(v.map((r) => r.code || r).join(", ")); continue; }
       parts.push(`${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
     }
@@ -264,6 +280,8 @@
     li.appendChild(el("span", "ev-time", clockTime(ev.ts) + " "));
     li.appendChild(el("span", "ev-type " + cls, ev.type));
     li.appendChild(document.createTextNode(" " + (ev.tunnel || ev.netns || "") + " "));
+    const evNames = ikeNames(ev.detail && ev.detail.ike);
+    if (evNames) li.appendChild(el("span", "ike-names", evNames + " "));
     li.appendChild(el("span", "sub", summary(ev.detail)));
     li.title = `#${ev.seq} ${JSON.stringify(ev.detail)}`;
     eventsEl.prepend(li);

@@ -80,6 +80,7 @@
     back.href = "#/";
     head.appendChild(back);
     head.appendChild(el("h2", "", t ? t.id : current.id));
+    if (t && t.ike && t.ike.conn) head.appendChild(el("span", "ike-names", t.ike.child ? `${t.ike.conn}/${t.ike.child}` : t.ike.conn));
     if (t) head.appendChild(el("span", "state s-" + t.state, t.state));
     frag.appendChild(head);
     if (t) {
