@@ -194,7 +194,8 @@ class SwanChild:
 
 
 _CHILD = re.compile(r"^\s+(\S+): #\d+, reqid (\d+), (\S+),")
-_SPI_LINE = re.compile(r"^\s+(in|out)\s+([0-9a-f]{8})(?:_i)?(?:_o)?,\s+(\d+) bytes,\s+(\d+) packets")
+# "in  c5e94d19 (-|0x0000002a),  0 bytes, ...": a child with a mark or if_id shows "(mark|if_id)" after the SPI
+_SPI_LINE = re.compile(r"^\s+(in|out)\s+([0-9a-f]{8})(?:_i)?(?:_o)?(?: \([^)]*\))?,\s+(\d+) bytes,\s+(\d+) packets")
 _TS = re.compile(r"^\s+(local|remote)\s+(\S+/\d+)")
 
 

@@ -44,7 +44,10 @@ def _tunnels(rw: Path, name: str) -> dict[str, dict[str, Any]]:
 def _check_joined(rw: Path, n: int) -> None:
     tunnels = _tunnels(rw, f"tunnels-{n}.json")
     ref = [c for c in swanctl_children((rw / f"swanctl-sas-{n}.txt").read_text()) if c["state"] == "INSTALLED"]
-    assert ("gw", "net") in {(c["conn"], c["child"]) for c in ref}, ref
+    assert {("gw", "net"), ("gw", "vti")} <= {(c["conn"], c["child"]) for c in ref}, ref
+    # the route-based child: its kernel tunnel carries the xfrm interface id, and the name joined to it
+    (vti,) = [t for t in tunnels.values() if t.get("if_id") == 42]
+    assert (vti["ike"]["conn"], vti["ike"]["child"]) == ("gw", "vti"), vti["ike"]
     for c in ref:
         kernel = [t for t in tunnels.values() if t["reqid"] == c["reqid"] and not t["id"].startswith("ike:")]
         assert len(kernel) == 1, (c, list(tunnels))

@@ -111,6 +111,19 @@ def test_parse_swanctl_sas() -> None:
     assert (ch.local_ts, ch.remote_ts) == (("10.10.1.1/32",), ("10.20.1.1/32",))
 
 
+def test_parse_swanctl_sas_route_based_child() -> None:
+    """A child with an if_id (or mark) prints "(mark|if_id)" after each SPI (a real swanctl 5.9 line)."""
+    text = ("gw: #1, ESTABLISHED, IKEv2, 1111111111111111_i* 2222222222222222_r\n"
+            "  vti: #4, reqid 2, INSTALLED, TUNNEL, ESP:AES_CBC-128/HMAC_SHA2_256_128\n"
+            "    installed 24s ago, rekeying in 3241s, expires in 3936s\n"
+            "    in  c5e94d19 (-|0x0000002a),      0 bytes,     0 packets\n"
+            "    out cdb2194a (-|0x0000002a),      0 bytes,     0 packets\n"
+            "    local  0.0.0.0/0\n    remote 0.0.0.0/0\n")
+    (ch,) = parse_swanctl_sas(text)
+    assert (ch.name, ch.reqid, ch.in_spi, ch.out_spi) == ("vti", 2, 0xC5E94D19, 0xCDB2194A)
+    assert (ch.local_ts, ch.remote_ts) == (("0.0.0.0/0",), ("0.0.0.0/0",))
+
+
 def test_parse_ip_xfrm_policy() -> None:
     """Selectors, directions, template addresses and reqids; socket policies are marked."""
     pols = parse_ip_xfrm_policy(POLICY)

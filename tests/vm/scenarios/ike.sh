@@ -58,7 +58,7 @@ charon {
 }
 EOT
 }
-conn() {  # conn NAME REMOTE LID RID CHILD LTS RTS ESP START LOCAL
+conn() {  # conn NAME REMOTE LID RID CHILD LTS RTS ESP START LOCAL [MORE_CHILDREN]
   cat <<EOT
   $1 {
     version = 2
@@ -82,15 +82,19 @@ conn() {  # conn NAME REMOTE LID RID CHILD LTS RTS ESP START LOCAL
         dpd_action = restart
         start_action = $9
       }
+${11:-}
     }
   }
 EOT
 }
 secret() { printf '  ike-%s {\n    id-1 = %s\n    id-2 = %s\n    secret = "%s"\n  }\n' "$1" "$2" "$3" "$4"; }
 conf a; conf b
+vti() {  # vti START: a route-based child in the gw IKE_SA (xfrm interface id 42, 0.0.0.0/0 selectors)
+  printf '      vti {\n        local_ts = 0.0.0.0/0\n        remote_ts = 0.0.0.0/0\n        esp_proposals = aes128-sha256\n        if_id_in = 42\n        if_id_out = 42\n        start_action = %s\n      }\n' "$1"
+}
 {
   echo "connections {"
-  conn gw 192.0.2.2 gw-a gw-b net 10.10.1.1/32 10.20.1.1/32 aes128-sha256 start 192.0.2.1
+  conn gw 192.0.2.2 gw-a gw-b net 10.10.1.1/32 10.20.1.1/32 aes128-sha256 start 192.0.2.1 "$(vti start)"
   conn badpsk 192.0.2.2 bad-a bad-b bad 10.10.2.1/32 10.20.2.1/32 aes128-sha256 start 192.0.2.1
   conn badesp 192.0.2.2 esp-a esp-b esp 10.10.4.1/32 10.20.4.1/32 aes256-sha512 start 192.0.2.1
   conn dead 192.0.2.99 dead-a dead-b void 10.10.5.1/32 10.20.5.1/32 aes128-sha256 start 192.0.2.1
@@ -102,7 +106,7 @@ conf a; conf b
 } > "$WORK/a/swanctl.conf"
 {
   echo "connections {"
-  conn gw 192.0.2.1 gw-b gw-a net 10.20.1.1/32 10.10.1.1/32 aes128-sha256 none 192.0.2.2
+  conn gw 192.0.2.1 gw-b gw-a net 10.20.1.1/32 10.10.1.1/32 aes128-sha256 none 192.0.2.2 "$(vti none)"
   conn badpsk 192.0.2.1 bad-b bad-a bad 10.20.2.1/32 10.10.2.1/32 aes128-sha256 none 192.0.2.2
   conn badesp 192.0.2.1 esp-b esp-a esp 10.20.4.1/32 10.10.4.1/32 aes128-sha256 none 192.0.2.2
   echo "}"; echo "secrets {"
@@ -137,7 +141,8 @@ log "a's connections loaded (start_action = start initiates gw, badpsk, badesp, 
 view1() {
   local t; t=$(get /api/v1/tunnels) || return 1
   sw "$WORK/a.vici" --list-sas 2>/dev/null | grep -q 'net: #.*INSTALLED' &&
-  grep -q '"conn":"gw","child":"net"' <<< "$t" && grep -q '"id":"ike:idle:never"' <<< "$t" &&
+  grep -q '"conn":"gw","child":"net"' <<< "$t" && grep -q '"conn":"gw","child":"vti"' <<< "$t" &&
+  grep -q '"id":"ike:idle:never"' <<< "$t" &&
   grep -q '"code":"auth_failed"' <<< "$t" && grep -q '"code":"no_proposal"' <<< "$t" &&
   grep -q '"code":"peer_unreachable"' <<< "$t"
 }
