@@ -148,3 +148,12 @@ def test_every_setting_documented() -> None:
         assert f"`{f.name}`" in text, f"{f.name} missing from docs/configuration.md"
         if f.name not in ("health", "prober", "ike"):  # TOML tables only
             assert f"MONITOR_{f.name.upper()}" in text, f"MONITOR_{f.name.upper()} missing"
+
+
+def test_ike_view_joins_the_one_watched_namespace() -> None:
+    """charon in a namespace, the monitor watching that namespace (``--netns X --vici SOCKET``): the IKE view
+    joins X's tunnels; before, it joined only ``default`` and named nothing."""
+    assert Settings(netns=("gw-x",)).ike_netns == "gw-x"
+    assert Settings().ike_netns == "default"
+    assert Settings(netns=("a", "b")).ike_netns == "default"
+    assert Settings(source="simulate").ike_netns is None

@@ -134,6 +134,14 @@ class Settings:
         return self.history == "on"
 
     @property
+    def ike_netns(self) -> str | None:
+        """The namespace whose tunnels the IKE view joins: charon sees one. A kernel source watching one named
+        namespace (``--netns X``, charon running in X) joins X; otherwise ``default``; other sources: all."""
+        if self.source_kind != "kernel":
+            return None
+        return self.netns[0] if len(self.netns) == 1 else "default"
+
+    @property
     def vici_socket(self) -> tuple[bool, str | None]:
         """``(enabled, path)`` of the IKE view: path None = auto-detect."""
         if self.vici == "off":

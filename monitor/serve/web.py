@@ -173,7 +173,7 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     ike_kind, ike_path = settings.ike_source
     ike: IkeCorrelator | None = None
     if ike_kind != "off":  # outermost: the kernel tunnels it annotates already carry `probe`
-        ike = IkeCorrelator(correlator, netns="default" if settings.source_kind == "kernel" else None,
+        ike = IkeCorrelator(correlator, netns=settings.ike_netns,
                             advice=AdviceConfig.from_mapping(settings.ike))
         correlator = ike
     src = source if source is not None else build_source(settings)
