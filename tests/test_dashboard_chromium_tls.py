@@ -129,6 +129,8 @@ async def test_dashboard_over_https_with_a_pinned_test_certificate(tmp_path: Pat
             assert sockets, [m for m, _ in rec.events][:50]
             assert all(u.startswith(f"wss://127.0.0.1:{pinned.base.rsplit(':', 1)[1].rstrip('/')}/ws")
                        for u in sockets), sockets
+            # the token travels in Sec-WebSocket-Protocol ("bearer.<token>"), never in the URL
+            assert not [u for u in sockets if "token=" in u], sockets
             failed = [p for m, p in rec.events if m == "Network.loadingFailed"]
             assert failed == [], failed
             assert not rec.exceptions, rec.exceptions

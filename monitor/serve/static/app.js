@@ -406,12 +406,22 @@
       }
     } finally { draining = false; }
   }
+  // The token goes in the Sec-WebSocket-Protocol header ("bearer.<token>", docs/api.md), not in the URL
+  // (URLs end up in logs and proxies); a token a subprotocol cannot carry falls back to ?token=.
+  function openSocket(q) {
+    const base = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?";
+    if (!token) return new WebSocket(base + q);
+    try {
+      return new WebSocket(base + q, ["monitor.v1", "bearer." + token]);
+    } catch (err) {
+      q.set("token", token);
+      return new WebSocket(base + q);
+    }
+  }
   function connect() {
     const q = new URLSearchParams();
-    if (token) q.set("token", token);
     if (state.lastSeq !== null) q.set("since", String(state.lastSeq));
-    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?" + q;
-    const ws = new WebSocket(url);
+    const ws = openSocket(q);
     state.ws = ws;
     ws.onopen = () => { setConn(true, "live"); state.backoff = 500; };
     ws.onmessage = (e) => {
