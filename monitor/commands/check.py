@@ -38,6 +38,7 @@ from monitor.health.correlate import Correlator
 from monitor.health.model import HealthConfig
 from monitor.health.pipeline import Pipeline
 from monitor.render import colour_enabled, format_tunnel
+from monitor.serve.hub import netns_docs
 from monitor.sources import netns as N
 from monitor.sources.items import Control, Datagram
 from monitor.sources.simfleet import Fleet, FleetConfig
@@ -165,7 +166,7 @@ def _count_sas(tunnels: Iterable[Mapping[str, Any]]) -> int:
 
 def _netns_docs(correlator: Any, now: float, out: list[dict[str, Any]] | None) -> None:
     if out is not None:
-        out.extend(d for d in (correlator.netns_json(ns, now) for ns in correlator.netns_names()) if d is not None)
+        out.extend(netns_docs(correlator, now))
 
 
 def read_replay(path: str, health: Mapping[str, Any] | None = None,

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from monitor.errors import MonitorError
 from monitor.serve.heap import HeapTrimmer
-from monitor.serve.hub import Hub
+from monitor.serve.hub import Hub, netns_docs
 from monitor.sources.items import Control, Source
 
 log = logging.getLogger(__name__)
@@ -378,17 +378,10 @@ class Daemon:
 
     def publish_netns(self, now: float) -> None:
         """Send a ``netns`` message for each namespace whose hints or ``xfrm_stat`` changed since the last one."""
-        names = getattr(self.core, "netns_names", None)
-        view = getattr(self.core, "netns_json", None)
-        if names is None or view is None:
-            return
-        for ns in names():
-            doc = view(ns, now)
-            if doc is None:
-                continue
+        for doc in netns_docs(self.core, now):
             sig = (tuple((h["code"], h["text"]) for h in doc["hints"]), tuple(sorted((doc["xfrm_stat"] or {}).items())))
-            if self._netns_sig.get(ns) != sig:
-                self._netns_sig[ns] = sig
+            if self._netns_sig.get(doc["netns"]) != sig:
+                self._netns_sig[doc["netns"]] = sig
                 self.hub.publish_netns(doc, now)
 
     async def _lag_probe(self) -> None:

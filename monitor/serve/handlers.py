@@ -16,7 +16,7 @@ from aiohttp import web
 
 from monitor.serve.config import Settings
 from monitor.serve.daemon import Daemon
-from monitor.serve.hub import Hub
+from monitor.serve.hub import Hub, netns_docs
 from monitor.serve.metrics import MonitorSample, scrape_chunks
 from monitor.serve.protocol import SCHEMA, Filters, TunnelView, dumps
 
@@ -144,22 +144,13 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     return json_response({"schema": SCHEMA, "seq": request.app[HUB].seq, "ts": daemon.wall(now), "tunnel": t})
 
 
-def _netns_docs(view: Any, now: float, only: str | None = None) -> list[dict[str, Any]]:
-    """The correlator's namespace views (hints, xfrm_stat, counts); none from a core without them."""
-    names = getattr(view, "netns_names", None)
-    if names is None:
-        return []
-    docs = (view.netns_json(ns, now) for ns in names() if only is None or ns == only)
-    return [d for d in docs if d is not None]
-
-
 async def netns_list_handler(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/netns``: every namespace's hints (``XfrmInNoPols`` ..., uncovered ranges, overlaps),
     ``/proc/net/xfrm_stat`` counters and counts."""
     view, daemon = request.app[CORRELATOR], request.app[DAEMON]
     now = daemon.clock()
     return json_response({"schema": SCHEMA, "seq": request.app[HUB].seq, "ts": daemon.wall(now),
-                          "netns": _netns_docs(view, now)})
+                          "netns": netns_docs(view, now)})
 
 
 async def netns_handler(request: web.Request) -> web.StreamResponse:
@@ -167,7 +158,7 @@ async def netns_handler(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     view, daemon = request.app[CORRELATOR], request.app[DAEMON]
     now = daemon.clock()
-    docs = _netns_docs(view, now, name)
+    docs = netns_docs(view, now, name)
     if not docs:
         return error(404, "not_found", f"no namespace {name!r} is watched")
     return json_response({"schema": SCHEMA, "seq": request.app[HUB].seq, "ts": daemon.wall(now), "netns": docs[0]})
@@ -222,7 +213,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
     """``GET /metrics``: Prometheus text format."""
     daemon, hub = request.app[DAEMON], request.app[HUB]
     now = daemon.clock()
-    xfrm_stat = {d["netns"]: d["xfrm_stat"] for d in _netns_docs(request.app[CORRELATOR], now) if d.get("xfrm_stat")}
+    xfrm_stat = {d["netns"]: d["xfrm_stat"] for d in netns_docs(request.app[CORRELATOR], now) if d.get("xfrm_stat")}
     mon = MonitorSample(enobufs=dict(daemon.enobufs), resyncs=daemon.resyncs(), lag=daemon.lag,
                         dumps=daemon.dump_stats(), now=now, clients=len(hub.clients),
                         gaps=hub.gaps_total, dropped=hub.dropped_total, stalled=hub.stalled_total,

@@ -234,14 +234,9 @@ class Hub:
 
     def push_netns_to(self, c: Client, now: float) -> None:
         """Queue every namespace's current view for one (new) client."""
-        names = getattr(self.view, "netns_names", None)
-        view = getattr(self.view, "netns_json", None)
-        if names is None or view is None:
-            return
-        for name in names():
-            doc = view(name, now)
-            if doc is not None and (not c.filters.netns or name in c.filters.netns):
-                c.push_netns(name, self.seq, self._netns_message(doc, now))
+        for doc in netns_docs(self.view, now):
+            if not c.filters.netns or doc["netns"] in c.filters.netns:
+                c.push_netns(doc["netns"], self.seq, self._netns_message(doc, now))
 
     def _netns_message(self, doc: Mapping[str, Any], now: float) -> bytes:
         return dumps({"schema": SCHEMA, "type": "netns", "seq": self.seq, "ts": self.wall(now), "netns": doc})
@@ -376,3 +371,12 @@ class Hub:
     def stalled(self, now_monotonic: float) -> list[Client]:
         """Clients with queued data and no progress for ``stall_timeout`` seconds."""
         return [c for c in self.clients if c.q and now_monotonic - c.progress > self.stall_timeout]
+
+
+def netns_docs(view: Any, now: float, only: str | None = None) -> list[dict[str, Any]]:
+    """The correlator's namespace views (``docs/schema/netns.json``); none from a core without them."""
+    names = getattr(view, "netns_names", None)
+    if names is None:
+        return []
+    docs = (view.netns_json(ns, now) for ns in names() if only is None or ns == only)
+    return [d for d in docs if d is not None]
