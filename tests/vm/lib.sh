@@ -108,6 +108,22 @@ charon_start() {
   log "charon starting in netns $ns (pid $BG_PID)"
 }
 
+# two_gateways A B INNER_A INNER_B: netns A and B joined by a veth (gw0 in each), outer addresses 198.51.100.1 (A)
+# and .2 (B), INNER_A/INNER_B on each side's loopback, routed to each other over the veth (what the tunnel carries).
+two_gateways() {
+  local a=$1 b=$2 ia=$3 ib=$4
+  ip netns add "$a" || fail "netns add $a"
+  ip netns add "$b" || fail "netns add $b"
+  ip link add gw0 netns "$a" type veth peer name gw0 netns "$b" || fail "veth"
+  ip -n "$a" addr add 198.51.100.1/24 dev gw0
+  ip -n "$b" addr add 198.51.100.2/24 dev gw0
+  for ns in "$a" "$b"; do ip -n "$ns" link set lo up; ip -n "$ns" link set gw0 up; done
+  ip -n "$a" addr add "$ia/32" dev lo
+  ip -n "$b" addr add "$ib/32" dev lo
+  ip -n "$a" route add "$ib/32" via 198.51.100.2 dev gw0 src "$ia" || fail "route $a"
+  ip -n "$b" route add "$ia/32" via 198.51.100.1 dev gw0 src "$ib" || fail "route $b"
+}
+
 # strongswan_conf SIDE [CHARON_LINES]: $WORK/SIDE/strongswan.conf for a charon with only the plugins a PSK tunnel
 # needs (fast start under TCG), its vici socket at $WORK/SIDE.vici, and CHARON_LINES (options) added in `charon {}`.
 strongswan_conf() {

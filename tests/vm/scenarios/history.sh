@@ -23,18 +23,7 @@ scenario_cleanup() {
 }
 
 warm_crypto
-ip netns add "$A" || fail "netns add $A"
-ip netns add "$B" || fail "netns add $B"
-ip link add veth-ha netns "$A" type veth peer name veth-hb netns "$B" || fail "veth"
-ip -n "$A" addr add 198.51.100.1/24 dev veth-ha
-ip -n "$B" addr add 198.51.100.2/24 dev veth-hb
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set veth-ha up
-ip -n "$B" link set veth-hb up
-ip -n "$A" addr add 10.30.1.1/32 dev lo
-ip -n "$B" addr add 10.40.1.1/32 dev lo
-ip -n "$A" route add 10.40.1.1/32 via 198.51.100.2 dev veth-ha src 10.30.1.1 || fail "route a"
-ip -n "$B" route add 10.30.1.1/32 via 198.51.100.1 dev veth-hb src 10.40.1.1 || fail "route b"
+two_gateways "$A" "$B" 10.30.1.1 10.40.1.1
 log "network up"
 
 mkdir -p "$STATE"

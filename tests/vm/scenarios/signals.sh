@@ -20,19 +20,8 @@ scenario_cleanup() {
 }
 
 warm_crypto
-ip netns add "$A" || fail "netns add $A"
-ip netns add "$B" || fail "netns add $B"
-ip link add veth-sa netns "$A" type veth peer name veth-sb netns "$B" || fail "veth"
-ip -n "$A" addr add 198.51.100.1/24 dev veth-sa
-ip -n "$B" addr add 198.51.100.2/24 dev veth-sb
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set veth-sa up
-ip -n "$B" link set veth-sb up
-ip -n "$A" addr add 10.50.1.1/32 dev lo
-ip -n "$B" addr add 10.60.1.1/32 dev lo
-ip -n "$A" route add 10.60.1.1/32 via 198.51.100.2 dev veth-sa src 10.50.1.1 || fail "route a"
-ip -n "$B" route add 10.50.1.1/32 via 198.51.100.1 dev veth-sb src 10.60.1.1 || fail "route b"
-ip -n "$A" route add 192.0.2.99/32 via 198.51.100.2 dev veth-sa || fail "route to the blocked address"
+two_gateways "$A" "$B" 10.50.1.1 10.60.1.1
+ip -n "$A" route add 192.0.2.99/32 via 198.51.100.2 dev gw0 || fail "route to the blocked address"
 log "network up"
 
 cat > "$WORK/serve.toml" <<EOT
