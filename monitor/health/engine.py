@@ -269,9 +269,32 @@ class Engine:
             if t.had_sa and t.gone_sels:
                 self._orphans.setdefault((t.netns, t.lo, t.hi), set()).add(t.id)
         pair = t.newest_pair()
+        if (pair[0] is None or pair[1] is None) and not quiet and t.state is not TunnelState.DOWN \
+                and (t.held_since is not None or (t.gone_sels and not t.policies)) and self._hold_down(t, now):
+            return  # held: once started, until both directions are back or supersede_grace ran out
         hm = expiry_margin(pair[0], pair[1], self.config.expiring_margin)
         self._evaluate(t, now, quiet, pair, hm)
+        if t.held_since is not None:
+            if t.state is TunnelState.DOWN:  # the hold ran out: down since the moment it started
+                t.since = t.held_since
+            t.held_since = None
         self._schedule(t, now, pair, hm)
+
+    def _hold_down(self, t: Tunnel, now: float) -> bool:
+        """True while ``t`` (it had SAs, its policies were removed, a direction is gone) is held in its state
+        for ``supersede_grace``: a daemon re-negotiating under a new reqid (libreswan 4.10 replacing a first
+        Child SA) deletes the old SAs and policies before the new ones come, and ``Policies._take_over`` then
+        supersedes it; only a hold that runs out calls it ``down``."""
+        grace = self.config.supersede_grace
+        if t.held_since is None:
+            t.held_since = now
+        until = t.held_since + grace
+        if now >= until:
+            return False
+        if until < t.timer_at:
+            t.timer_at = until
+            heapq.heappush(self._heap, (until, 0, t.id))
+        return True
 
     def _evaluate(self, t: Tunnel, now: float, quiet: bool, pair: Pair, hm: tuple[float, float]) -> None:
         """Turn the evidence into a trigger and walk ``TRANSITIONS`` to a fixed point, emitting events.

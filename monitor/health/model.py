@@ -59,6 +59,11 @@ class HealthConfig:
     forget_after: float = 3600.0
     """A down tunnel with no policy left is dropped from the view after this long. Tunnels that
     still have a policy (configured but down) are never dropped."""
+    supersede_grace: float = 5.0
+    """A tunnel that had SAs, whose policies were all removed and which lost a direction, is held in its
+    state this long before it is called ``down``: an IKE daemon that re-negotiates under a new reqid
+    (libreswan replacing a first Child SA) deletes the old SAs and policies before it installs the new
+    ones, and the old tunnel is then ``superseded``, not down. 0: no hold."""
     hint_ttl: float = 600.0
     """An ``xfrm_stat`` hint stays attached this long after the counter last increased."""
     lint_interval: float = 5.0
@@ -93,7 +98,7 @@ class HealthConfig:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"[health] max_local_ranges must be a non-negative integer, not {limit!r}")
         for name in ("idle_after", "one_way_after", "acquire_grace", "expiring_margin", "errors_window",
-                     "tombstone_ttl", "forget_after", "hint_ttl", "lint_interval", "recent_rekey"):
+                     "tombstone_ttl", "forget_after", "supersede_grace", "hint_ttl", "lint_interval", "recent_rekey"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"[health] {name} must be a non-negative, finite number of seconds, not {value!r}")

@@ -126,6 +126,7 @@ class Tunnel:
         "gone_sels",
         "had_sa",
         "halves",
+        "held_since",
         "hi",
         "hints",
         "id",
@@ -202,6 +203,7 @@ class Tunnel:
         self.had_sa = False  # some SA was ever installed (a policy-only tunnel leaves with its policies)
         self.successor: str | None = None  # id of the tunnel that took its policies under a new reqid
         self.gone_sels: frozenset[tuple[Any, ...]] | None = None  # selectors of its removed policies
+        self.held_since: float | None = None  # left with no policy and a direction missing: down held from here
         self.in_since = 0.0  # when inbound bytes started moving after a pause of one_way_after or more
         self.policies_gone = 0.0  # when the last policy went (core time); 0: never had one, or has some
         self.err_until = 0.0
