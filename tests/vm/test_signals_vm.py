@@ -1,6 +1,7 @@
 """Issue 12's signals on a real kernel with real strongSwan (tests/vm/scenarios/signals.sh): NAT-T
 encapsulation, anti-replay sequence numbers and namespace hints, against ``ip -s xfrm state`` and
-``/proc/net/xfrm_stat`` taken at the same quiet point. The kernel's text is parsed here, not by the monitor.
+``/proc/net/xfrm_stat`` taken at the same quiet point, and a second tunnel over IPv6 outer addresses. The
+kernel's text is parsed here, not by the monitor.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def _kernel_sas(text: str) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _tunnels(sig: Path) -> list[dict[str, Any]]:
-    return list(json.loads((sig / "sig-tunnels.json").read_text())["tunnels"])
+def _tunnels(sig: Path, family: int = 4) -> list[dict[str, Any]]:
+    """The tunnels whose outer addresses are IPv4 (``family`` 4) or IPv6 (6)."""
+    return [t for t in json.loads((sig / "sig-tunnels.json").read_text())["tunnels"]
+            if (":" in t["local"]) == (family == 6)]
 
 
 def test_nat_t_encapsulation_is_shown_as_the_kernel_has_it(sig: Path) -> None:
@@ -90,3 +93,26 @@ def test_namespace_hints_from_real_policies_and_xfrm_stat(sig: Path) -> None:
     assert int(stat["XfrmOutPolBlock"]) >= 1, stat
     assert "XfrmOutPolBlock" in codes, ns["hints"]
     assert ns["xfrm_stat"]["XfrmOutPolBlock"] >= 1
+
+
+def test_a_tunnel_over_ipv6_outer_addresses_equals_the_kernel(sig: Path) -> None:
+    """``tun6``: IPv6 outer addresses (2001:db8:51::1 <-> ::2), IPv6 selectors, 10 pings: one tunnel, up, both
+    SAs with the kernel's SPIs, packets and sequence numbers, local and remote the right way round."""
+    kernel = _kernel_sas((sig / "sig-xfrm-state.txt").read_text())
+    (tunnel,) = _tunnels(sig, family=6)
+    assert (tunnel["local"], tunnel["remote"], tunnel["state"]) == ("2001:db8:51::1", "2001:db8:51::2", "up"), tunnel
+    assert tunnel["udp_encap"] is False
+    assert [(s["src"], s["dst"]) for s in tunnel["selectors"]] == [("2001:db8:a::1/128", "2001:db8:b::1/128")]
+    by_dir = {sa["direction"]: sa for sa in tunnel["sas"]}
+    assert set(by_dir) == {"in", "out"}, tunnel["sas"]
+    text = (sig / "sig-xfrm-state.txt").read_text()
+    for sa in tunnel["sas"]:
+        k = kernel[int(sa["spi"], 16)]
+        assert (sa["encap"], k["encap"]) == (None, None), (sa, k)
+        assert sa["packets"] == k["packets"], (sa, k, sig)
+        assert (sa["seq"], sa["oseq"]) == (k["seq"], k["oseq"]), (sa, k)
+        src, dst = ("2001:db8:51::2", "2001:db8:51::1") if sa["direction"] == "in" else \
+            ("2001:db8:51::1", "2001:db8:51::2")
+        assert re.search(rf"^src {src} dst {dst}\n\s+proto esp spi {sa['spi']}\(", text, re.M), (sa, text)
+    assert by_dir["out"]["oseq"] >= 10, by_dir["out"]
+    assert min(tunnel["packets_in"], tunnel["packets_out"]) >= 10, tunnel

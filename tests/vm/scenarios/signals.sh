@@ -4,6 +4,8 @@
 # behind a NAT: the SAs carry XFRMA_ENCAP espinudp 4500/4500), ping traffic through it; `monitor serve` in sig-a
 # with `[health] expected_remote_ranges` naming a device range no strongSwan policy covers; a block policy in
 # sig-a that ping hits (the kernel counts XfrmOutPolBlock in /proc/net/xfrm_stat).
+# A second connection (`tun6`) runs over IPv6 outer addresses (2001:db8:51::1 <-> ::2, no encap) and carries
+# IPv6 (2001:db8:a::1 <-> 2001:db8:b::1): ping6 through it too.
 # At a quiet point (ping stopped, the monitor's packet counts equal to the kernel's twice in a row) REST and
 # `ip -s xfrm state` are saved together: sig-tunnels.json, sig-xfrm-state.txt; then /api/v1/netns once the
 # hints show: sig-netns.json. The host test (test_signals_vm.py) parses the kernel's text itself.
@@ -22,6 +24,13 @@ scenario_cleanup() {
 warm_crypto
 two_gateways "$A" "$B" 10.50.1.1 10.60.1.1
 ip -n "$A" route add 192.0.2.99/32 via 198.51.100.2 dev gw0 || fail "route to the blocked address"
+# IPv6 outer and inner addresses (nodad: usable at once), routed over the same veth
+ip -n "$A" addr add 2001:db8:51::1/64 dev gw0 nodad || fail "IPv6 outer a"
+ip -n "$B" addr add 2001:db8:51::2/64 dev gw0 nodad || fail "IPv6 outer b"
+ip -n "$A" addr add 2001:db8:a::1/128 dev lo nodad
+ip -n "$B" addr add 2001:db8:b::1/128 dev lo nodad
+ip -n "$A" -6 route add 2001:db8:b::1/128 via 2001:db8:51::2 dev gw0 src 2001:db8:a::1 || fail "IPv6 route a"
+ip -n "$B" -6 route add 2001:db8:a::1/128 via 2001:db8:51::1 dev gw0 src 2001:db8:b::1 || fail "IPv6 route b"
 log "network up"
 
 cat > "$WORK/serve.toml" <<EOT
@@ -33,7 +42,7 @@ monitor_start "$A" "$RW/serve.log" serve --source kernel --host 127.0.0.1 --port
   --config "$WORK/serve.toml"
 SERVE_PID=$BG_PID
 
-write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION
+write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION LOCAL6 REMOTE6 LOCAL_TS6 REMOTE_TS6
   local s=$1
   strongswan_conf "$s" "  retransmit_tries = 3
   retransmit_timeout = 2.0"
@@ -64,6 +73,30 @@ connections {
       }
     }
   }
+  tun6 {
+    version = 2
+    local_addrs = $7
+    remote_addrs = $8
+    proposals = aes128-sha256-ecp256
+    local {
+      auth = psk
+      id = $7
+    }
+    remote {
+      auth = psk
+      id = $8
+    }
+    children {
+      net6 {
+        mode = tunnel
+        local_ts = $9
+        remote_ts = ${10}
+        esp_proposals = aes128-sha256
+        rekey_time = 600s
+        start_action = $6
+      }
+    }
+  }
 }
 secrets {
   ike-tun {
@@ -71,16 +104,23 @@ secrets {
     id-b = 198.51.100.2
     secret = "monitor-vm-signals-psk"
   }
+  ike-tun6 {
+    id-a = 2001:db8:51::1
+    id-b = 2001:db8:51::2
+    secret = "monitor-vm-signals-psk6"
+  }
 }
 EOT
 }
-write_conf a 198.51.100.1 198.51.100.2 10.50.1.1/32 10.60.1.1/32 start
-write_conf b 198.51.100.2 198.51.100.1 10.60.1.1/32 10.50.1.1/32 none
+write_conf a 198.51.100.1 198.51.100.2 10.50.1.1/32 10.60.1.1/32 start \
+  2001:db8:51::1 2001:db8:51::2 2001:db8:a::1/128 2001:db8:b::1/128
+write_conf b 198.51.100.2 198.51.100.1 10.60.1.1/32 10.50.1.1/32 none \
+  2001:db8:51::2 2001:db8:51::1 2001:db8:b::1/128 2001:db8:a::1/128
 charon_up b "$B"
 charon_up a "$A"
-installed() { sw "$WORK/a.vici" --list-sas 2>/dev/null | grep -q 'INSTALLED'; }
-poll_until 90 0.5 installed || fail "CHILD_SA not established within 90 s"
-log "CHILD_SA established"
+installed() { [ "$(sw "$WORK/a.vici" --list-sas 2>/dev/null | grep -c 'INSTALLED')" -ge 2 ]; }
+poll_until 90 0.5 installed || fail "both CHILD_SAs (IPv4, IPv6) not established within 90 s"
+log "CHILD_SAs established"
 sw "$WORK/a.vici" --list-sas > "$RW/swanctl-sas.txt" 2>&1
 ip -n "$A" xfrm policy add src 10.50.1.1/32 dst 192.0.2.99/32 dir out action block priority 10 \
   || fail "block policy"
@@ -93,6 +133,8 @@ has_stat() { get /api/v1/netns 2>/dev/null | jq -e '.netns[0].xfrm_stat != null'
 poll_until 30 0.5 has_stat || fail "no xfrm_stat reading"
 ip netns exec "$A" ping -c 20 -i 0.2 -W 1 -I 10.50.1.1 10.60.1.1 > "$RW/ping-tunnel.log" 2>&1 \
   || log "ping through the tunnel: $(tail -n 2 "$RW/ping-tunnel.log" | tr '\n' ' ')"
+ip netns exec "$A" ping -6 -c 10 -i 0.2 -W 1 -I 2001:db8:a::1 2001:db8:b::1 > "$RW/ping6-tunnel.log" 2>&1 \
+  || log "ping6 through the IPv6 tunnel: $(tail -n 2 "$RW/ping6-tunnel.log" | tr '\n' ' ')"
 ip netns exec "$A" ping -c 3 -i 0.2 -W 1 -I 10.50.1.1 192.0.2.99 > "$RW/ping-blocked.log" 2>&1
 log "pings done"
 
