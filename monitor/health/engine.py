@@ -26,7 +26,7 @@ from monitor.health.model import (
     reason,
 )
 from monitor.health.nsstate import NetnsState
-from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
+from monitor.health.sastate import DIR_IN, DIR_OUT, SAState, expiry_margin
 from monitor.health.tunnel import TRANSITIONS, Trigger, Tunnel, TunnelState, tunnel_id
 from monitor.wire import xfrm as X
 
@@ -416,28 +416,3 @@ class Engine:
         if t.acq_count > 1 and not self._established(t):
             out.append(hint("repeated_acquire", count=t.acq_count))
         return out
-
-
-
-# "expiring" means the hard limit is near and the rekey that should have come first did not. With
-# strongSwan's defaults (rekey 3240-3600 s, hard 3960 s) the 120 s margin applies; for short lifetimes
-# (tests, aggressive configs: hard 25 s) a fixed 120 s margin would flag every healthy SA, so the
-# margin is capped at a quarter of the SA's whole hard lifetime.
-EXPIRING_LIFETIME_FRACTION = 0.25
-
-
-def expiry_margin(a: SAState | None, b: SAState | None, configured: float) -> tuple[float, float]:
-    """The earlier hard expiry of ``a`` and ``b`` (0: none) and the ``expiring`` margin that applies to it."""
-    if a is None or not a.hard_at:
-        first = b if b is not None and b.hard_at else None
-    elif b is not None and b.hard_at and b.hard_at < a.hard_at:
-        first = b
-    else:
-        first = a
-    if first is None:
-        return 0.0, configured
-    life = first.hard_at - first.add_time if first.add_time else 0.0
-    if life > 0:
-        capped = EXPIRING_LIFETIME_FRACTION * life
-        return first.hard_at, capped if capped < configured else configured
-    return first.hard_at, configured

@@ -136,3 +136,27 @@ class PolicyInfo:
                     "dport": self.dport}
         return {"src": self.dst, "dst": self.src, "proto": self.proto, "sport": self.dport,
                 "dport": self.sport}
+
+
+# "expiring" means the hard limit is near and the rekey that should have come first did not. With
+# strongSwan's defaults (rekey 3240-3600 s, hard 3960 s) the 120 s margin applies; for short lifetimes
+# (tests, aggressive configs: hard 25 s) a fixed 120 s margin would flag every healthy SA, so the
+# margin is capped at a quarter of the SA's whole hard lifetime.
+EXPIRING_LIFETIME_FRACTION = 0.25
+
+
+def expiry_margin(a: SAState | None, b: SAState | None, configured: float) -> tuple[float, float]:
+    """The earlier hard expiry of ``a`` and ``b`` (0: none) and the ``expiring`` margin that applies to it."""
+    if a is None or not a.hard_at:
+        first = b if b is not None and b.hard_at else None
+    elif b is not None and b.hard_at and b.hard_at < a.hard_at:
+        first = b
+    else:
+        first = a
+    if first is None:
+        return 0.0, configured
+    life = first.hard_at - first.add_time if first.add_time else 0.0
+    if life > 0:
+        capped = EXPIRING_LIFETIME_FRACTION * life
+        return first.hard_at, capped if capped < configured else configured
+    return first.hard_at, configured
