@@ -124,6 +124,39 @@ two_gateways() {
   ip -n "$b" route add "$ia/32" via 198.51.100.1 dev gw0 src "$ib" || fail "route $b"
 }
 
+# psk_conn NAME CHILD LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION [CONN_LINES [CHILD_LINES]]: one connection of a
+# swanctl.conf `connections {}` block: IKEv2 with PSK (the outer addresses are the ids), aes128-sha256, one
+# tunnel-mode child CHILD; CONN_LINES and CHILD_LINES (options, one per line) are added to each.
+psk_conn() {
+  cat <<EOT
+  $1 {
+    version = 2
+    local_addrs = $3
+    remote_addrs = $4
+    proposals = aes128-sha256-ecp256
+${8:-}
+    local {
+      auth = psk
+      id = $3
+    }
+    remote {
+      auth = psk
+      id = $4
+    }
+    children {
+      $2 {
+        mode = tunnel
+        local_ts = $5
+        remote_ts = $6
+        esp_proposals = aes128-sha256
+        start_action = $7
+${9:-}
+      }
+    }
+  }
+EOT
+}
+
 # strongswan_conf SIDE [CHARON_LINES]: $WORK/SIDE/strongswan.conf for a charon with only the plugins a PSK tunnel
 # needs (fast start under TCG), its vici socket at $WORK/SIDE.vici, and CHARON_LINES (options) added in `charon {}`.
 strongswan_conf() {

@@ -44,34 +44,12 @@ write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION R
   strongswan_conf "$s" "  delete_rekeyed_delay = 2
   retransmit_tries = 2
   retransmit_timeout = 1.0"
-  cat > "$WORK/$s/swanctl.conf" <<EOT
-connections {
-  tun {
-    version = 2
-    local_addrs = $2
-    remote_addrs = $3
-    proposals = aes128-sha256-ecp256
-    local {
-      auth = psk
-      id = $2
-    }
-    remote {
-      auth = psk
-      id = $3
-    }
-    children {
-      net {
-        mode = tunnel
-        local_ts = $4
-        remote_ts = $5
-        esp_proposals = aes128-sha256
-        rekey_time = $7
+  {
+    echo "connections {"
+    psk_conn tun net "$2" "$3" "$4" "$5" "$6" "" "        rekey_time = $7
         life_time = 40s
-        rand_time = 1s
-        start_action = $6
-      }
-    }
-  }
+        rand_time = 1s"
+    cat <<EOT
 }
 secrets {
   ike-tun {
@@ -81,6 +59,7 @@ secrets {
   }
 }
 EOT
+  } > "$WORK/$s/swanctl.conf"
 }
 write_conf a 198.51.100.1 198.51.100.2 10.30.1.1/32 10.40.1.1/32 start 10s
 write_conf b 198.51.100.2 198.51.100.1 10.40.1.1/32 10.30.1.1/32 none 30s

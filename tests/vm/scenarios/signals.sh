@@ -46,57 +46,11 @@ write_conf() {  # write_conf SIDE LOCAL REMOTE LOCAL_TS REMOTE_TS START_ACTION L
   local s=$1
   strongswan_conf "$s" "  retransmit_tries = 3
   retransmit_timeout = 2.0"
-  cat > "$WORK/$s/swanctl.conf" <<EOT
-connections {
-  tun {
-    version = 2
-    local_addrs = $2
-    remote_addrs = $3
-    encap = yes
-    proposals = aes128-sha256-ecp256
-    local {
-      auth = psk
-      id = $2
-    }
-    remote {
-      auth = psk
-      id = $3
-    }
-    children {
-      net {
-        mode = tunnel
-        local_ts = $4
-        remote_ts = $5
-        esp_proposals = aes128-sha256
-        rekey_time = 600s
-        start_action = $6
-      }
-    }
-  }
-  tun6 {
-    version = 2
-    local_addrs = $7
-    remote_addrs = $8
-    proposals = aes128-sha256-ecp256
-    local {
-      auth = psk
-      id = $7
-    }
-    remote {
-      auth = psk
-      id = $8
-    }
-    children {
-      net6 {
-        mode = tunnel
-        local_ts = $9
-        remote_ts = ${10}
-        esp_proposals = aes128-sha256
-        rekey_time = 600s
-        start_action = $6
-      }
-    }
-  }
+  {
+    echo "connections {"
+    psk_conn tun net "$2" "$3" "$4" "$5" "$6" "    encap = yes" "        rekey_time = 600s"
+    psk_conn tun6 net6 "$7" "$8" "$9" "${10}" "$6" "" "        rekey_time = 600s"
+    cat <<EOT
 }
 secrets {
   ike-tun {
@@ -111,6 +65,7 @@ secrets {
   }
 }
 EOT
+  } > "$WORK/$s/swanctl.conf"
 }
 write_conf a 198.51.100.1 198.51.100.2 10.50.1.1/32 10.60.1.1/32 start \
   2001:db8:51::1 2001:db8:51::2 2001:db8:a::1/128 2001:db8:b::1/128
