@@ -13,6 +13,8 @@ from typing import Any
 from correlate_builders import make_policy, make_sa, newpolicy, newsa, updsa, with_counters
 from correlate_harness import T0, Gw
 
+from monitor.health.model import HealthConfig
+
 MARK_IN, MARK_OUT = 0x10, 0x20
 
 
@@ -88,8 +90,9 @@ def test_joined_tunnel_goes_down_and_is_forgotten_whole() -> None:
     g = Gw(forget_after=10)
     i, o = _split_install(g, T0)
     tid = g.tid
-    g.ev(T0 + 1, *(ev for ev in _deletes(i, o)))
-    assert g.json(T0 + 1)["state"] == "down"
+    g.ev(T0 + 1, *(ev for ev in _deletes(i, o)))  # SAs and policies gone: held for supersede_grace, then down
+    g.run_until(T0 + 1 + HealthConfig().supersede_grace)
+    assert g.json(T0 + 1 + HealthConfig().supersede_grace)["state"] == "down"
     g.run_until(T0 + 20)
     assert g.c.tunnel_ids() == []
     ns = g.c._ns[g.ns]

@@ -37,6 +37,7 @@ from monitor.errors import ConfigError, MonitorError, SourceError
 from monitor.health.correlate import Correlator
 from monitor.health.model import HealthConfig
 from monitor.health.pipeline import Pipeline
+from monitor.health.timers import run_due_timers
 from monitor.render import colour_enabled, format_tunnel
 from monitor.serve.hub import netns_docs
 from monitor.sources import netns as N
@@ -150,16 +151,6 @@ def _core(health: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     return correlator, Pipeline(correlator)
 
 
-def _run_timers(correlator: Any, now: float) -> None:
-    deadline = correlator.next_deadline()
-    while deadline is not None and deadline <= now:
-        correlator.on_timer(deadline)
-        nxt = correlator.next_deadline()
-        if nxt is not None and nxt <= deadline:
-            break
-        deadline = nxt
-
-
 def _count_sas(tunnels: Iterable[Mapping[str, Any]]) -> int:
     return sum(len(t.get("sas") or ()) for t in tunnels)
 
@@ -177,9 +168,9 @@ def read_replay(path: str, health: Mapping[str, Any] | None = None,
     now = 0.0
     for rec in read_pcap(path):
         now = max(now, rec.ts)
-        _run_timers(correlator, now)
+        run_due_timers(correlator, now)
         pipeline.feed(Datagram(rec.netns, rec.data, rec.ts, rec.outgoing), now)
-    _run_timers(correlator, now)
+    run_due_timers(correlator, now)
     _netns_docs(correlator, now, netns_out)
     return correlator.snapshot(now), now
 
@@ -194,14 +185,14 @@ def read_simulation(tunnels: int, seed: int, seconds: float = SIMULATE_SECONDS,
     t = start
     while t <= start + seconds:
         for item in fleet.step(t):
-            _run_timers(correlator, item.ts)
+            run_due_timers(correlator, item.ts)
             pipeline.feed(item, item.ts)
         nxt = fleet.next_time()
         if nxt is None:
             break
         t = nxt
     now = start + seconds
-    _run_timers(correlator, now)
+    run_due_timers(correlator, now)
     _netns_docs(correlator, now, netns_out)
     return list(correlator.snapshot(now))
 
@@ -256,7 +247,7 @@ async def read_kernel(netns: Sequence[str], timeout: float, health: Mapping[str,
 
     await asyncio.wait_for(consume(), timeout)
     now = time.time()
-    _run_timers(correlator, now)
+    run_due_timers(correlator, now)
     _netns_docs(correlator, now, netns_out)
     return list(correlator.snapshot(now))
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from monitor.errors import MonitorError
+from monitor.health.timers import run_due_timers
 from monitor.serve.heap import HeapTrimmer
 from monitor.serve.hub import Hub, netns_docs
 from monitor.sources.items import Control, Source
@@ -274,6 +275,7 @@ class Daemon:
                 if self.items % 256 == 0:
                     self.publish()
                     await asyncio.sleep(0)
+            run_due_timers(self.correlator, self.clock())  # up to the source's last instant, as `check` does
             self.state = "finished"
             log.info("source finished after %d items", self.items)
         except asyncio.CancelledError:
@@ -306,8 +308,11 @@ class Daemon:
             elif item.kind == "source_error":
                 log.error("source error in netns %s: %s", item.netns, item.message)
         self.sync_wall()
+        now = self.clock()
+        if not self.live:  # a replay or simulation outruns its clock: timers due before this item first
+            run_due_timers(self.correlator, now)
         try:
-            self.pipeline.feed(item, self.clock())
+            self.pipeline.feed(item, now)
         except MonitorError as exc:
             self.feed_errors += 1
             log.warning("dropped a bad item from netns %s: %s", item.netns, exc)
