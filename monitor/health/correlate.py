@@ -20,12 +20,20 @@ Theory of operation
   are kept). Rates are the counter deltas between two dump ends. The first dump of a netns loads
   quietly (no per-SA or up/down events) and ends with one ``resync`` event; after ``on_resync`` the
   next dump reconciles and state changes are only evaluated at its end, so a tunnel that stayed up
-  never flaps.
+  never flaps. A dump is no snapshot (the kernel links new SAs at the head of the list the dump walks
+  from the head: it lists the newest first and misses SAs added meanwhile); the source hands on the
+  notifications queued before a dump's end first (``monitor.sources.kernel``).
 * **Rekeys.** A soft EXPIRE of the newest SA of a direction starts a rekey (deadline: its hard
-  expiry). A new SA in a direction that already has one starts one implicitly (libreswan sets no
-  time lifetimes). When the newest SA of both directions is newer than the rekey's start, the rekey
+  expiry). A new generation starts one implicitly (libreswan sets no time lifetimes; an overrun may
+  have eaten the soft EXPIRE): a new SA in a direction that already has one while the tunnel holds
+  both, or a new *outbound* SA where an outbound SA was (still live, or lost since the overrun). So
+  each outbound generation change is one rekey, also when only a resync dump shows the new pair, in
+  either order. When the newest SA of both directions is newer than the rekey's start, the rekey
   is complete. Old SAs deleted later (strongSwan waits ~5 s) have a successor, so that is no failure.
-  A hard EXPIRE or a DELSA of the newest SA of a direction with no successor fails the rekey.
+  A hard EXPIRE or a DELSA of the newest SA of a direction with no successor fails the rekey; between
+  an overrun and its resync dump's end that judgement is held (``NetnsState.held``) and made at that
+  end, after the reconciliation: a direction still empty fails the rekey once (the removal's reason),
+  one whose successor showed (in the dump or in events) fails nothing.
 * **State** is evaluated (``_evaluate``) from the evidence into a ``Trigger``, and moved through
   ``monitor.health.tunnel.TRANSITIONS``. Evaluation of touched tunnels is deferred to the end of each
   ``on_events`` batch (or dump), so a batch never produces an intermediate flap.
@@ -151,6 +159,8 @@ class Correlator(Checkpointing):
                 return
             if ok:
                 self._reconcile_sas(ns, now)
+                if ns.held:
+                    self._judge_held(ns, now)
                 self._rates(ns, now)
                 ns.sa_dumped = True
             self._finish_dump(ns, now, "sa", ok)

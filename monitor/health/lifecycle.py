@@ -3,7 +3,12 @@
 Counters are in ``monitor.health.counters``, policies, ACQUIREs and NAT mappings in
 ``monitor.health.policies``; ``Lifecycle`` joins them.
 
-See ``monitor.health.correlate`` for the rules these handlers implement.
+See ``monitor.health.correlate`` for the rules these handlers implement. After an overrun (issue 18) the
+events read are an incomplete view: a new pair's notifications may be lost while the old SAs' DELSAs are
+read, and the resync dump lists the new outbound SA before the new inbound one. Hence: a rekey is the
+*outbound generation change* (a new outbound SA where one was, live or lost since the overrun), counted once
+per new pair whatever shows it; and a removal that empties a direction before the resync dump's end is held
+(``NetnsState.held``) and judged at that end (``_judge_held``), where the dump's truth decides.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from monitor.health.counters import U64_MAX, Counters
 from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, intern_str, spi_list
 from monitor.health.halves import Halves
-from monitor.health.nsstate import NetnsState
+from monitor.health.nsstate import Held, NetnsState
 from monitor.health.policies import Policies
 from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
 from monitor.health.tunnel import Tunnel
@@ -110,10 +115,16 @@ class Lifecycle(Counters, Policies, Halves):
         self._lifetimes(st, sa)
         was_established = bool(t.sas) and self._established(t)
         older = any(o.dir == st.dir for o in t.sas)
-        # a replacement without soft expire (libreswan) starts a rekey: the generation it replaces is
-        # the newest pair before ``st`` joins it
-        replaced = t.newest_pair() if older and was_established and t.rk_start is None and announce \
-            and not ns.quiet else None
+        # an outbound SA lost since an overrun (its successor's notifications may have been lost with it)
+        held = ns.held.get(t) if ns.held and announce and st.dir == DIR_OUT else None
+        lost_out = held.out_spi if held is not None else 0
+        if held is not None and lost_out:
+            ns.held[t] = held._replace(out_spi=0)
+        # a new generation: a new SA where the tunnel had both directions, or a new outbound SA where one was
+        renewed = (older and (was_established or st.dir == DIR_OUT)) or bool(lost_out)
+        # a replacement without soft expire (libreswan, or a soft EXPIRE lost) starts a rekey: the generation
+        # it replaces is the newest pair before ``st`` joins it
+        replaced = t.newest_pair() if renewed and t.rk_start is None and announce and not ns.quiet else None
         ns.sas[key] = st
         t.sas.append(st)
         t.had_sa = True
@@ -134,15 +145,17 @@ class Lifecycle(Counters, Policies, Halves):
             self._emit(now, "sa_added", t, {"spi": f"0x{sa.spi:08x}", "direction": "in" if st.dir == DIR_IN else "out",
                                             "src": sa.saddr, "dst": sa.daddr, "reqid": sa.reqid,
                                             "enc": st.enc, "auth": st.auth, "aead": st.aead})
-        if older and was_established and not ns.quiet:
-            if replaced is not None:  # a replacement without soft expire (libreswan): a rekey too
+        if renewed and not ns.quiet:
+            if replaced is not None:  # a replacement without soft expire: a rekey too
                 # ``st``'s generation: the SAs the kernel installed with it (within a second). A resync dump
                 # after lost events may list the new inbound SA before ``st``; it is new, not replaced: the
                 # rekey completes once both directions hold an SA newer than every SA of the old generation.
                 old = [o for o in t.sas if o is not st and o.add_time < st.add_time - 1.0]
                 t.rk_start, t.rk_soft = now, False
-                t.rk_mark = max(o.order for o in old) if old else st.order - 1
+                t.rk_mark = max(o.order for o in old) if old else 0
                 t.rk_old = tuple(o.spi for o in replaced if o is not None and (not old or o in old))
+                if lost_out and replaced[1] is None:
+                    t.rk_old += (lost_out,)
             self._check_rekey(t, now)
         elif t.rk_start is not None:
             self._check_rekey(t, now)
@@ -284,13 +297,31 @@ class Lifecycle(Counters, Policies, Halves):
         if not any(o.dir == st.dir for o in t.sas):
             # the direction is gone with no successor
             t.down_cause = cause
-            if t.rk_start is not None or (hard and was_up):  # one failure per lost rekey, not per SA
-                t.rekey_failures += 1
-                self._emit(now, "rekey_failed", t, {"reason": cause, "spi": f"0x{st.spi:08x}",
-                                                    "started": t.rk_start, "rekey_failures": t.rekey_failures})
-                t.rk_start = None
-                t.rk_old = ()
+            fail = t.rk_start is not None or (hard and was_up)  # one failure per lost rekey, not per SA
+            if ns.resync:  # after an overrun the successor's notifications may be lost: the resync dump decides
+                h = ns.held.get(t)
+                out = st.spi if st.dir == DIR_OUT else 0
+                ns.held[t] = Held(cause, st.spi, fail, out) if h is None else Held(
+                    h.cause if h.fail else cause, h.spi if h.fail else st.spi, h.fail or fail, out or h.out_spi)
+            elif fail:
+                self._fail_rekey(t, now, cause, st.spi)
         self._touch(ns, t)
+
+    def _fail_rekey(self, t: Tunnel, now: float, cause: str, spi: int) -> None:
+        t.rekey_failures += 1
+        self._emit(now, "rekey_failed", t, {"reason": cause, "spi": f"0x{spi:08x}", "started": t.rk_start,
+                                            "rekey_failures": t.rekey_failures})
+        t.rk_start = None
+        t.rk_old = ()
+
+    def _judge_held(self, ns: NetnsState, now: float) -> None:
+        """At the resync dump's end (after its reconciliation): a tunnel that lost a direction after the
+        overrun and still lacks one fails the rekey it was in (once); one whose successor showed is fine."""
+        held, ns.held = ns.held, {}
+        for t, h in held.items():
+            if h.fail and self._tunnels.get(t.id) is t and not self._established(t):
+                self._fail_rekey(t, now, h.cause, h.spi)
+                self._touch(ns, t)
 
     @staticmethod
     def _placeholder(sa: SA, expire: bool) -> bool:

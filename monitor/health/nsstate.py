@@ -9,7 +9,7 @@ and ``uncovered_remote_range`` hints to the netns (see ``monitor.health.lint``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from monitor.health.lint import (
     SelectorEntry,
@@ -22,17 +22,26 @@ from monitor.health.model import HealthConfig, Reason, hint
 from monitor.health.sastate import PolicyInfo, SAState
 from monitor.health.tunnel import Tunnel, TunnelState
 
-__all__ = ["NetnsState", "apply_xfrm_stat", "run_lint"]
+__all__ = ["Held", "NetnsState", "apply_xfrm_stat", "run_lint"]
 
 _INF = float("inf")
+
+
+class Held(NamedTuple):
+    """A tunnel direction lost between an overrun and its resync dump's end; judged at that end."""
+
+    cause: str  #: the removal's reason (``sa_deleted``, ``hard_expired``, ``missing_from_dump``, ``flushed``)
+    spi: int  #: the SA whose removal left the direction empty
+    fail: bool  #: a rekey was in progress (or a hard expiry hit a working tunnel): a failure unless a successor shows
+    out_spi: int  #: the outbound SA lost (0: none, or a new outbound SA has come since)
 
 
 class NetnsState:
     """Indexes and dump bookkeeping of one network namespace."""
 
     __slots__ = (
-        "by_pair", "changed", "gen", "hints", "last_removed", "last_sa_dump_end", "lint_at", "lint_dirty", "loading",
-        "locals", "name", "pending", "pgen", "ploading", "pol_dump_begin", "pol_dumped", "policies",
+        "by_pair", "changed", "gen", "held", "hints", "last_removed", "last_sa_dump_end", "lint_at", "lint_dirty",
+        "loading", "locals", "name", "pending", "pgen", "ploading", "pol_dump_begin", "pol_dumped", "policies",
         "pseen", "rated", "resync", "resyncs", "sa_dump_begin", "sa_dumped", "sas", "seen", "split_pairs",
         "stat_prev", "tombstones", "tunnels", "unknown",
     )
@@ -60,6 +69,8 @@ class NetnsState:
         self.loading = self.ploading = False
         self.resync = False
         self.resyncs = 0
+        #: tunnels that lost a direction after an overrun, until the resync dump's end (``Lifecycle._judge_held``)
+        self.held: dict[Tunnel, Held] = {}
         self.last_removed = 0
         self.last_sa_dump_end: float | None = None
         self.stat_prev: dict[str, int] | None = None

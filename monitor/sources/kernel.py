@@ -16,7 +16,9 @@ Per namespace a poll task runs, every ``interval`` seconds: GETSA dump, GETPOLIC
 then ``/proc/net/xfrm_stat``. One request is outstanding at a time (the kernel allows one dump per
 socket); a request is finished by its NLMSG_DONE, NLMSG_ERROR or (GETSADINFO) its NEWSADINFO, matched
 by sequence number and our port id. Every request we send is also yielded as an outgoing
-``Datagram``, so a capture contains it and the pipeline sees where each dump begins.
+``Datagram``, so a capture contains it and the pipeline sees where each dump begins. A reply's end is
+handed on only after every datagram the event socket holds at that moment (``_drain_events``): the
+notifications the kernel queued before a dump ended come before its NLMSG_DONE, as on one socket.
 
 On ENOBUFS (the kernel dropped multicast events for us) the source counts it, logs it, yields
 ``Control("enobufs")`` and runs a full dump cycle *after* the overrun (an earlier dump could contain
@@ -59,6 +61,7 @@ REQUEST_TIMEOUT = 15.0  # a reply lost anyway (a dump socket overrun): give up a
 DUMP_RCVBUF = 4 << 20  # the dump socket only ever holds our own replies, one request at a time
 _HIGH_WATER = 4096  # queued datagrams before the readers pause
 _BURST = 64  # datagrams read per reader callback before yielding to the loop
+_DRAIN_MAX = 1 << 16  # event datagrams read at most before a reply's end (a storm cannot hold the loop forever)
 
 
 def _mask(groups: Sequence[int]) -> int:
@@ -261,12 +264,37 @@ class KernelSource:
                 self._rearm_soon(w)
                 return
             data = bytes(w.buf[:n])
+            end = self._reply_end(w, data) if replies and w.pending is not None else None
+            if end is not None and not w.shared:
+                self._drain_events(w)  # what the kernel queued before this reply ended goes first
             self._queue.put_nowait(Datagram(w.name, data, time.time(), False))
-            if replies and w.pending is not None:
-                self._check_reply(w, data)
+            if end is not None and w.pending is not None and not w.pending[1].done():
+                w.pending[1].set_result(end)
             if self._queue.qsize() >= _HIGH_WATER:
                 self._pause()
                 return
+
+    def _drain_events(self, w: _Watch) -> None:
+        """Queue what the event socket holds now, before a reply's end (the module docstring; issue 18).
+
+        A dump is no snapshot: the kernel links a new SA at its list's head and a dump walks from the head, so
+        during a rekey a dump can miss the old outbound SA (deleted before the walk got there) and its
+        replacement alike. Their notifications, queued before the dump's NLMSG_DONE, came after it when read
+        ``_BURST`` at a time: the dump's end took the tunnel down (``missing_from_dump``) until they were read
+        (the VM storm). An overrun met here is reported before the DONE, so that dump reconciles nothing.
+        """
+        sock = w.sock
+        for _ in range(_DRAIN_MAX):
+            try:
+                n = sock.recv_into(w.buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._overrun(w, False)
+                    continue
+                return  # the event socket's own reader reports it
+            self._queue.put_nowait(Datagram(w.name, bytes(w.buf[:n]), time.time(), False))
 
     def _overrun(self, w: _Watch, replies: bool) -> None:
         """Messages were lost. On the event socket: resync after the cycle in flight. Where our replies
@@ -305,23 +333,22 @@ class KernelSource:
             self._loop.remove_reader(s.fileno())
         self._add_readers(w)
 
-    def _check_reply(self, w: _Watch, data: bytes) -> None:
-        """Finish the pending request if ``data`` holds its DONE, ERROR or NEWSADINFO reply."""
+    @staticmethod
+    def _reply_end(w: _Watch, data: bytes) -> int | None:
+        """0 or -errno if ``data`` holds the pending request's DONE, ERROR or NEWSADINFO reply; else None."""
         assert w.pending is not None
-        seq, fut = w.pending
+        seq = w.pending[0]
         off, size = 0, len(data)
         while off + 16 <= size:
             length, mtype, _flags, mseq, pid = X.NLMSGHDR.unpack_from(data, off)
             if mseq == seq and pid == w.portid and mtype in (X.NLMSG_DONE, X.XFRM_MSG_NEWSADINFO, X.NLMSG_ERROR):
-                err = 0
                 if mtype == X.NLMSG_ERROR:
-                    err = X.I32.unpack_from(data, off + 16)[0] if off + 20 <= size else -errno.EIO
-                if not fut.done():
-                    fut.set_result(err)
-                return
+                    return int(X.I32.unpack_from(data, off + 16)[0]) if off + 20 <= size else -errno.EIO
+                return 0
             if length < 16:
-                return
+                return None
             off += (length + 3) & ~3
+        return None
 
     # --- polling ----------------------------------------------------------------------------
 

@@ -114,14 +114,6 @@ def _real(reqid: int) -> bool:
     return reqid not in DUMMY_REQIDS
 
 
-# Known gap (issue 18 stays open, docs/operations.md "Storms and overruns"): when a rekey's soft expire was seen but
-# the new pair's notifications were lost in an overrun, the old inbound SA's DELSA fails the rekey and the pair
-# the resync dump finds starts none; the rekey goes uncounted and the tunnel may read down for a dump interval.
-# These two checks run and report every time; they are expected to fail until that is fixed.
-KNOWN_GAP = pytest.mark.xfail(reason="issue 18: rekeys whose notifications an overrun dropped (see the comment)",
-                              strict=False)
-
-
 def test_the_storm_ran(rw: Path) -> None:
     """Every CHILD_SA came up, and the storm kept several rekeys per second going until the freeze."""
     polls = _spi_polls(rw)
@@ -253,23 +245,30 @@ def test_final_point_tunnels_selectors_and_counters(rw: Path) -> None:
         assert t["bytes_out"] >= cur_out
 
 
-@KNOWN_GAP
 def test_rekeys_counted_per_child(rw: Path) -> None:
-    """Each child's rekey count is its outbound SPI changes in the polls (first SPI = the initial SA)."""
+    """Each child's rekey count is its outbound SPI changes in the polls (first SPI = the initial SA) up to the
+    final point: up to the outbound SPI of the final ``ip -s xfrm state``, taken with tunnels-final.json (the poller
+    runs on into the clean-up, whose SIGCONT lets a charon stopped with a soft-expired SA rekey once more)."""
     polls = _spi_polls(rw)
+    final_out: dict[int, set[int]] = {}
+    for s in _state(rw, "xfrm-state-a.txt"):
+        if s.src == "203.0.113.1":
+            final_out.setdefault(s.reqid, set()).add(s.spi)
     tunnels = json.loads((rw / "tunnels-final.json").read_text())["tunnels"]
     wrong = []
     for t in tunnels:
         if not _real(t["reqid"]):
             continue
-        want = len(polls.get(t["reqid"], [])) - 1
+        spis = [spi for _, spi in polls.get(t["reqid"], [])]
+        at = [spis.index(x) for x in final_out.get(t["reqid"], ()) if x in spis]
+        assert at, f"reqid {t['reqid']}: the final outbound SPI never showed in the polls"
+        want = max(at)
         if t["rekeys"] != want:
             wrong.append((t["reqid"], t["rekeys"], want))
     total = sum(len(v) - 1 for r, v in polls.items() if _real(r))
     assert not wrong, f"{len(wrong)} children counted wrong (reqid, monitor, polls): {wrong[:20]}; {total} in all"
 
 
-@KNOWN_GAP
 def test_no_false_down_or_up(rw: Path) -> None:
     """No real tunnel went down (every child kept an outbound SA in every poll), none came up twice, and no
     rekey was called failed."""
