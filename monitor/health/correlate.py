@@ -37,7 +37,6 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.health.checkpoint import Checkpointing
 from monitor.health.engine import INF, NLM_MULTI, DumpKind
 from monitor.health.model import (
     STATE_CHANGED,
@@ -46,6 +45,8 @@ from monitor.health.model import (
     HealthEvent,
 )
 from monitor.health.nsstate import NetnsState, apply_xfrm_stat, run_lint
+from monitor.health.refresh import Refreshing
+from monitor.health.sastate import SAState
 from monitor.health.tunnel import Tunnel, TunnelState
 from monitor.wire.events import (
     Acquire,
@@ -67,7 +68,7 @@ from monitor.wire.events import (
 __all__ = ["Correlator", "DumpKind"]
 
 
-class Correlator(Checkpointing):
+class Correlator(Refreshing):
     """Pure tunnel health state machine. See the module docstring for the rules."""
 
     def __init__(self, config: HealthConfig | None = None) -> None:
@@ -82,7 +83,6 @@ class Correlator(Checkpointing):
             PolicyUpdated: self._ev_policy, PolicyDeleted: self._ev_policy_deleted,
             PolicyExpired: self._ev_policy_expired, PolicyFlushed: self._ev_policy_flushed,
         }
-
 
     # ------------------------------------------------------------------ public API
 
@@ -105,6 +105,10 @@ class Correlator(Checkpointing):
         """Apply decoded events of one netns (notifications and dump records alike)."""
         ns = self._netns(netns, now)
         handlers = self._handlers
+        if netns in self._digested:
+            forget = self._forget_digest
+            for ev in events:
+                forget(ns, ev)
         if ns.loading:
             # initial load: a dump record of an SA not held yet goes straight to ``_load_sa``
             # (what ``_ev_sa_added`` would do, without its call and lookups); anything else as usual
@@ -123,6 +127,14 @@ class Correlator(Checkpointing):
                 h = handlers.get(ev.__class__)
                 if h is not None:
                     h(ns, ev, now)
+        if not ns.deferring:
+            self._flush(ns, now)
+
+    def on_refresh(self, netns: str, unchanged: Sequence[SAState], events: Sequence[Event],
+                   digests: Mapping[int, int], now: float) -> None:
+        """``on_events`` for a dump datagram split by ``monitor.health.refresh.split_refresh``: ``unchanged`` SAs
+        (their record is the one last applied) are only stamped and volume-checked; see ``Refreshing``."""
+        ns = self._refresh_apply(netns, unchanged, events, digests, now)
         if not ns.deferring:
             self._flush(ns, now)
 
@@ -179,6 +191,7 @@ class Correlator(Checkpointing):
     def on_resync(self, netns: str, now: float) -> None:
         """Events were lost (ENOBUFS): abort any dump in flight; the next full dump reconciles quietly."""
         ns = self._netns(netns, now)
+        self._drop_digests(ns)  # no digest outlives lost events
         ns.resync = True
         ns.sa_dump_begin = None
         ns.pol_dump_begin = None
@@ -187,6 +200,7 @@ class Correlator(Checkpointing):
     def on_netns_removed(self, netns: str, now: float) -> None:
         """The netns is gone: its up tunnels go down (reason ``netns_removed``) and all are dropped."""
         ns = self._ns.pop(netns, None)
+        self._digested.discard(netns)  # its SAs (and their digests) go with it
         if ns is None:
             return
         for t in list(ns.tunnels.values()):

@@ -7,6 +7,8 @@ under typed ``web.AppKey``s. The protocol is specified in ``docs/api.md``.
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import contextlib
 import hmac
@@ -96,7 +98,9 @@ def build_core(settings: Settings) -> tuple[Any, Any]:
     except TypeError as exc:
         raise ConfigError(f"bad [health] setting: {exc}") from None
     correlator = Correlator(hc)
-    return Pipeline(correlator), correlator
+    # MONITOR_REFRESH_FASTPATH=off: decode every dump record (the skip-unchanged path's A/B baseline)
+    fastpath = os.environ.get("MONITOR_REFRESH_FASTPATH", "on").strip().lower() not in ("off", "0", "false", "no")
+    return Pipeline(correlator, fastpath=fastpath), correlator
 
 
 @web.middleware
