@@ -7,12 +7,11 @@ under typed ``web.AppKey``s. The protocol is specified in ``docs/api.md``.
 
 from __future__ import annotations
 
-import os
-
 import asyncio
 import contextlib
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
