@@ -125,6 +125,7 @@ class Pipeline:
         """
         self.correlator = correlator
         self.fastpath = fastpath
+        self.skipped = 0  # dump records skipped as unchanged (not in ``stats``: those are the same either way)
         self.stats = PipelineStats()
         self._dumps: dict[str, dict[int, tuple[DumpKind, float]]] = {}  # netns -> seq -> (kind, started)
 
@@ -206,6 +207,7 @@ class Pipeline:
             return False
         events = split.events
         self.stats.events += len(events) + len(split.unchanged)
+        self.skipped += len(split.unchanged)
         tail: list[Event] = []
         if events and isinstance(events[-1], (Done, NetlinkError)):
             events, tail = events[:-1], events[-1:]
