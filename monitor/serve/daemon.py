@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LAG_PROBE = 0.1  # seconds between lag probes
 LAG_WINDOW = 50  # probes kept: max lag over the last ~5 s
+FEED_SLICE = 0.005  # seconds of feeding the pipeline before the loop gets a turn (issue 15: stalls during dumps)
 
 
 # Cyclic GC and a big long-lived heap (measured by ``python -m bench.refresh_bench``, 200k SAs / 100k
@@ -268,12 +269,17 @@ class Daemon:
     async def _consume(self) -> None:
         self.state = "running"
         try:
+            slice_end = time.monotonic() + FEED_SLICE
             async for item in self.source.items():
                 self.opened.set()
                 self._feed(item)
-                if self.items % 256 == 0:
-                    self.publish()
+                # a source with items ready never suspends (a dump of 200k SAs is ~3,000 datagrams): give the
+                # loop a turn every 256 items and whenever a slice of FEED_SLICE seconds of feeding is used up
+                if self.items % 256 == 0 or time.monotonic() >= slice_end:
+                    if self.items % 256 == 0:
+                        self.publish()
                     await asyncio.sleep(0)
+                    slice_end = time.monotonic() + FEED_SLICE
             self.state = "finished"
             log.info("source finished after %d items", self.items)
         except asyncio.CancelledError:
