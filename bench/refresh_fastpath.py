@@ -124,12 +124,25 @@ class _Source:
         await asyncio.sleep(0.05)
 
 
+class _TimedPipeline(Pipeline):
+    """A ``Pipeline`` that notes how long each item took (the last: the dump's end)."""
+
+    def __init__(self, correlator: Correlator) -> None:
+        super().__init__(correlator)
+        self.durations: list[tuple[float, float]] = []
+
+    def feed(self, item: SourceItem, now: float) -> None:
+        t0 = time.perf_counter()
+        super().feed(item, now)
+        self.durations.append((t0, time.perf_counter() - t0))
+
+
 async def _stall_run(before: list[Datagram], measured: list[Datagram], slice_s: float | None) -> dict[str, Any]:
     from monitor.serve import daemon as D
     from monitor.serve.hub import Hub
 
     correlator = Correlator()
-    pipeline = Pipeline(correlator)
+    pipeline = _TimedPipeline(correlator)
     source = _Source(before, measured)
     d = D.Daemon(source, pipeline, correlator, Hub(correlator))
     wakes: list[float] = []
@@ -153,8 +166,11 @@ async def _stall_run(before: list[Datagram], measured: list[Datagram], slice_s: 
         d.gc.release()
     inside = [w for w in wakes if source.t_start <= w <= source.t_end + 0.2]
     gaps = [b - a for a, b in itertools.pairwise(inside)]
+    feeds = [d for t, d in pipeline.durations if source.t_start <= t <= source.t_end]
     return {"longest_stall_ms": max(0.0, (max(gaps) - 0.001) * 1000) if gaps else None,
-            "dump_wall_s": source.t_end - source.t_start, "probes": len(inside)}
+            "dump_wall_s": source.t_end - source.t_start, "probes": len(inside),
+            "dump_end_ms": feeds[-1] * 1000 if feeds else None,
+            "longest_datagram_ms": max(feeds[:-1]) * 1000 if len(feeds) > 1 else None}
 
 
 def stall(dump1: list[bytes], changed: list[bytes], slice_s: float | None = None) -> dict[str, Any]:

@@ -45,8 +45,7 @@ from monitor.health.model import (
     HealthEvent,
 )
 from monitor.health.nsstate import NetnsState, apply_xfrm_stat, run_lint
-from monitor.health.refresh import Refreshing
-from monitor.health.sastate import SAState
+from monitor.health.refresh import Refreshing, Split
 from monitor.health.tunnel import Tunnel, TunnelState
 from monitor.wire.events import (
     Acquire,
@@ -130,11 +129,11 @@ class Correlator(Refreshing):
         if not ns.deferring:
             self._flush(ns, now)
 
-    def on_refresh(self, netns: str, unchanged: Sequence[SAState], events: Sequence[Event],
-                   digests: Mapping[int, int], now: float) -> None:
-        """``on_events`` for a dump datagram split by ``monitor.health.refresh.split_refresh``: ``unchanged`` SAs
-        (their record is the one last applied) are only stamped and volume-checked; see ``Refreshing``."""
-        ns = self._refresh_apply(netns, unchanged, events, digests, now)
+    def on_refresh(self, netns: str, split: Split, events: Sequence[Event], now: float) -> None:
+        """``on_events`` for a dump datagram split by ``monitor.health.refresh.split_refresh``: its unchanged SAs
+        (their record is the one last applied) are only stamped and volume-checked, then ``events`` (the split's
+        events before the dump's end) are applied; see ``Refreshing._refresh_apply``."""
+        ns = self._refresh_apply(netns, split, events, now)
         if not ns.deferring:
             self._flush(ns, now)
 

@@ -211,7 +211,7 @@ class Pipeline:
         tail: list[Event] = []
         if events and isinstance(events[-1], (Done, NetlinkError)):
             events, tail = events[:-1], events[-1:]
-        self.correlator.on_refresh(item.netns, split.unchanged, events, split.digests, now)
+        self.correlator.on_refresh(item.netns, split, events, now)
         if tail:
             self._dump_events(item, tail, pending, now)
         return True

@@ -58,6 +58,7 @@ _HDR = struct.Struct("=IHH").unpack_from  # struct nlmsghdr { __u32 nlmsg_len; _
 # struct xfrm_usersa_info: id (struct xfrm_id) at 56 = { xfrm_address_t daddr (16); __be32 spi; __u8 proto; },
 # ...; __u16 family at 212 (AF_INET 2, AF_INET6 10: its low byte, host order)
 _ID = struct.Struct(">16sIB").unpack_from
+_CUR = struct.Struct("=QQ").unpack_from  # curlft at 160: struct xfrm_lifetime_cur { __u64 bytes, packets; ... }
 _NEWSA = X.XFRM_MSG_NEWSA
 _MULTI = X.NLM_F_MULTI
 _ENDS = (X.NLMSG_DONE, X.NLMSG_ERROR)
@@ -71,8 +72,9 @@ class Split(NamedTuple):
     """The SAs whose record is identical to the one last applied to them."""
     events: list[Event]
     """Every other message, decoded, in order (a terminating ``NLMSG_DONE``/``NLMSG_ERROR`` last)."""
-    digests: dict[int, int]
-    """``id(event)`` -> digest of a changed NEWSA record, to record on its SA once it was applied."""
+    fresh: list[tuple[SAState, int, int, int]]
+    """``(SA, digest, bytes, packets)`` of each changed NEWSA record of a held SA: the digest is recorded on
+    the SA once the record was applied, if the SA's counters then equal the record's ``curlft``."""
 
 
 def split_refresh(data: bytes, sas: Mapping[SaKey, SAState]) -> Split | None:  # noqa: PLR0911 (one loop, many ways out)
@@ -89,7 +91,8 @@ def split_refresh(data: bytes, sas: Mapping[SaKey, SAState]) -> Split | None:  #
     unchanged: list[SAState] = []
     keep = unchanged.append
     events: list[Event] = []
-    fresh: list[int] = []  # per decoded message: its digest, or -1
+    fresh: list[tuple[SAState, int, int, int]] = []
+    count = 0  # messages to decode
     runs: list[tuple[int, int]] = []
     run = -1  # start of the run of messages to decode
     get = sas.get
@@ -123,13 +126,15 @@ def split_refresh(data: bytes, sas: Mapping[SaKey, SAState]) -> Split | None:  #
                     off += (length + 3) & ~3
                     continue
                 st.digest = -1  # changed: a later record of this SA must not match the old digest
-            fresh.append(h)
+                nbytes, npackets = _CUR(data, s + 160)
+                fresh.append((st, h, nbytes, npackets))
+            # an SA not held yet gets its digest from its next record, once it is held
         elif mtype in _ENDS:
             if (off + length + 3) & ~3 < size:
                 return None  # the dump's end is the datagram's last message
-            fresh.append(-1)
         else:
             return None
+        count += 1
         if run < 0:
             run = off
         off += (length + 3) & ~3
@@ -140,10 +145,9 @@ def split_refresh(data: bytes, sas: Mapping[SaKey, SAState]) -> Split | None:  #
             events.extend(decode_datagram(data[a:b]))
     except MalformedMessage:
         return None
-    if len(events) != len(fresh):  # pragma: no cover - one event per message, always
+    if len(events) != count:  # pragma: no cover - one event per message, always
         return None
-    digests = {id(ev): h for ev, h in zip(events, fresh, strict=True) if h >= 0}
-    return Split(unchanged, events, digests)
+    return Split(unchanged, events, fresh)
 
 
 class Refreshing(Checkpointing):
@@ -161,21 +165,20 @@ class Refreshing(Checkpointing):
             return None
         return ns.sas
 
-    def _refresh_apply(self, netns: str, unchanged: Sequence[SAState], events: Sequence[Event],
-                       digests: Mapping[int, int], now: float) -> NetnsState:
+    def _refresh_apply(self, netns: str, split: Split, events: Sequence[Event], now: float) -> NetnsState:
         """``Correlator.on_refresh`` before its flush.
 
         Args:
             netns: the namespace.
-            unchanged: SAs whose dump record is identical to the one last applied to them. For each this does
-                what ``Lifecycle._ev_sa_added`` does with such a record: ``_bump`` finds nothing above the SA's
-                counters, drop counters or last use, and the same limits, so only the volume check of
-                ``Counters._details`` and the dump stamp remain.
-            events: the datagram's other messages, decoded, in order (applied after ``unchanged``: the split
-                never lets a record of an SA follow a changed one of the same SA).
-            digests: ``id(event)`` -> the digest to record on the SA of a changed dump record once applied;
-                recorded only when the SA's counters then equal the record's (a record that went backwards must
-                count its anomaly every time).
+            split: from ``split_refresh``. For each of its ``unchanged`` SAs this does what
+                ``Lifecycle._ev_sa_added`` does with a record identical to the one last applied: ``_bump`` finds
+                nothing above the SA's counters, drop counters or last use, and the same limits, so only the
+                volume check of ``Counters._details`` and the dump stamp remain. Its ``fresh`` digests are
+                recorded after ``events`` were applied, on SAs whose counters then equal the record's (one that
+                went backwards must count its anomaly every time).
+            events: ``split.events`` or the part of them before the dump's end, applied after the unchanged
+                SAs (the split never lets a record of an SA follow a changed one of the same SA). No digest is
+                forgotten for them: the split already dropped those of changed records.
             now: core time.
         """
         ns = self._netns(netns, now)
@@ -183,7 +186,7 @@ class Refreshing(Checkpointing):
         gen = ns.gen
         pending = ns.pending
         seen = 0
-        for st in unchanged:
+        for st in split.unchanged:
             if st.bytes >= st.vol_bytes or st.packets >= st.vol_packets:
                 pending.add(st.tunnel)
             if st.gen != gen:
@@ -192,19 +195,23 @@ class Refreshing(Checkpointing):
         ns.seen += seen
         if events:
             handlers = self._handlers  # type: ignore[attr-defined] # Correlator's dispatch table
-            forget = self._forget_digest
-            sas = ns.sas
             for ev in events:
-                forget(ns, ev)
                 h = handlers.get(ev.__class__)
                 if h is not None:
                     h(ns, ev, now)
-                d = digests.get(id(ev))
-                if d is not None and isinstance(ev, SAAdded):
-                    sa = ev.sa
-                    live = sas.get((sa.spi, sa.daddr, sa.proto))
-                    if live is not None and live.bytes == sa.cur.bytes and live.packets == sa.cur.packets:
-                        live.digest = d
+            # the last record applied to an SA decides (a crafted datagram may hold two of one SA): every fresh
+            # SA has -1 since the split, so in reverse order the first one seen decides, -2 meaning "no digest"
+            undecided = []
+            for st, d, nbytes, npackets in reversed(split.fresh):
+                if st.digest != -1:
+                    continue
+                if st.bytes == nbytes and st.packets == npackets:
+                    st.digest = d
+                else:
+                    st.digest = -2
+                    undecided.append(st)
+            for st in undecided:
+                st.digest = -1
         return ns
 
     @staticmethod
