@@ -454,6 +454,23 @@ def format_table(result: dict[str, Any]) -> str:
     if p2:
         rows.append(f"| pyroute2 Marshal.parse ({r['pyroute2_subset']['sas']:,} SAs) | | | | {p2:,.0f} | "
                     f"{(r['sas'] / p2) / hw:.1f} |")
+    f = result.get("fastpath")
+    if f:
+        rows += ["", "| issue 15 refresh (same dump, same run) | CPU s (best) | x raw recv loop | "
+                 "fast path off CPU s | x raw | on vs off | skipped | longest stall ms (dump end) |",
+                 "|---|---:|---:|---:|---:|---:|---:|---|"]
+        raw = f["raw_recv_cpu_s"][0]
+        rows.append(f"| raw recv loop (socket pair + header walk) | {raw:.3f} | 1.0 | | | | | |")
+        for key, label in (("tenth", "10% of SAs changed"), ("all", "every SA changed")):
+            e, s = f[key], (f.get("stall") or {}).get(key) or {}
+            rows.append(f"| {label} | {e['on_cpu_s'][0]:.3f} | {e['ratio_on_vs_raw_cpu']:.1f} | "
+                        f"{e['off_cpu_s'][0]:.3f} | {e['ratio_off_vs_raw_cpu']:.1f} | "
+                        f"{e['speedup_on_vs_off_cpu']:.2f}x | {e['skipped_last']:,} | "
+                        f"{s.get('longest_stall_ms') or 0:.0f} ({s.get('dump_end_ms') or 0:.0f}) |")
+        u = (f.get("stall") or {}).get("tenth_unsliced") or {}
+        if u:
+            rows.append(f"| 10%, daemon without feed slices | | | | | | | {u.get('longest_stall_ms') or 0:.0f} "
+                        f"({u.get('dump_end_ms') or 0:.0f}) |")
     return "\n".join(rows)
 
 
