@@ -316,3 +316,17 @@ def test_unchanged_records_are_skipped_and_changes_are_seen() -> None:
     for it in w.dump("a"):
         p.feed(it, w.t)
     assert p.skipped - before == held
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("on", True), ("off", False), ("0", False)])
+def test_serve_switch(monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool) -> None:
+    """``MONITOR_REFRESH_FASTPATH=off`` gives ``monitor serve`` a pipeline without the fast path."""
+    from monitor.serve.config import load_settings
+    from monitor.serve.web import build_core
+
+    if value is None:
+        monkeypatch.delenv("MONITOR_REFRESH_FASTPATH", raising=False)
+    else:
+        monkeypatch.setenv("MONITOR_REFRESH_FASTPATH", value)
+    pipeline, _ = build_core(load_settings({}, env={}))
+    assert pipeline.fastpath is expected
