@@ -32,11 +32,14 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -52,9 +55,10 @@ from bench.common import (
     run_queue_wait,
     write_result,
 )
+from bench.refresh_fastpath import run_fastpath
 from monitor.health.correlate import Correlator
 from monitor.health.pipeline import Pipeline
-from monitor.serve.daemon import LoadGc
+from monitor.serve.load_gc import LoadGc
 from monitor.sources.items import Datagram
 from monitor.wire import xfrm as X
 from monitor.wire.decode import decode_datagram
@@ -219,27 +223,32 @@ def run(n_sas: int = TARGET_SAS, repeats: int = 3, rss: bool = True) -> dict[str
 
 # ------------------------------------------------------------------ RSS in a fresh process
 
-def _rss_child(n_sas: int) -> dict[str, Any]:
-    """In a fresh process: RSS before and after holding a dump of ``n_sas`` SAs (bytes streamed, dropped)."""
-    pipeline = Pipeline(Correlator())
+def _rss_child(n_sas: int, refreshes: int = 0, fastpath: str = "default") -> dict[str, Any]:
+    """In a fresh process: RSS before and after holding a dump of ``n_sas`` SAs (bytes streamed, dropped),
+    then after ``refreshes`` more dumps of the same records (the fast path's digests are recorded from the
+    second dump on). ``fastpath``: "on", "off" or "default" (the ``Pipeline`` default; older code has no switch).
+    """
+    kw: dict[str, Any] = {} if fastpath == "default" else {"fastpath": fastpath == "on"}
+    pipeline = Pipeline(Correlator(), **kw)
     gc.collect()
     before = rss_bytes()
-    req = Datagram("bench", encode_dump_request(X.XFRM_MSG_GETSA, DUMP_SEQ), NOW0, True)
-    pipeline.feed(req, NOW0)
-    batch: list[bytes] = []
-    size = 0
-    for rec in dump_records(n_sas):
-        if batch and size + len(rec) > 32 * 1024:
-            pipeline.feed(Datagram("bench", b"".join(batch), NOW0, False), NOW0)
-            batch, size = [], 0
-        batch.append(rec)
-        size += len(rec)
-    items = dump_items([b"".join(batch)])
-    for it in items[1:]:
-        pipeline.feed(it, NOW0)
-    del batch, items
-    pipeline.correlator.drain_events()
-    pipeline.correlator.take_dirty()
+    for k in range(1 + refreshes):
+        seq = DUMP_SEQ + k
+        pipeline.feed(Datagram("bench", encode_dump_request(X.XFRM_MSG_GETSA, seq), NOW0 + k, True), NOW0 + k)
+        batch: list[bytes] = []
+        size = 0
+        for rec in dump_records(n_sas, seq=seq):
+            if batch and size + len(rec) > 32 * 1024:
+                pipeline.feed(Datagram("bench", b"".join(batch), NOW0 + k, False), NOW0 + k)
+                batch, size = [], 0
+            batch.append(rec)
+            size += len(rec)
+        items = dump_items([b"".join(batch)], seq=seq)
+        for it in items[1:]:
+            pipeline.feed(it, NOW0 + k)
+        del batch, items
+        pipeline.correlator.drain_events()
+        pipeline.correlator.take_dirty()
     t0 = time.perf_counter()
     gc.collect()
     first_full = time.perf_counter() - t0
@@ -248,17 +257,41 @@ def _rss_child(n_sas: int) -> dict[str, Any]:
     full = time.perf_counter() - t0
     after = rss_bytes()
     return {"sas": pipeline.correlator.sa_count, "tunnels": len(pipeline.correlator.tunnel_ids()),
+            "refreshes": refreshes, "fastpath": fastpath, "skipped": getattr(pipeline, "skipped", None),
             "rss_before": before, "rss_after": after, "gc_tracked_objects": len(gc.get_objects()),
             "first_full_gc_s": first_full, "full_gc_s": full}
 
 
-def rss_per_sa(n_sas: int) -> dict[str, Any]:
-    """Run ``_rss_child`` in a fresh interpreter; bytes of RSS per SA held."""
-    out = subprocess.run([sys.executable, "-m", "bench.refresh_bench", "--rss-child", str(n_sas)],
-                         capture_output=True, text=True, check=True, timeout=600)
+def rss_per_sa(n_sas: int, refreshes: int = 0, fastpath: str = "default", src: str | None = None) -> dict[str, Any]:
+    """Run ``_rss_child`` in a fresh interpreter; bytes of RSS per SA held. ``src``: a directory whose
+    ``monitor`` package is imported instead of this one (e.g. another branch's, exported with ``git archive``)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([src, str(Path(__file__).resolve().parent.parent)])
+    out = subprocess.run([sys.executable, "-m", "bench.refresh_bench", "--rss-child", str(n_sas),
+                          "--rss-refreshes", str(refreshes), "--rss-fastpath", fastpath],
+                         capture_output=True, text=True, check=True, timeout=900, env=env,
+                         cwd=src or None)
     d: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     d["bytes_per_sa"] = (d["rss_after"] - d["rss_before"]) / max(1, d["sas"])
     return d
+
+
+def export_ref(ref: str) -> str | None:
+    """``git archive`` of ``ref``'s ``monitor`` and ``bench`` into a temporary directory (None if git cannot)."""
+    root = Path(__file__).resolve().parent.parent
+    dest = tempfile.mkdtemp(prefix=f"bench-{ref.replace('/', '_')}-")
+    try:
+        arch = subprocess.run(["git", "-C", str(root), "archive", ref, "monitor", "bench"], capture_output=True,
+                              check=True, timeout=60)
+        subprocess.run(["tar", "-x", "-C", dest], input=arch.stdout, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        shutil.rmtree(dest, ignore_errors=True)
+        return None
+    # the child runs this branch's bench code against ``ref``'s monitor package
+    shutil.rmtree(Path(dest) / "bench")
+    shutil.copytree(root / "bench", Path(dest) / "bench", ignore=shutil.ignore_patterns("results", "__pycache__"))
+    return dest
 
 
 # ------------------------------------------------------------------ kernel in the loop
@@ -387,6 +420,22 @@ def run_kernel(n_sas: int = 50_000, repeats: int = 3) -> dict[str, Any]:
     return res
 
 
+def fastpath_rss(n_sas: int, baseline_ref: str | None) -> dict[str, Any]:
+    """RSS per SA after the load and two refreshes: fast path on, off, and ``baseline_ref``'s code."""
+    out: dict[str, Any] = {"on": rss_per_sa(n_sas, 2, "on"), "off": rss_per_sa(n_sas, 2, "off")}
+    if baseline_ref:
+        src = export_ref(baseline_ref)
+        if src is None:
+            out["baseline"] = {"skipped": f"git archive {baseline_ref} failed"}
+        else:
+            try:
+                out["baseline"] = rss_per_sa(n_sas, 2, "default", src=src)
+                out["baseline"]["ref"] = baseline_ref
+            finally:
+                shutil.rmtree(src, ignore_errors=True)
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown summary of a refresh result."""
     r = result["refresh"]
@@ -405,6 +454,23 @@ def format_table(result: dict[str, Any]) -> str:
     if p2:
         rows.append(f"| pyroute2 Marshal.parse ({r['pyroute2_subset']['sas']:,} SAs) | | | | {p2:,.0f} | "
                     f"{(r['sas'] / p2) / hw:.1f} |")
+    f = result.get("fastpath")
+    if f:
+        rows += ["", "| issue 15 refresh (same dump, same run) | CPU s (best) | x raw recv loop | "
+                 "fast path off CPU s | x raw | on vs off | skipped | longest stall ms (dump end) |",
+                 "|---|---:|---:|---:|---:|---:|---:|---|"]
+        raw = f["raw_recv_cpu_s"][0]
+        rows.append(f"| raw recv loop (socket pair + header walk) | {raw:.3f} | 1.0 | | | | | |")
+        for key, label in (("tenth", "10% of SAs changed"), ("all", "every SA changed")):
+            e, s = f[key], (f.get("stall") or {}).get(key) or {}
+            rows.append(f"| {label} | {e['on_cpu_s'][0]:.3f} | {e['ratio_on_vs_raw_cpu']:.1f} | "
+                        f"{e['off_cpu_s'][0]:.3f} | {e['ratio_off_vs_raw_cpu']:.1f} | "
+                        f"{e['speedup_on_vs_off_cpu']:.2f}x | {e['skipped_last']:,} | "
+                        f"{s.get('longest_stall_ms') or 0:.0f} ({s.get('dump_end_ms') or 0:.0f}) |")
+        u = (f.get("stall") or {}).get("tenth_unsliced") or {}
+        if u:
+            rows.append(f"| 10%, daemon without feed slices | | | | | | | {u.get('longest_stall_ms') or 0:.0f} "
+                        f"({u.get('dump_end_ms') or 0:.0f}) |")
     return "\n".join(rows)
 
 
@@ -418,10 +484,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kernel-sas", type=int, default=None, help="larval SAs (default 50,000)")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-refreshes", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-fastpath", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-ref", default="main",
+                        help="git ref whose monitor package is the RSS baseline (default main; '' to skip)")
+    parser.add_argument("--no-fastpath", action="store_true", help="skip the issue 15 fast-path scenarios")
     parser.add_argument("--kernel-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child is not None:
-        print(json.dumps(_rss_child(args.rss_child)))
+        print(json.dumps(_rss_child(args.rss_child, args.rss_refreshes, args.rss_fastpath)))
         return 0
     if args.kernel_child is not None:
         pin_one_cpu()
@@ -433,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"benchmark": "refresh", "params": {"sas": n, "repeats": repeats, "quick": args.quick,
                                                                 "pinned_cpu": pinned}}
     result["refresh"] = run(n, repeats, rss=not args.no_rss)
+    if not args.no_fastpath:
+        result["fastpath"] = run_fastpath(list(dump_records(n)), repeats)
+        if not args.no_rss:
+            result["fastpath"]["rss"] = fastpath_rss(n, args.baseline_ref or None)
     if args.kernel:
         result["kernel"] = run_kernel(args.kernel_sas or (20_000 if args.quick else 50_000), repeats)
     path = write_result("refresh", result)

@@ -110,6 +110,7 @@ def _refresh_rows(d: dict[str, Any]) -> list[Row]:
     if rss:
         rows.append(("2 refresh: RSS", "<= 1.5 KB per SA held", f"{rss['bytes_per_sa']:,.0f} B/SA ({rss['sas']:,} SAs)",
                      "fresh process, before/after", rss["bytes_per_sa"] <= 1536))
+    rows += _fastpath_rows(d.get("fastpath"))
     k = d.get("kernel")
     if k:
         if "ratio_vs_raw_recv" in k:
@@ -121,6 +122,43 @@ def _refresh_rows(d: dict[str, Any]) -> list[Row]:
         else:
             rows.append(("2 refresh: kernel GETSA", "report", k.get("skipped") or k.get("error", "?"), "", False))
     return rows
+
+
+def _fastpath_rows(f: dict[str, Any] | None) -> list[Row]:
+    """Issue 15 item 1: the skip-unchanged refresh against the raw recv loop of the same dump (CPU ratios)."""
+    if not f:
+        return []
+    rows: list[Row] = []
+    raw = f["raw_recv_cpu_s"][0]
+    n = f"{f['sas']:,} SAs"
+    for key, label, target in (("tenth", "10% changed", 3.0), ("all", "every SA changed", 6.0)):
+        e = f[key]
+        rows.append((f"15.1 refresh, {label}", f"<= {target:g}x the raw recv loop (CPU)",
+                     f"{e['ratio_on_vs_raw_cpu']:.1f}x: {e['on_cpu_s'][0]:.3f} s CPU ({n}); fast path off "
+                     f"{e['off_cpu_s'][0]:.3f} s = {e['ratio_off_vs_raw_cpu']:.1f}x",
+                     f"raw recv loop, same bytes, same run: {raw:.3f} s CPU", e["ratio_on_vs_raw_cpu"] <= target))
+    st = f.get("stall") or {}
+    for key, label in (("tenth", "10% changed"), ("all", "every SA changed")):
+        s = st.get(key)
+        if s and s.get("longest_stall_ms") is not None:
+            rows.append((f"15.1 refresh, {label}", "longest loop stall <= 20 ms",
+                         f"{s['longest_stall_ms']:.0f} ms (dump end {s.get('dump_end_ms') or 0:.0f} ms, longest "
+                         f"datagram {s.get('longest_datagram_ms') or 0:.1f} ms)",
+                         _unsliced(st), s["longest_stall_ms"] <= 20.0))
+    rss = f.get("rss") or {}
+    if "on" in rss:
+        base = rss.get("baseline") or {}
+        rows.append(("15.1 refresh: RSS", "<= 1.5 KB per SA held (load + 2 refreshes)",
+                     f"{rss['on']['bytes_per_sa']:,.0f} B/SA fast path on, {rss['off']['bytes_per_sa']:,.0f} off",
+                     f"{base.get('ref', 'baseline')}: {base['bytes_per_sa']:,.0f} B/SA" if "bytes_per_sa" in base
+                     else "", rss["on"]["bytes_per_sa"] <= 1536))
+    return rows
+
+
+def _unsliced(st: dict[str, Any]) -> str:
+    u = st.get("tenth_unsliced") or {}
+    v = u.get("longest_stall_ms")
+    return "" if v is None else f"no feed slices (10%): {v:.0f} ms"
 
 
 def _storm_rows(d: dict[str, Any]) -> list[Row]:

@@ -150,3 +150,21 @@ def test_vm_guest_script_parses() -> None:
     out = subprocess.run(["bash", "-n", str(REPO / "bench" / "vm_xfrm_monitor.sh")], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_refresh_fastpath_smoke() -> None:
+    """Issue 15 item 1 at 400 SAs: raw recv loop, fast path on/off (same tunnels), the stall runs, the rows."""
+    from bench import refresh_fastpath
+
+    f = refresh_fastpath.run_fastpath(list(dump_records(400)), repeats=1)
+    assert f["sas"] == 400
+    assert f["raw_recv_cpu_s"][0] > 0
+    assert f["tenth"]["same_tunnels_on_off"]
+    assert f["all"]["same_tunnels_on_off"]
+    assert 300 <= f["tenth"]["skipped_last"] < 400  # about 90% skipped: the seeded 10% changed
+    assert f["all"]["skipped_last"] == 0
+    for key in ("tenth", "all", "tenth_unsliced"):
+        assert f["stall"][key]["probes"] > 0
+        assert f["stall"][key]["dump_end_ms"] is not None
+    rows = run._fastpath_rows(f)
+    assert [r[1] for r in rows][:2] == ["<= 3x the raw recv loop (CPU)", "<= 6x the raw recv loop (CPU)"]

@@ -11,7 +11,7 @@ from bench.common import NOW0, dump_items, dump_records, pack_records, patch_cou
 from monitor.health.correlate import Correlator
 from monitor.health.nsstate import NetnsState
 from monitor.health.pipeline import Pipeline
-from monitor.serve.daemon import LoadGc
+from monitor.serve.load_gc import LoadGc
 from monitor.sources.items import Control
 from monitor.sources.simfleet import Fleet, FleetConfig
 from monitor.wire.events import SA

@@ -45,7 +45,6 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.health.checkpoint import Checkpointing
 from monitor.health.engine import INF, NLM_MULTI, DumpKind
 from monitor.health.model import (
     STATE_CHANGED,
@@ -54,7 +53,9 @@ from monitor.health.model import (
     HealthEvent,
 )
 from monitor.health.nsstate import NetnsState, apply_xfrm_stat, run_lint
+from monitor.health.refresh import Refreshing, Split
 from monitor.health.tunnel import Tunnel, TunnelState
+from monitor.health.views import Views
 from monitor.wire.events import (
     Acquire,
     AsyncEvent,
@@ -75,7 +76,7 @@ from monitor.wire.events import (
 __all__ = ["Correlator", "DumpKind"]
 
 
-class Correlator(Checkpointing):
+class Correlator(Views, Refreshing):
     """Pure tunnel health state machine. See the module docstring for the rules."""
 
     def __init__(self, config: HealthConfig | None = None) -> None:
@@ -90,7 +91,6 @@ class Correlator(Checkpointing):
             PolicyUpdated: self._ev_policy, PolicyDeleted: self._ev_policy_deleted,
             PolicyExpired: self._ev_policy_expired, PolicyFlushed: self._ev_policy_flushed,
         }
-
 
     # ------------------------------------------------------------------ public API
 
@@ -113,6 +113,10 @@ class Correlator(Checkpointing):
         """Apply decoded events of one netns (notifications and dump records alike)."""
         ns = self._netns(netns, now)
         handlers = self._handlers
+        if netns in self._digested:
+            forget = self._forget_digest
+            for ev in events:
+                forget(ns, ev)
         if ns.loading:
             # initial load: a dump record of an SA not held yet goes straight to ``_load_sa``
             # (what ``_ev_sa_added`` would do, without its call and lookups); anything else as usual
@@ -131,6 +135,14 @@ class Correlator(Checkpointing):
                 h = handlers.get(ev.__class__)
                 if h is not None:
                     h(ns, ev, now)
+        if not ns.deferring:
+            self._flush(ns, now)
+
+    def on_refresh(self, netns: str, split: Split, events: Sequence[Event], now: float) -> None:
+        """``on_events`` for a dump datagram split by ``monitor.health.refresh.split_refresh``: its unchanged SAs
+        (their record is the one last applied) are only stamped and volume-checked, then ``events`` (the split's
+        events before the dump's end) are applied; see ``Refreshing._refresh_apply``."""
+        ns = self._refresh_apply(netns, split, events, now)
         if not ns.deferring:
             self._flush(ns, now)
 
@@ -189,6 +201,7 @@ class Correlator(Checkpointing):
     def on_resync(self, netns: str, now: float) -> None:
         """Events were lost (ENOBUFS): abort any dump in flight; the next full dump reconciles quietly."""
         ns = self._netns(netns, now)
+        self._drop_digests(ns)  # no digest outlives lost events
         ns.resync = True
         ns.sa_dump_begin = None
         ns.pol_dump_begin = None
@@ -197,6 +210,7 @@ class Correlator(Checkpointing):
     def on_netns_removed(self, netns: str, now: float) -> None:
         """The netns is gone: its up tunnels go down (reason ``netns_removed``) and all are dropped."""
         ns = self._ns.pop(netns, None)
+        self._digested.discard(netns)  # its SAs (and their digests) go with it
         if ns is None:
             return
         for t in list(ns.tunnels.values()):
@@ -267,60 +281,6 @@ class Correlator(Checkpointing):
         for t in touched:
             if t.id in self._tunnels:
                 self._settle(t, now)
-
-    def drain_events(self) -> list[HealthEvent]:
-        """The health events emitted since the last call, ``seq`` strictly increasing."""
-        out, self._events = self._events, []
-        return out
-
-    def take_dirty(self) -> set[str]:
-        """Ids of tunnels changed (or removed: ``tunnel_json`` then returns None) since the last call."""
-        out, self._dirty = self._dirty, set()
-        return out
-
-    def tunnel_ids(self) -> list[str]:
-        """Every tunnel id, sorted."""
-        return sorted(self._tunnels)
-
-    def tunnel_json(self, tid: str, now: float) -> dict[str, Any] | None:
-        """The public JSON of one tunnel, or None if there is no such tunnel (any more)."""
-        t = self._tunnels.get(tid)
-        if t is None:
-            return None
-        return t.to_json(now, self._derived_hints(t), self.wall_skew)
-
-    def counters_row(self, tid: str) -> list[Any] | None:
-        """Compact per-tunnel counters for periodic websocket frames:
-        ``[id, bytes_in, bytes_out, packets_in, packets_out, rate_in_bps, rate_out_bps, state]``
-        (rates in bytes per second). None if there is no such tunnel.
-        """
-        t = self._tunnels.get(tid)
-        return None if t is None else t.counters_row()
-
-    def metrics_row(self, tid: str, now: float) -> tuple[Any, ...] | None:
-        """The values ``/metrics`` exports of one tunnel (``Tunnel.metrics_row``; the same as its JSON shows,
-        cheaper), or None if there is no such tunnel."""
-        t = self._tunnels.get(tid)
-        return None if t is None else t.metrics_row(now)
-
-    def snapshot(self, now: float) -> list[dict[str, Any]]:
-        """Every tunnel's JSON, sorted by id."""
-        return [self._tunnels[tid].to_json(now, self._derived_hints(self._tunnels[tid]), self.wall_skew)
-                for tid in sorted(self._tunnels)]
-
-    def netns_names(self) -> list[str]:
-        """Every netns the correlator has state for, sorted."""
-        return sorted(self._ns)
-
-    def netns_json(self, netns: str, now: float) -> dict[str, Any] | None:
-        """Netns-level view: ``{netns, tunnels, sas, policies, hints[{code,text}], resyncs, last_dump}``."""
-        ns = self._ns.get(netns)
-        if ns is None:
-            return None
-        doc = ns.to_json(now)
-        if doc["last_sa_dump_end"] is not None:
-            doc["last_sa_dump_end"] += self.wall_skew  # an instant: shown in wall time
-        return doc
 
     def _flush(self, ns: NetnsState, now: float) -> None:
         if ns.split_pairs and not ns.deferring:

@@ -159,7 +159,7 @@ class Engine:
         self._dirty.add(t.id)
         # break the tunnel <-> SA / policy reference cycles (the lists are the tunnel's side of them) so
         # refcounting frees all of it at once: the daemon freezes loaded state out of the cyclic GC
-        # (monitor.serve.daemon.LoadGc), which would never find these cycles
+        # (monitor.serve.load_gc.LoadGc), which would never find these cycles
         t.sas.clear()
         t.policies.clear()
 

@@ -11,6 +11,11 @@ A source hands every ``Datagram`` it sends or receives and every ``Control`` not
   ``NLMSG_DONE`` whose seq matches a pending dump ends it. An ``NLMSG_ERROR`` answering a dump
   request ends it too, with ``ok=False`` so the correlator removes nothing;
 * bytes that do not decode (``MalformedMessage``) are counted and the text kept; feeding goes on;
+* while an unfiltered SA dump of the netns is in flight, a reply datagram goes through the skip-unchanged
+  fast path (``monitor.health.refresh``): a dump record identical to the one last applied to its SA is not
+  decoded, the correlator only stamps it (``Correlator.on_refresh``). ``Pipeline(c, fastpath=False)`` turns
+  it off (the shell: ``MONITOR_REFRESH_FASTPATH=off``); state, events and counters are the same either way
+  (``tests/test_refresh_fastpath.py``);
 * ``Control`` notes: ``enobufs`` -> ``on_resync``, ``xfrm_stat`` -> ``on_xfrm_stat``,
   ``netns_removed`` -> ``on_netns_removed``, ``source_error`` is recorded for ``/healthz``.
 
@@ -24,6 +29,7 @@ from typing import Any
 
 from monitor.errors import MalformedMessage
 from monitor.health.correlate import Correlator, DumpKind
+from monitor.health.refresh import split_refresh
 from monitor.sources.items import Control, Datagram, SourceItem
 from monitor.wire import xfrm as X
 from monitor.wire.decode import decode_datagram, iter_messages
@@ -112,11 +118,14 @@ def _unfiltered(data: bytes, start: int, end: int) -> bool:
 class Pipeline:
     """Feeds source items through the decoder into a ``Correlator``."""
 
-    def __init__(self, correlator: Correlator) -> None:
+    def __init__(self, correlator: Correlator, fastpath: bool = True) -> None:
         """Args:
         correlator: the correlator every decoded event goes to.
+        fastpath: skip the decoder for SA dump records that did not change (``monitor.health.refresh``).
         """
         self.correlator = correlator
+        self.fastpath = fastpath
+        self.skipped = 0  # dump records skipped as unchanged (not in ``stats``: those are the same either way)
         self.stats = PipelineStats()
         self._dumps: dict[str, dict[int, tuple[DumpKind, float]]] = {}  # netns -> seq -> (kind, started)
 
@@ -171,16 +180,45 @@ class Pipeline:
             self.correlator.on_dump_begin(item.netns, kind, now)
 
     def _incoming(self, item: Datagram, now: float) -> None:
+        pending = self._dumps.get(item.netns)
+        if pending and self.fastpath and self._refresh(item, pending, now):
+            return
         try:
             events = decode_datagram(item.data)
         except MalformedMessage as exc:
             self._malformed(item, exc)
             return
         self.stats.events += len(events)
-        pending = self._dumps.get(item.netns)
         if not pending:
             self.correlator.on_events(item.netns, events, now)
             return
+        self._dump_events(item, events, pending, now)
+
+    def _refresh(self, item: Datagram, pending: dict[int, tuple[DumpKind, float]], now: float) -> bool:
+        """The skip-unchanged fast path (``monitor.health.refresh``); False: take the ordinary path."""
+        if "sa" not in [k for k, _ in pending.values()]:
+            return False
+        sas = self.correlator.refresh_index(item.netns)
+        if sas is None:
+            return False
+        data = item.data if type(item.data) is bytes else bytes(item.data)
+        split = split_refresh(data, sas)
+        if split is None:
+            return False
+        events = split.events
+        self.stats.events += len(events) + len(split.unchanged)
+        self.skipped += len(split.unchanged)
+        tail: list[Event] = []
+        if events and isinstance(events[-1], (Done, NetlinkError)):
+            events, tail = events[:-1], events[-1:]
+        self.correlator.on_refresh(item.netns, split, events, now)
+        if tail:
+            self._dump_events(item, tail, pending, now)
+        return True
+
+    def _dump_events(self, item: Datagram, events: list[Event], pending: dict[int, tuple[DumpKind, float]],
+                     now: float) -> None:
+        """Apply a datagram's events while dumps are pending: a dump's NLMSG_DONE / error ends it."""
         batch: list[Event] = []
         for ev in events:
             seq = None

@@ -25,7 +25,7 @@ ENCAP_NAMES = {1: "espinudp-non-ike", 2: "espinudp", 7: "espintcp"}
 class SAState:
     """What the correlator keeps of one live, non-larval SA (numbers and interned strings only)."""
 
-    __slots__ = ("add_time", "aead", "auth", "bytes", "daddr", "dir", "enc", "encap", "esn", "gen", "hard_at",
+    __slots__ = ("add_time", "aead", "auth", "bytes", "daddr", "digest", "dir", "enc", "encap", "esn", "gen", "hard_at",
                  "integrity", "lastused", "lft", "order", "oseq_warned", "packets", "proto", "replay", "saddr",
                  "seqs", "soft_at", "soft_expired", "spi", "tunnel", "vol_bytes", "vol_packets", "window")
 
@@ -46,6 +46,9 @@ class SAState:
         self.hard_at = 0.0  # absolute wall-clock hard expiry (0: none)
         self.lastused = 0
         self.gen = 0  # last SA dump generation (or event during it) that saw this SA
+        # 60-bit digest of the last dump record applied in full, while applying it again would change nothing
+        # but the dump stamp and the volume re-check (monitor.health.refresh); -1: none, take the full path
+        self.digest = -1
         self.soft_expired = False
         self.enc: str | None = None
         self.auth: str | None = None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def build_core(settings: Settings) -> tuple[Any, Any]:
     except TypeError as exc:
         raise ConfigError(f"bad [health] setting: {exc}") from None
     correlator = Correlator(hc)
-    return Pipeline(correlator), correlator
+    # MONITOR_REFRESH_FASTPATH=off: decode every dump record (the skip-unchanged path's A/B baseline)
+    fastpath = os.environ.get("MONITOR_REFRESH_FASTPATH", "on").strip().lower() not in ("off", "0", "false", "no")
+    return Pipeline(correlator, fastpath=fastpath), correlator
 
 
 @web.middleware
