@@ -160,7 +160,8 @@ def per_tunnel(text: bytes) -> set[str]:
     fams = list(text_string_to_metric_families(text.decode()))
     remote = {s.labels["id"]: s.labels["remote"] for f in fams if f.name == "ipsec_tunnel_info" for s in f.samples}
     for f in fams:
-        if f.name.startswith("ipsec_tunnel_") and f.name not in ("ipsec_tunnel_hard_expiry_seconds", "ipsec_tunnel_ike_info"):
+        if f.name.startswith("ipsec_tunnel_") and f.name not in ("ipsec_tunnel_hard_expiry_seconds",
+                                                              "ipsec_tunnel_ike_info"):
             assert {s.labels["id"] for s in f.samples} == set(remote), f.name
     return set(remote.values())
 
