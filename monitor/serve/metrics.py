@@ -25,6 +25,8 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from monitor.serve.metrics_text import (
@@ -70,6 +72,7 @@ __all__ = [
     "scrape_chunks",
 ]
 _STATE = STATE_COLUMN  # where counters_row() puts the state
+_NS_STATE = itemgetter(0, 7)  # (netns, state) of a metrics_row tuple
 #: Values of the ``metrics_tunnels`` setting.
 MODES = ("all", "unhealthy", "none")
 #: States that ``metrics_tunnels = "unhealthy"`` leaves out of the per-tunnel series.
@@ -343,18 +346,20 @@ async def gather_columns(view: TunnelView, now: float, chunk: int = 500, mode: s
         raise ValueError(f"metrics_tunnels must be one of {', '.join(MODES)}, not {mode!r}")
     row_of = view.metrics_row  # type: ignore[attr-defined]
     cols = Columns()
+    rows = cols.rows
     counts: Counter[tuple[str, str]] = Counter()
     everything, nothing = mode == "all", mode == "none"
-    for i, tid in enumerate(list(view.tunnel_ids())):
-        if i and i % chunk == 0:
+    ids = list(view.tunnel_ids())
+    for lo in range(0, len(ids), chunk):  # a slice at a time through C-level loops (map, Counter.update)
+        if lo:
             await asyncio.sleep(0)
-        r = row_of(tid, now)
-        if r is None:
-            continue
-        state = r[7]
-        counts[(r[0], state)] += 1
-        if everything or not (nothing or state in HEALTHY):
-            cols.add(r)
+        part = ids[lo:lo + chunk]
+        got = [r for r in map(row_of, part, repeat(now, len(part))) if r is not None]
+        counts.update(map(_NS_STATE, got))
+        if everything:
+            rows.extend(got)
+        elif not nothing:
+            rows.extend([r for r in got if r[7] not in HEALTHY])
     return cols, dict(counts)
 
 
