@@ -13,9 +13,10 @@ socket would), and measures:
   minus RSS before; falls back to polling ``VmRSS`` every 2 ms);
 - the longest stretch the event loop was blocked (a ticker task).
 
-Baseline in the same run, same correlator: the previous scrape's shape (every tunnel's public JSON,
-``render`` of the whole body, ``gzip.compress`` of it at the same level). At the smallest size the body is
-also checked byte for byte against ``prometheus_client.generate_latest`` of the same samples.
+Baseline in the same run, same correlator: the previous scrape's shape (``bench/metrics_prev.py``: the seven
+labels ``id, if_id, local, mark, netns, remote, reqid`` on every per-tunnel line and every value written as a Go
+float, streamed and gzipped the same way), measured the same way. At the smallest size the body is also checked
+against ``prometheus_client.generate_latest`` of the same samples (the parsed families must be equal).
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import gzip as gzip_mod
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench import metrics_prev
 from bench.common import NOW0, loadavg, loaded_pipeline, machine_description, rss_bytes, write_result
 from monitor.health.correlate import Correlator
-from monitor.serve import metrics, metrics_reference, metrics_text
-from monitor.serve.protocol import STATES
+from monitor.serve import metrics, metrics_reference
 
 MON = metrics.MonitorSample(enobufs={"bench": 0}, resyncs={"bench": 0}, lag=0.001,
                             dumps={"bench": {"last_dump": NOW0, "last_dump_duration": 0.5}},
@@ -117,11 +117,10 @@ def _on_loop(make: Callable[[], Any]) -> tuple[Any, float]:
     return asyncio.run(main())
 
 
-def ours(c: Correlator, mode: str) -> tuple[tuple[int, int], float]:
-    """One streamed, gzipped scrape; returns ((wire bytes, pieces), longest loop stall)."""
+def _streamed(chunks: Callable[[Correlator, str], Any], c: Correlator, mode: str) -> tuple[tuple[int, int], float]:
     async def scrape() -> tuple[int, int]:
         n = pieces = 0
-        async for piece in metrics.scrape_chunks(c, MON, mode, gzip=True):
+        async for piece in chunks(c, mode):
             n += len(piece)
             pieces += 1
         return n, pieces
@@ -129,18 +128,18 @@ def ours(c: Correlator, mode: str) -> tuple[tuple[int, int], float]:
     return out
 
 
-def before(c: Correlator, mode: str) -> tuple[int, int]:
-    """The old shape: JSON gather, whole body with the one-hot state lines, whole gzip. Returns (wire bytes,
-    plain bytes); the one-hot lines are appended rather than in place, which changes neither cost nor size much."""
-    async def gather() -> metrics.Gathered:
-        return await metrics.gather(c, NOW0, mode=mode)
-    g, _ = _on_loop(gather)
-    body = metrics.render(g.tunnels, MON, g.counts)
-    # ipsec_tunnel_state was one-hot: the other six states' 0.0 lines, which the old renderer also wrote
-    zeros = "".join([f'ipsec_tunnel_state{{{metrics.tunnel_labels(t.labels)},state="{s}"}} 0.0\n'
-                     for t in g.tunnels for s in STATES if s != t.state]).encode()
-    body += zeros
-    return len(gzip_mod.compress(body, metrics_text.GZIP_LEVEL)), len(body)
+def ours(c: Correlator, mode: str) -> tuple[tuple[int, int], float]:
+    """One streamed, gzipped scrape; returns ((wire bytes, pieces), longest loop stall)."""
+    return _streamed(lambda v, m: metrics.scrape_chunks(v, MON, m, gzip=True), c, mode)
+
+
+def before(c: Correlator, mode: str) -> tuple[tuple[int, int], float]:
+    """The same scrape in the previous shape (``bench/metrics_prev.py``)."""
+    return _streamed(lambda v, m: metrics_prev.scrape_chunks(v, MON, m, gzip=True), c, mode)
+
+
+async def _plain_before(c: Correlator, mode: str) -> bytes:
+    return b"".join([p async for p in metrics_prev.scrape_chunks(c, MON, mode)])
 
 
 def run_one(tunnels: int, repeats: int, reference: bool) -> dict[str, Any]:
@@ -150,21 +149,28 @@ def run_one(tunnels: int, repeats: int, reference: bool) -> dict[str, Any]:
     for mode in metrics.MODES:
         with PeakRss() as rss:
             (wire, pieces), stall = ours(c, mode)
-        cpu, _ = _cpu(lambda m=mode: ours(c, m), repeats)  # type: ignore[misc]
+        # interleaved (ours, previous, ours, ...): both see the same machine load; best of each
+        cpu = b_cpu = float("inf")
+        for _ in range(repeats):
+            cpu = min(cpu, _cpu(lambda m=mode: ours(c, m), 1)[0])  # type: ignore[misc]
+            b_cpu = min(b_cpu, _cpu(lambda m=mode: before(c, m), 1)[0])  # type: ignore[misc]
         plain = asyncio.run(metrics.scrape(c, MON, mode))
         row: dict[str, Any] = {
             "cpu_s": round(cpu, 4), "wire_bytes": wire, "pieces": pieces, "bytes": len(plain),
             "series": plain.count(b"\n") - plain.count(b"# "), "rss_growth_bytes": rss.growth,
             "rss_method": "VmHWM" if rss.hwm else "poll", "max_block_s": round(stall, 4)}
         with PeakRss() as rss0:
-            before(c, mode)
-        b_cpu, (b_wire, b_plain) = _cpu(lambda m=mode: before(c, m), repeats if mode != "all" else 1)  # type: ignore[misc]
-        row["before"] = {"cpu_s": round(b_cpu, 4), "wire_bytes": b_wire, "bytes": b_plain,
-                         "rss_growth_bytes": rss0.growth}
+            (b_wire, _), b_stall = before(c, mode)
+        b_plain = asyncio.run(_plain_before(c, mode))
+        row["before"] = {"cpu_s": round(b_cpu, 4), "wire_bytes": b_wire, "bytes": len(b_plain),
+                         "series": b_plain.count(b"\n") - b_plain.count(b"# "), "rss_growth_bytes": rss0.growth,
+                         "max_block_s": round(b_stall, 4)}
+        row["load"] = loadavg()
         row["cpu_ratio"] = round(cpu / b_cpu, 3) if b_cpu else None
         if reference and mode == "all":
             samples = [metrics.sample(t) for t in c.snapshot(NOW0)]
-            if metrics_reference.render_prometheus_client(samples, MON) != plain:
+            ref = metrics_reference.render_prometheus_client(samples, MON)
+            if metrics_reference.families(ref) != metrics_reference.families(plain):
                 raise SystemExit("scrape and render_prometheus_client disagree")
             row["reference_identical"] = True
         res[mode] = row
@@ -174,8 +180,9 @@ def run_one(tunnels: int, repeats: int, reference: bool) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any]) -> str:
     """Markdown rows for RESULTS.md: ours and the old shape, per size and mode."""
-    rows = ["| tunnels | metrics_tunnels | series | text MB | gzip MB (wire) | CPU s per scrape | old shape: CPU s, "
-            "gzip MB, text MB | CPU ratio | RSS growth MB (old) | longest loop stall ms |",
+    rows = ["| tunnels | metrics_tunnels | series | text MB | gzip MB (wire) | CPU s per scrape "
+            "| previous shape: CPU s, gzip MB, text MB | CPU ratio | RSS growth MB (previous) "
+            "| longest loop stall ms |",
             "|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]
     mb = 1e6
     for size in result["sizes"]:

@@ -213,11 +213,12 @@ def _metrics_rows(d: dict[str, Any]) -> list[Row]:
     b = a["before"]
     small = "" if n >= 100_000 else f" [only {n:,} tunnels measured: not the target size]"
     judged = n >= 100_000
-    base = (f"old shape, same run: {b['cpu_s']:.2f} s CPU, {b['wire_bytes'] / 1e6:.1f} MB gzip, "
-            f"RSS +{b['rss_growth_bytes'] / 2**20:.0f} MB")
+    load = f", load {a['load'][0]:.1f}" if a.get("load") else ""
+    base = (f"previous (seven-label) shape, same run: {b['cpu_s']:.2f} s CPU, {b['wire_bytes'] / 1e6:.1f} MB gzip, "
+            f"RSS +{b['rss_growth_bytes'] / 2**20:.0f} MB{load}")
     return [
         ("/metrics", "<= 1 s CPU per scrape, 100k tunnels, all (machine-specific)",
-         f"{a['cpu_s']:.2f} s CPU = {a['cpu_ratio']:.2f}x the old shape{small}", base,
+         f"{a['cpu_s']:.2f} s CPU = {a['cpu_ratio']:.2f}x the previous shape{small}", base,
          (a["cpu_s"] <= 1.0) if judged else None),
         ("/metrics", "<= 25 MB on the wire (gzip), 100k tunnels, all",
          f"{a['wire_bytes'] / 1e6:.1f} MB ({a['bytes'] / 1e6:.0f} MB of text, {a['series']:,} series){small}", base,

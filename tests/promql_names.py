@@ -44,6 +44,8 @@ def exported() -> Exported:
     from monitor.serve.protocol import STATES
 
     tunnels = [metrics.sample(full_tunnel(s)) for s in STATES]
+    # a route-based tunnel: ipsec_tunnel_info has if_id and mark only where they are set
+    tunnels.append(metrics.sample({**full_tunnel("up"), "id": "default:1:route", "if_id": 7, "mark": 42}))
     mon = metrics.MonitorSample(
         enobufs={"default": 1}, resyncs={"default": 1}, lag=0.001,
         dumps={"default": {"last_dump_duration": 0.01, "last_dump": 99.0}}, now=100.0,

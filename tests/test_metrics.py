@@ -28,8 +28,9 @@ def test_tunnel_series_values_and_labels() -> None:
     t.update(bytes_in=10, bytes_out=20, packets_in=1, packets_out=2, rekeys=3, rekey_failures=1,
              replay_errors=7, integrity_errors=9, hard_expires_in=42.5)
     got = parse(metrics.render([metrics.sample(t)], MON))
-    lab = {"netns": "default", "reqid": "5", "local": "192.0.2.1", "remote": "198.51.100.5", "id": "x",
-           "if_id": "", "mark": ""}
+    lab = {"id": "x"}  # issue 15: the id only; the rest is on ipsec_tunnel_info, without the unset if_id/mark
+    assert got["ipsec_tunnel_info"] == [("ipsec_tunnel_info", {"netns": "default", "reqid": "5", "local": "192.0.2.1",
+                                                               "remote": "198.51.100.5", "id": "x"}, 1.0)]
     assert ("ipsec_tunnel_bytes_total", {**lab, "direction": "in"}, 10.0) in got["ipsec_tunnel_bytes_total"]
     assert ("ipsec_tunnel_packets_total", {**lab, "direction": "out"}, 2.0) in got["ipsec_tunnel_packets_total"]
     assert got["ipsec_tunnel_rekeys_total"] == [("ipsec_tunnel_rekeys_total", lab, 3.0)]
@@ -78,5 +79,6 @@ def test_route_based_tunnels_differing_only_in_if_id_or_mark_get_distinct_series
     got = parse(metrics.render([metrics.sample(t) for t in (a, b, c)], MON))
     sets = [tuple(sorted(s[1].items())) for s in got["ipsec_tunnel_rekeys_total"]]
     assert len(sets) == len(set(sets)) == 3
-    assert {(s[1]["id"], s[1]["if_id"], s[1]["mark"]) for s in got["ipsec_tunnel_rekeys_total"]} == {
-        ("a", "201", ""), ("b", "202", ""), ("c", "", "42")}
+    # issue 15: if_id/mark are on the info series only where set (an empty label is an absent one in PromQL)
+    assert {(s[1]["id"], s[1].get("if_id"), s[1].get("mark")) for s in got["ipsec_tunnel_info"]} == {
+        ("a", "201", None), ("b", "202", None), ("c", None, "42")}

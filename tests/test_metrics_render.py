@@ -29,13 +29,16 @@ labels = st.one_of(st.sampled_from(AWKWARD), st.text(max_size=12))
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                    st.integers(min_value=0, max_value=2**64).map(float),
                    st.sampled_from([0.0, -0.0, 1.0, 1234567.0, 12345678.0, 1e16, 1e22, 5e-324, 0.1]))
+#: Counters are integers (the correlator's totals); written as such since issue 15 (``123``, not ``123.0``).
+counts = st.one_of(st.integers(min_value=0, max_value=2**64),
+                   st.sampled_from([0, 1, 1234567, 12345678, 2**53 + 1, 10**16, 10**22])).map(float)
 states = st.one_of(st.sampled_from(STATES), st.sampled_from(["weird", "quo\"te", "back\\slash"]))
 
 tunnel_samples = st.builds(
     metrics.TunnelSample,
     st.tuples(labels, labels, labels, labels, labels, labels, labels),
-    floats, floats, floats, floats, floats, floats, states,
-    st.one_of(st.none(), floats), floats, floats, floats, floats,
+    counts, counts, counts, counts, counts, counts, states,
+    st.one_of(st.none(), floats), counts, counts, counts, floats,
     st.one_of(st.none(), st.tuples(labels, labels)),  # the IKE view's (conn, child): ipsec_tunnel_ike_info
 )
 mon_samples = st.builds(
@@ -53,20 +56,43 @@ mon_samples = st.builds(
 
 
 def families(text: bytes) -> list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], str]]]]:
-    """Parsed exposition: (name, type, help, samples) with values as their repr (so NaN compares equal)."""
+    """Parsed exposition: (name, type, help, samples) with values as the repr of their float (so NaN compares equal,
+    and a counter written ``123`` equals generate_latest's ``123.0``)."""
     return [(f.name, f.type, f.documentation,
-             [(s.name, tuple(sorted(s.labels.items())), repr(s.value)) for s in f.samples])
+             [(s.name, tuple(sorted(s.labels.items())), repr(float(s.value))) for s in f.samples])
             for f in text_string_to_metric_families(text.decode())]
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(tunnel_samples, max_size=6), mon_samples)
 def test_render_equals_prometheus_client(tunnels: list[metrics.TunnelSample], mon: metrics.MonitorSample) -> None:
-    """Awkward labels and values: our text parses to the same families as generate_latest's, byte for byte."""
+    """Awkward labels and values: our text parses to the same families as generate_latest's (the same names, types,
+    help, label sets and values; the bytes differ where counters are written as integers)."""
     ours = metrics.render(tunnels, mon)
     ref = metrics_reference.render_prometheus_client(tunnels, mon)
     assert families(ours) == families(ref)
-    assert ours == ref
+    # and prometheus_client's own comparison of the two (equal values: NaN only in gauges, compared above)
+    no_nan = [(f[0], [s for s in f[3] if s[2] != "nan"]) for f in families(ours)]
+    assert no_nan == [(f[0], [s for s in f[3] if s[2] != "nan"]) for f in families(ref)]
+
+
+def test_per_tunnel_series_carry_the_id_and_the_info_series_the_rest() -> None:
+    """Issue 15: every per-tunnel line has the id label only (plus direction/state); ipsec_tunnel_info has the
+    attributes, if_id and mark only where set; counters are written as integers, gauges as Go floats."""
+    t = metrics.TunnelSample(("red", "7", "192.0.2.1", "198.51.100.7", "red:7:192.0.2.1-198.51.100.7", "", "42"),
+                             1234567890.0, 2.0, 3.0, 4.0, 5.0, 0.0, "down", 59.5, 0.0, 0.0, 1.0, 12345678.5)
+    body = metrics.render([t], metrics.MonitorSample({}, {}, 0.0, {}, 0.0, 0, 0, 0, 0)).decode()
+    i = 'id="red:7:192.0.2.1-198.51.100.7"'
+    assert (f'ipsec_tunnel_info{{{i},local="192.0.2.1",mark="42",netns="red",remote="198.51.100.7",reqid="7"}} 1\n'
+            in body)
+    assert f'ipsec_tunnel_bytes_total{{direction="in",{i}}} 1234567890\n' in body
+    assert f'ipsec_tunnel_state{{{i},state="down"}} 1\n' in body
+    assert f"ipsec_tunnel_hard_expiry_seconds{{{i}}} 59.5\n" in body
+    assert f"ipsec_tunnel_downtime_seconds_total{{{i}}} 1.23456785e+07\n" in body
+    tunnel_lines = [ln for ln in body.splitlines() if ln.startswith("ipsec_tunnel_") and "_info{" not in ln]
+    assert len(tunnel_lines) == 12
+    assert all(ln.split("{")[1].split("}")[0] in (i, f'direction="in",{i}', f'direction="out",{i}',
+                                                  f'{i},state="down"') for ln in tunnel_lines)
 
 
 def test_ike_info_names_conn_and_child() -> None:
@@ -78,6 +104,11 @@ def test_ike_info_names_conn_and_child() -> None:
     info = [f for f in families(metrics.render([t, bare], mon)) if f[0] == "ipsec_tunnel_ike_info"]
     assert info[0][3] == [("ipsec_tunnel_ike_info", (("child", "net"), ("conn", "gw"), ("id", "default:1:a-b"),
                                                      ("netns", "default")), "1.0")]
+    assert [f[3] for f in families(metrics.render([t, bare], mon)) if f[0] == "ipsec_tunnel_info"] == [[
+        ("ipsec_tunnel_info", (("id", "default:1:a-b"), ("local", ""), ("netns", "default"), ("remote", ""),
+                               ("reqid", "")), "1.0"),
+        ("ipsec_tunnel_info", (("id", "default:2:a-b"), ("local", ""), ("netns", "default"), ("remote", ""),
+                               ("reqid", "")), "1.0")]]
 
 
 def test_state_is_one_series_with_the_current_state() -> None:
@@ -88,7 +119,7 @@ def test_state_is_one_series_with_the_current_state() -> None:
         t = metrics.TunnelSample(labs, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, state, None, 0.0, 0.0)
         (fam,) = [f for f in text_string_to_metric_families(metrics.render([t], mon).decode())
                   if f.name == "ipsec_tunnel_state"]
-        assert [(s.labels["state"], s.labels["remote"], s.value) for s in fam.samples] == [(state, labs[3], 1.0)]
+        assert [(s.labels["state"], s.labels["id"], s.value) for s in fam.samples] == [(state, labs[4], 1.0)]
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True))
@@ -124,9 +155,15 @@ def fleet() -> FakeCorrelator:
 
 
 def per_tunnel(text: bytes) -> set[str]:
-    """Remote addresses that have per-tunnel series."""
-    return {s.labels["remote"] for f in text_string_to_metric_families(text.decode())
-            if f.name.startswith("ipsec_tunnel_") for s in f.samples}
+    """Remote addresses of the tunnels that have per-tunnel series (the ids on every per-tunnel family, joined to
+    ``ipsec_tunnel_info``'s remote; a tunnel with info but not the rest, or the reverse, fails here)."""
+    fams = list(text_string_to_metric_families(text.decode()))
+    remote = {s.labels["id"]: s.labels["remote"] for f in fams if f.name == "ipsec_tunnel_info" for s in f.samples}
+    for f in fams:
+        if f.name.startswith("ipsec_tunnel_") and f.name not in ("ipsec_tunnel_hard_expiry_seconds",
+                                                              "ipsec_tunnel_ike_info"):
+            assert {s.labels["id"] for s in f.samples} == set(remote), f.name
+    return set(remote.values())
 
 
 def aggregate(text: bytes) -> dict[tuple[str, str], float]:
@@ -177,7 +214,7 @@ async def test_label_changes_show_and_cache_is_pruned() -> None:
     c.update("t0", local='2001:db8::"7"\\', state="down")
     text = await scrape_text(c, "unhealthy", cache)
     locals_ = {s.labels["local"] for f in text_string_to_metric_families(text.decode()) for s in f.samples
-               if "local" in s.labels and s.labels["remote"] == c.tunnels["t0"]["remote"]}
+               if "local" in s.labels and s.labels["id"] == "t0"}
     assert locals_ == {'2001:db8::"7"\\'}
     assert set(cache.netns) == set(c.tunnels)
     c.remove("t1")
@@ -186,7 +223,8 @@ async def test_label_changes_show_and_cache_is_pruned() -> None:
     samples = [metrics.sample(c.tunnels[t]) for t in c.tunnel_ids()
                if c.tunnels[t]["state"] not in ("up", "rekeying")]
     counts = metrics.count_states(metrics.sample(t) for t in c.tunnels.values())
-    assert metrics.render(g.tunnels, MON, g.counts) == metrics_reference.render_prometheus_client(samples, MON, counts)
+    assert families(metrics.render(g.tunnels, MON, g.counts)) == families(
+        metrics_reference.render_prometheus_client(samples, MON, counts))
 
 
 async def test_gather_rejects_unknown_mode() -> None:
@@ -234,6 +272,6 @@ def test_flaps_and_downtime_series_come_from_the_tunnel_json() -> None:
     t = {"id": "ns:1:a-b", "netns": "ns", "reqid": 1, "local": "a", "remote": "b", "state": "up",
          "flaps": 3, "downtime": 12.5}
     body = metrics.render([metrics.sample(t)], metrics.MonitorSample({}, {}, 0.0, {}, 0.0, 0, 0, 0, 0)).decode()
-    lab = 'id="ns:1:a-b",if_id="",local="a",mark="",netns="ns",remote="b",reqid="1"'
-    assert f"ipsec_tunnel_flaps_total{{{lab}}} 3\n" in body or f"ipsec_tunnel_flaps_total{{{lab}}} 3.0\n" in body
+    lab = 'id="ns:1:a-b"'
+    assert f"ipsec_tunnel_flaps_total{{{lab}}} 3\n" in body
     assert f"ipsec_tunnel_downtime_seconds_total{{{lab}}} 12.5\n" in body

@@ -62,9 +62,11 @@ def test_chunks_join_to_the_whole_body(tunnels: list[metrics.TunnelSample], mon:
 
 
 def test_gzip_stream_is_incremental() -> None:
-    """A big body leaves as many gzip pieces, each decompressible in order (one stream, flushed at the end)."""
+    """A big body leaves as many gzip pieces, each decompressible in order (one stream, flushed at the end).
+    (ISA-L's deflate holds more output than zlib's before it emits: 3,000 tunnels came out in 2 pieces.)"""
+    n = 20000
     tunnels = [metrics.TunnelSample((f"ns{i % 3}", str(i), "192.0.2.1", f"198.51.100.{i % 250}", f"t{i}", "", ""),
-                                    float(i), 2.0 * i, 3.0, 4.0, 5.0, 6.0, "up", 30.5, 0.0, 0.0) for i in range(3000)]
+                                    float(i), 2.0 * i, 3.0, 4.0, 5.0, 6.0, "up", 30.5, 0.0, 0.0) for i in range(n)]
     texts = metrics_text.text_chunks(metrics.columns(tunnels), ["# end\n"], chunk=100)
     pieces = list(metrics_text.encoded_chunks(texts, True, size=1 << 16))
     assert len(pieces) > 3
@@ -72,7 +74,7 @@ def test_gzip_stream_is_incremental() -> None:
     out = b"".join(d.decompress(p) for p in pieces) + d.flush()
     assert d.eof
     assert out == "".join(metrics_text.text_chunks(metrics.columns(tunnels), ["# end\n"])).encode()
-    assert out.count(b"\n") > 3000 * 11
+    assert out.count(b"\n") > n * 13  # 13 lines per tunnel: info, 2 + 2 directions, 8 more
 
 
 async def test_metrics_row_fast_path_equals_the_json_path() -> None:

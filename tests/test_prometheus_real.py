@@ -120,6 +120,11 @@ async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tm
             async with s.get(f"{base}/api/v1/query",
                              params={"query": "ipsec_monitor_event_loop_lag_seconds"}) as r:
                 lag = (await r.json())["data"]["result"]
+            # issue 15: the attributes come from ipsec_tunnel_info, joined on (instance, id) as docs/api.md shows
+            joined_q = ('ipsec_tunnel_bytes_total{job="static",direction="in"} * on (instance, id) '
+                        'group_left (netns, reqid, local, remote) ipsec_tunnel_info{job="static"}')
+            async with s.get(f"{base}/api/v1/query", params={"query": joined_q}) as r:
+                joined = (await r.json())["data"]["result"]
     finally:
         await static.close()
         proc.terminate()
@@ -129,7 +134,8 @@ async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tm
             proc.kill()
             proc.wait()
     assert len(result) >= 8
-    assert set(result[0]["metric"]) >= {"id", "netns", "reqid", "local", "remote", "direction", "job", "instance"}
+    # issue 15: a per-tunnel series names the tunnel by id only
+    assert set(result[0]["metric"]) == {"__name__", "id", "direction", "job", "instance"}
     assert len(states) >= 8
     assert {s["value"][1] for s in states} == {"1"}, "every tunnel has exactly one active state"
     assert static_rest
@@ -138,6 +144,9 @@ async def test_real_prometheus_scrapes_and_stores(monitor_server: TestServer, tm
     assert {s["metric"]["id"]: s["metric"]["state"] for s in static_states} == {
         tid: t["state"] for tid, t in static_rest.items()}
     assert lag, "event loop lag gauge stored"
+    assert {j["metric"]["id"]: (j["metric"]["netns"], j["metric"]["reqid"], j["metric"]["local"],
+                                j["metric"]["remote"], int(float(j["value"][1]))) for j in joined} == {
+        tid: (t["netns"], str(t["reqid"]), t["local"], t["remote"], t["bytes_in"]) for tid, t in static_rest.items()}
 
 
 class _IdleSource:
@@ -200,6 +209,10 @@ async def test_real_prometheus_scrapes_10k_tunnels(tmp_path: Path) -> None:
             per_state = await query(s, 'sum by (state) (ipsec_tunnels{job="big"})')
             nbytes = await query(s, 'ipsec_tunnel_bytes_total{job="big",direction="in"}')
             rekeys = await query(s, 'count(ipsec_tunnel_rekeys_total{job="big"})')
+            # issue 15: the info join of docs/api.md through the real Prometheus: bytes in per remote address
+            by_remote = await query(s, 'sum by (remote) (ipsec_tunnel_bytes_total{job="big",direction="in"} '
+                                       '* on (instance, id) group_left (remote) ipsec_tunnel_info{job="big"})')
+            infos = await query(s, 'count(ipsec_tunnel_info{job="big"})')
     finally:
         await server.close()
         proc.terminate()
@@ -215,8 +228,14 @@ async def test_real_prometheus_scrapes_10k_tunnels(tmp_path: Path) -> None:
     assert {r["metric"]["state"]: int(r["value"][1]) for r in down_or_up} == {
         r["metric"]["state"]: int(r["value"][1]) for r in per_state if r["value"][1] != "0"}
     assert int(rekeys[0]["value"][1]) == 10_000
-    # 11 series per tunnel (2 bytes, 2 packets, rekeys, failures, state, hard expiry, replay, integrity,
-    # flaps, downtime: 12 minus the tunnels without a hard expiry) plus the process-wide families
+    # 12 series per tunnel (info, 2 bytes, 2 packets, rekeys, failures, state, hard expiry, replay, integrity,
+    # flaps, downtime: 13 minus the tunnels without a hard expiry) plus the process-wide families
     n = sum(1 for t in body if t["hard_expires_in"] is not None)
-    assert 11 * 10_000 + n <= int(float(scraped[0]["value"][1])) < 11 * 10_000 + n + 100
+    assert 12 * 10_000 + n <= int(float(scraped[0]["value"][1])) < 12 * 10_000 + n + 100
+    assert int(infos[0]["value"][1]) == 10_000
+    expect: dict[str, int] = {}
+    for t in body:
+        expect[t["remote"]] = expect.get(t["remote"], 0) + t["bytes_in"]
+    assert len(expect) > 1
+    assert {r["metric"]["remote"]: int(float(r["value"][1])) for r in by_remote} == expect
     assert {b["metric"]["id"]: int(float(b["value"][1])) for b in nbytes} == {t["id"]: t["bytes_in"] for t in body}

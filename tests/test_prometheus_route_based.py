@@ -4,7 +4,8 @@ A throwaway netns holds four policy-only tunnels with the same reqid pair, outer
 selectors (xfrm interfaces, VTI marks): two differ only in ``if_id`` (201, 202), two only in ``mark`` (0x10,
 0x20). A real ``monitor serve`` watches it and a real Prometheus scrapes it every second. Before the fix the
 pairs exported identical label sets (Prometheus keeps one series, or rejects the scrape as duplicates); now each
-tunnel has its own series, labelled with its id and its if_id / mark.
+tunnel has its own series, labelled with its id (which names its if_id / mark: ``:if201``, ``:m10``); since issue
+15 the if_id / mark labels are on ``ipsec_tunnel_info``, joined on (instance, id).
 """
 
 from __future__ import annotations
@@ -92,10 +93,13 @@ def test_tunnels_differing_only_in_if_id_or_mark_are_separate_series(tmp_path: P
             assert prom is not None
             assert prom.poll() is None, log.read_text()[-2000:]
             try:
-                got = _query(base, 'ipsec_tunnel_state{job="rb"} == 1')
+                # issue 15: the state series carry the id; if_id/mark/reqid/addresses come from the info join
+                got = _query(base, '(ipsec_tunnel_state{job="rb"} == 1) * on (instance, id) '
+                                   'group_left (netns, reqid, local, remote, if_id, mark) ipsec_tunnel_info{job="rb"}')
+                bare = _query(base, 'ipsec_tunnel_state{job="rb"} == 1')
             except OSError:
                 return None
-            return got if len(got) == 4 else None
+            return got if len(got) == 4 and len(bare) == 4 else None
 
         series = until("four stored state series", stored, 60)
         targets = json.loads(urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5).read())
@@ -110,6 +114,8 @@ def test_tunnels_differing_only_in_if_id_or_mark_are_separate_series(tmp_path: P
             serve.stop()
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
     labels = [s["metric"] for s in series]
+    # the four state series differ by id alone (the per-tunnel series carry no other tunnel label)
+    assert len({m["id"] for m in labels}) == 4
     assert sorted(m["id"] for m in labels) == sorted(t["id"] for t in rest)
     # (Prometheus stores no empty label: an unset if_id or mark is absent)
     assert sorted((m["reqid"], m.get("if_id", ""), m.get("mark", "")) for m in labels) == [

@@ -267,7 +267,7 @@ async def test_auth_token_and_origin(start: Start) -> None:
 
 
 async def test_metrics_endpoint_series(start: Start) -> None:
-    """/metrics carries the per-tunnel series with the contract labels and the monitor's own gauges."""
+    """/metrics carries the per-tunnel series with the contract labels, the info series and the monitor's gauges."""
     from prometheus_client.parser import text_string_to_metric_families
 
     server, app = await start(tunnels=6, speed=30, seed=8)
@@ -276,9 +276,12 @@ async def test_metrics_endpoint_series(start: Start) -> None:
         text = await r.text()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     b = fams["ipsec_tunnel_bytes"]
-    assert {tuple(sorted(x.labels)) for x in b.samples} == {
-        ("direction", "id", "if_id", "local", "mark", "netns", "remote", "reqid")}
+    # issue 15: per-tunnel series are named by id; the attributes are on ipsec_tunnel_info (if_id/mark where set)
+    assert {tuple(sorted(x.labels)) for x in b.samples} == {("direction", "id")}
     assert len(b.samples) == 2 * len(app[HUB].view.tunnel_ids())
+    info = fams["ipsec_tunnel_info"].samples
+    assert {x.labels["id"] for x in info} == {x.labels["id"] for x in b.samples}
+    assert all({"id", "netns", "reqid", "local", "remote"} <= set(x.labels) and x.value == 1 for x in info)
     one_hot: dict[tuple[str, ...], float] = {}
     for x in fams["ipsec_tunnel_state"].samples:
         key = (x.labels["id"],)

@@ -1,11 +1,10 @@
 """Prometheus exposition, computed from the correlator at scrape time.
 
-Names are the contract in ARCHITECTURE.md "Prometheus names". Per-tunnel series carry exactly the
-labels ``id, netns, reqid, local, remote, if_id, mark`` (plus ``direction`` or ``state``): one set per
-tunnel, never per SA or SPI, so the series count is bounded by the tunnel count. ``id`` (the tunnel id)
-makes every set unique: route-based tunnels that differ only in their xfrm interface or mark (0.0.0.0/0
-selectors, VTI) share the other labels; ``if_id`` and ``mark`` are empty where not set (PromQL treats an
-empty label as absent). ``ipsec_tunnels{netns,state}`` counts the
+Names are the contract in ARCHITECTURE.md "Prometheus names". Per-tunnel series carry only the tunnel
+``id`` (plus ``direction`` or ``state``): one set per tunnel, never per SA or SPI, so the series count is
+bounded by the tunnel count. The id is unique (route-based tunnels that differ only in their xfrm interface
+or mark have it in their id); ``ipsec_tunnel_info{id,netns,reqid,local,remote,if_id,mark} 1`` carries the
+rest, to join on ``id`` (``if_id``, ``mark`` only where set). ``ipsec_tunnels{netns,state}`` counts the
 tunnels per state whatever ``metrics_tunnels`` (``all``, ``unhealthy``: only tunnels not ``up`` or
 ``rekeying`` get per-tunnel series, ``none``) says.
 
@@ -26,6 +25,8 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from monitor.serve.metrics_text import (
@@ -33,6 +34,7 @@ from monitor.serve.metrics_text import (
     _HELP,
     HEAP_METRICS,
     HISTORY_METRICS,
+    INFO_LABELS,
     TUNNEL_LABELS,
     Columns,
     encoded_chunks,
@@ -40,14 +42,15 @@ from monitor.serve.metrics_text import (
     go_float,
     head,
     ike_labels,
+    info_labels,
     text_chunks,
-    tunnel_labels,
 )
 from monitor.serve.protocol import STATE_COLUMN, STATES, TunnelView
 
 __all__ = [
     "HEAP_METRICS",
     "HISTORY_METRICS",
+    "INFO_LABELS",
     "MODES",
     "TUNNEL_LABELS",
     "_C",
@@ -62,13 +65,14 @@ __all__ = [
     "gather",
     "gather_columns",
     "go_float",
+    "info_labels",
     "render",
     "sample",
     "scrape",
     "scrape_chunks",
-    "tunnel_labels",
 ]
 _STATE = STATE_COLUMN  # where counters_row() puts the state
+_NS_STATE = itemgetter(0, 7)  # (netns, state) of a metrics_row tuple
 #: Values of the ``metrics_tunnels`` setting.
 MODES = ("all", "unhealthy", "none")
 #: States that ``metrics_tunnels = "unhealthy"`` leaves out of the per-tunnel series.
@@ -292,12 +296,25 @@ def _monitor_text(m: MonitorSample, counts: Mapping[tuple[str, str], int]) -> li
     return out
 
 
+def _count(v: float) -> int:
+    """A counter's value as the ``int`` it is (the text writes counters as integers)."""
+    return int(v)
+
+
+def row(t: TunnelSample) -> tuple[Any, ...]:
+    """A sample as the ``metrics_row`` tuple :class:`Columns` holds."""
+    c = _count
+    return (*t.labels, t.state, c(t.bytes_in), c(t.bytes_out), c(t.packets_in), c(t.packets_out), c(t.rekeys),
+            c(t.rekey_failures), t.hard_expires_in, c(t.replay_errors), c(t.integrity_errors), c(t.flaps),
+            float(t.downtime))
+
+
 def columns(tunnels: Iterable[TunnelSample]) -> Columns:
     """Samples as :class:`Columns` (what :func:`gather_columns` builds straight from the correlator)."""
     cols = Columns()
     for t in tunnels:
         ike = None if t.ike is None else ike_labels(t.labels[4], t.labels[0], *t.ike)
-        cols.add(tunnel_labels(t.labels), t.state, (*t[1:7], t.hard_expires_in, *t[9:13]), ike)
+        cols.add(row(t), ike)
     return cols
 
 
@@ -313,17 +330,14 @@ def render(tunnels: Iterable[TunnelSample], mon: MonitorSample,
     return "".join(text_chunks(columns(ts), _monitor_text(mon, counts))).encode()
 
 
-def _row_labels(r: tuple[Any, ...]) -> str:
-    return tunnel_labels((r[0], str(r[1]), r[2], r[3], r[4], _optional(r[5]), _optional(r[6])))
-
-
 async def gather_columns(view: TunnelView, now: float, chunk: int = 500, mode: str = "all",
                          cache: ScrapeCache | None = None) -> tuple[Columns, dict[tuple[str, str], int]]:
     """What :func:`gather` reads, straight into :class:`Columns` (and the count per ``(netns, state)``).
 
     A view whose class has ``metrics_row(tid, now)`` (the correlator) is read through it: the same values as
-    its JSON, about a tenth of the cost. Other views (the IKE view adds a block to the JSON; test fakes) go
-    through :func:`gather`.
+    its JSON, about a tenth of the cost, and its tuple is kept as it is (a snapshot of immutable values: the
+    labels and numbers are written from it in the worker thread). Other views (the IKE view adds a block to the
+    JSON; test fakes) go through :func:`gather`.
     """
     if getattr(type(view), "metrics_row", None) is None:
         g = await gather(view, now, chunk, mode, cache)
@@ -332,18 +346,20 @@ async def gather_columns(view: TunnelView, now: float, chunk: int = 500, mode: s
         raise ValueError(f"metrics_tunnels must be one of {', '.join(MODES)}, not {mode!r}")
     row_of = view.metrics_row  # type: ignore[attr-defined]
     cols = Columns()
+    rows = cols.rows
     counts: Counter[tuple[str, str]] = Counter()
     everything, nothing = mode == "all", mode == "none"
-    for i, tid in enumerate(list(view.tunnel_ids())):
-        if i and i % chunk == 0:
+    ids = list(view.tunnel_ids())
+    for lo in range(0, len(ids), chunk):  # a slice at a time through C-level loops (map, Counter.update)
+        if lo:
             await asyncio.sleep(0)
-        r = row_of(tid, now)
-        if r is None:
-            continue
-        state = r[7]
-        counts[(r[0], state)] += 1
-        if everything or not (nothing or state in HEALTHY):
-            cols.add(_row_labels(r), state, r[8:])
+        part = ids[lo:lo + chunk]
+        got = [r for r in map(row_of, part, repeat(now, len(part))) if r is not None]
+        counts.update(map(_NS_STATE, got))
+        if everything:
+            rows.extend(got)
+        elif not nothing:
+            rows.extend([r for r in got if r[7] not in HEALTHY])
     return cols, dict(counts)
 
 

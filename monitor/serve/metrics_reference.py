@@ -1,7 +1,9 @@
 """The reference exposition: the same samples through ``prometheus_client.generate_latest``.
 
 ``monitor.serve.metrics.render`` writes the text format itself (fast, in a worker thread); the tests and the
-metrics bench compare its bytes with this module's, which lets prometheus_client do the formatting.
+metrics bench compare it with this module's, which lets prometheus_client do the formatting. They compare the
+parsed families (names, types, help, every sample's labels and value), not the bytes: ours writes counters as
+integers (``123``) where ``generate_latest`` writes ``123.0``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.serve.metrics import (
     _C,
     _HELP,
     HEAP_METRICS,
     HISTORY_METRICS,
+    INFO_LABELS,
     TUNNEL_LABELS,
     MonitorSample,
     TunnelSample,
@@ -53,9 +57,15 @@ class MonitorCollector:
         hard = fam("ipsec_tunnel_hard_expiry_seconds", tl)
         replay, integ = fam("ipsec_tunnel_replay_errors", tl), fam("ipsec_tunnel_integrity_errors", tl)
         flaps, down = fam("ipsec_tunnel_flaps", tl), fam("ipsec_tunnel_downtime_seconds", tl)
-        info = fam("ipsec_tunnel_ike_info", ["id", "netns", "conn", "child"])
+        info = fam("ipsec_tunnel_info")  # a label set per sample: if_id and mark only where set
+        ike = fam("ipsec_tunnel_ike_info", ["id", "netns", "conn", "child"])
         for t in self.tunnels:
-            lab = list(t.labels)
+            netns, reqid, local, remote, tid, if_id, mark = t.labels
+            values = {"id": tid, "if_id": if_id, "local": local, "mark": mark, "netns": netns, "remote": remote,
+                      "reqid": reqid}
+            info.add_sample("ipsec_tunnel_info", {k: values[k] for k in INFO_LABELS if values[k]
+                                                  or k not in ("if_id", "mark")}, 1.0)
+            lab = [tid]
             nbytes.add_metric([*lab, "in"], t.bytes_in)
             nbytes.add_metric([*lab, "out"], t.bytes_out)
             pkts.add_metric([*lab, "in"], t.packets_in)
@@ -70,8 +80,8 @@ class MonitorCollector:
             flaps.add_metric(lab, t.flaps)
             down.add_metric(lab, t.downtime)
             if t.ike is not None:
-                info.add_metric([t.labels[4], t.labels[0], *t.ike], 1.0)
-        yield from (nbytes, pkts, rekeys, fails, state, hard, replay, integ, flaps, down, info)
+                ike.add_metric([tid, netns, *t.ike], 1.0)
+        yield from (info, nbytes, pkts, rekeys, fails, state, hard, replay, integ, flaps, down, ike)
 
     def _monitor_families(self) -> Iterator[Metric]:
         m, fam = self.mon, self._family
@@ -118,3 +128,15 @@ def render_prometheus_client(tunnels: Iterable[TunnelSample], mon: MonitorSample
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MonitorCollector(tunnels, mon, counts))
     return generate_latest(registry)
+
+
+Family = tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]
+
+
+def families(text: str | bytes) -> list[Family]:
+    """An exposition parsed by ``prometheus_client``'s parser: ``(name, type, help, [(sample name, sorted labels,
+    value)])`` per family, in order (what the differential tests compare)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    return [(f.name, f.type, f.documentation, [(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples])
+            for f in text_string_to_metric_families(text)]

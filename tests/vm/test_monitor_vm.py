@@ -363,3 +363,4 @@ def test_the_key_witness_saw_the_whole_run(vm_ok: Path) -> None:
     assert json.loads((vm_ok / "witness-check.json").read_text())["schema"] == 1
     assert (vm_ok / "witness-history.sqlite3").stat().st_size > 0
     assert (vm_ok / "witness-metrics.txt").read_text().count("ipsec_tunnel_bytes_total") >= 2
+    assert "ipsec_tunnel_info{" in (vm_ok / "witness-metrics.txt").read_text()  # issue 15: the info series
