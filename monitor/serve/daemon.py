@@ -269,17 +269,22 @@ class Daemon:
     async def _consume(self) -> None:
         self.state = "running"
         try:
-            slice_end = time.monotonic() + FEED_SLICE
+            fed = 0.0  # seconds spent feeding since the loop last got a turn from us
             async for item in self.source.items():
                 self.opened.set()
+                t0 = time.monotonic()
                 self._feed(item)
+                fed += time.monotonic() - t0
                 # a source with items ready never suspends (a dump of 200k SAs is ~3,000 datagrams): give the
-                # loop a turn every 256 items and whenever a slice of FEED_SLICE seconds of feeding is used up
-                if self.items % 256 == 0 or time.monotonic() >= slice_end:
-                    if self.items % 256 == 0:
-                        self.publish()
+                # loop a turn every 256 items, and after FEED_SLICE seconds of feeding unless an initial load is
+                # in flight (the prober matches tunnels to its targets when it first sees them: not half-loaded)
+                if self.items % 256 == 0:
+                    self.publish()
                     await asyncio.sleep(0)
-                    slice_end = time.monotonic() + FEED_SLICE
+                    fed = 0.0
+                elif fed >= FEED_SLICE and not getattr(self.core, "loading", False):
+                    await asyncio.sleep(0)
+                    fed = 0.0
             self.state = "finished"
             log.info("source finished after %d items", self.items)
         except asyncio.CancelledError:
