@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 LAG_PROBE = 0.1  # seconds between lag probes
 LAG_WINDOW = 50  # probes kept: max lag over the last ~5 s
-FEED_SLICE = 0.005  # seconds of feeding the pipeline before the loop gets a turn (issue 15: stalls during dumps)
+FEED_SLICE = 0.005  # s of feeding per loop turn (issue 15); not mid initial load: the prober must not see half a load
 
 
 # Cyclic GC and a big long-lived heap (measured by ``python -m bench.refresh_bench``, 200k SAs / 100k
@@ -275,14 +275,10 @@ class Daemon:
                 t0 = time.monotonic()
                 self._feed(item)
                 fed += time.monotonic() - t0
-                # a source with items ready never suspends (a dump of 200k SAs is ~3,000 datagrams): give the
-                # loop a turn every 256 items, and after FEED_SLICE seconds of feeding unless an initial load is
-                # in flight (the prober matches tunnels to its targets when it first sees them: not half-loaded)
-                if self.items % 256 == 0:
-                    self.publish()
-                    await asyncio.sleep(0)
-                    fed = 0.0
-                elif fed >= FEED_SLICE and not getattr(self.core, "loading", False):
+                # ready items never suspend the source: a turn every 256 items and FEED_SLICE s of feeding
+                if self.items % 256 == 0 or (fed >= FEED_SLICE and not getattr(self.core, "loading", False)):
+                    if self.items % 256 == 0:
+                        self.publish()
                     await asyncio.sleep(0)
                     fed = 0.0
             self.state = "finished"
