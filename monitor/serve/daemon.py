@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 LAG_PROBE = 0.1  # seconds between lag probes
 LAG_WINDOW = 50  # probes kept: max lag over the last ~5 s
-FEED_SLICE = 0.005  # seconds of feeding the pipeline before the loop gets a turn (issue 15: stalls during dumps)
+FEED_SLICE = 0.005  # s of feeding per loop turn (issue 15); not mid initial load: the prober must not see half a load
 
 
 class Core(Protocol):
@@ -204,17 +204,18 @@ class Daemon:
     async def _consume(self) -> None:
         self.state = "running"
         try:
-            slice_end = time.monotonic() + FEED_SLICE
+            fed = 0.0  # seconds spent feeding since the loop last got a turn from us
             async for item in self.source.items():
                 self.opened.set()
+                t0 = time.monotonic()
                 self._feed(item)
-                # a source with items ready never suspends (a dump of 200k SAs is ~3,000 datagrams): give the
-                # loop a turn every 256 items and whenever a slice of FEED_SLICE seconds of feeding is used up
-                if self.items % 256 == 0 or time.monotonic() >= slice_end:
+                fed += time.monotonic() - t0
+                # ready items never suspend the source: a turn every 256 items and FEED_SLICE s of feeding
+                if self.items % 256 == 0 or (fed >= FEED_SLICE and not getattr(self.core, "loading", False)):
                     if self.items % 256 == 0:
                         self.publish()
                     await asyncio.sleep(0)
-                    slice_end = time.monotonic() + FEED_SLICE
+                    fed = 0.0
             run_due_timers(self.correlator, self.clock())  # up to the source's last instant, as `check` does
             self.state = "finished"
             log.info("source finished after %d items", self.items)
