@@ -128,9 +128,7 @@ class Engine:
             ns.tunnels[key] = t
             self._tunnels[tid] = t
             if reqid:
-                first = ns.by_pair.setdefault((reqid, lo, hi), t)
-                if first is not t:
-                    ns.split_pairs.setdefault((reqid, lo, hi), [first]).append(t)
+                self._pair(ns, t, (reqid, lo, hi))
             self._dirty.add(tid)
             if hi in ns.locals and lo not in ns.locals:
                 t.local, t.local_known = t.hi, True
@@ -175,6 +173,24 @@ class Engine:
                                                    "reqid": new.reqid, "from": str(t.state)})
         self._drop_tunnel(self._ns[t.netns], t)
         return True
+
+    @staticmethod
+    def _pair(ns: NetnsState, t: Tunnel, pk: tuple[int, str, str]) -> None:
+        """Put the new tunnel ``t`` into the ``(reqid, lo, hi)`` indexes (``NetnsState.by_pair``).
+
+        ``by_pair`` is the oldest tunnel with ``pk``, but a tunnel with if_id and mark 0 is only entered
+        there once another tunnel with ``pk`` comes: alone, it is ``ns.tunnels[(reqid, 0, 0, lo, hi)]``
+        (two tunnels with one ``pk`` differ in if_id or mark, so at least one of them is non-zero there).
+        """
+        first = ns.by_pair.get(pk)
+        if first is None:
+            if not t.if_id and not t.mark:
+                return
+            reqid, lo, hi = pk
+            zero = ns.tunnels.get((reqid, 0, 0, lo, hi))
+            first = ns.by_pair[pk] = zero if zero is not None else t
+        if first is not t:
+            ns.split_pairs.setdefault(pk, [first]).append(t)
 
     @staticmethod
     def _unpair(ns: NetnsState, t: Tunnel) -> None:
@@ -243,8 +259,8 @@ class Engine:
         hard, margin = hm
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
-        if (nin.bytes >= nin.vol_bytes or nin.packets >= nin.vol_packets
-                or nout.bytes >= nout.vol_bytes or nout.packets >= nout.vol_packets):
+        vin, vout = nin.vol, nout.vol
+        if nin.bytes >= vin[0] or nin.packets >= vin[1] or nout.bytes >= vout[0] or nout.packets >= vout[1]:
             return Trigger.HARD_NEAR, self._one["hard_volume_near"]
         if t.err_until > now:
             return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
@@ -407,8 +423,8 @@ class Engine:
     def _derived_hints(self, t: Tunnel) -> list[Reason]:
         out = []
         for sa in t.sas:
-            if sa.oseq_warned and sa.seqs is not None:
-                out.append(hint("oseq_exhaustion", spi=f"0x{sa.spi:08x}", oseq=sa.seqs.oseq))
+            if sa.oseq_warned and sa.oseq is not None:
+                out.append(hint("oseq_exhaustion", spi=f"0x{sa.spi:08x}", oseq=sa.oseq & 0xFFFFFFFF))
         if t.state is TunnelState.ONE_WAY:
             out.append(hint("one_way" if t.reasons and t.reasons[0].code == "inbound_flat" else "one_way_out"))
         if not t.local_known and t.lo != t.hi:

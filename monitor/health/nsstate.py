@@ -44,6 +44,7 @@ class NetnsState:
         self.tunnels: dict[tuple[int, int, int, str, str], Tunnel] = {}
         #: ``(reqid, lo, hi)`` -> the first tunnel with it; when more tunnels share it (other if_id/mark: maybe
         #: the other direction of the same connection, ``monitor.health.halves``) all are in ``split_pairs``.
+        #: A lone tunnel with if_id and mark 0 is not entered (``Engine._pair``): most tunnels, ~120 bytes each.
         self.by_pair: dict[tuple[int, str, str], Tunnel] = {}
         self.split_pairs: dict[tuple[int, str, str], list[Tunnel]] = {}
         self.locals: set[str] = set(local_addresses)
