@@ -128,7 +128,7 @@ class Engine:
             ns.tunnels[key] = t
             self._tunnels[tid] = t
             if reqid:
-                self._pair(ns, t, (reqid, lo, hi))
+                ns.pair(t, (reqid, lo, hi))
             self._dirty.add(tid)
             if hi in ns.locals and lo not in ns.locals:
                 t.local, t.local_known = t.hi, True
@@ -147,7 +147,7 @@ class Engine:
         for if_id, mark in {(t.if_id, t.mark), *((i, m) for i, m, _ in t.halves or ())}:
             if ns.tunnels.get((t.reqid, if_id, mark, t.lo, t.hi)) is t:
                 del ns.tunnels[(t.reqid, if_id, mark, t.lo, t.hi)]
-        self._unpair(ns, t)
+        ns.unpair(t)
         ns.unknown.discard(t)
         ns.pending.discard(t)
         ns.changed.discard(t)
@@ -173,39 +173,6 @@ class Engine:
                                                    "reqid": new.reqid, "from": str(t.state)})
         self._drop_tunnel(self._ns[t.netns], t)
         return True
-
-    @staticmethod
-    def _pair(ns: NetnsState, t: Tunnel, pk: tuple[int, str, str]) -> None:
-        """Put the new tunnel ``t`` into the ``(reqid, lo, hi)`` indexes (``NetnsState.by_pair``).
-
-        ``by_pair`` is the oldest tunnel with ``pk``, but a tunnel with if_id and mark 0 is only entered
-        there once another tunnel with ``pk`` comes: alone, it is ``ns.tunnels[(reqid, 0, 0, lo, hi)]``
-        (two tunnels with one ``pk`` differ in if_id or mark, so at least one of them is non-zero there).
-        """
-        first = ns.by_pair.get(pk)
-        if first is None:
-            if not t.if_id and not t.mark:
-                return
-            reqid, lo, hi = pk
-            zero = ns.tunnels.get((reqid, 0, 0, lo, hi))
-            first = ns.by_pair[pk] = zero if zero is not None else t
-        if first is not t:
-            ns.split_pairs.setdefault(pk, [first]).append(t)
-
-    @staticmethod
-    def _unpair(ns: NetnsState, t: Tunnel) -> None:
-        """Take ``t`` out of the ``(reqid, lo, hi)`` indexes."""
-        pk = (t.reqid, t.lo, t.hi)
-        peers = ns.split_pairs.get(pk)
-        if peers is not None:
-            peers[:] = [u for u in peers if u is not t]
-            if len(peers) < 2:
-                del ns.split_pairs[pk]
-        if ns.by_pair.get(pk) is t:
-            if peers:
-                ns.by_pair[pk] = peers[0]
-            else:
-                del ns.by_pair[pk]
 
     def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
         if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):

@@ -1,8 +1,9 @@
 """Per-SA and per-policy state of the correlator (pure): what is kept of each live SA and each policy.
 
-Numbers and interned strings only, plus the kernel's own immutable records (limits, encapsulation,
-sequence numbers) shared with the decoder's memo tables; ``to_json`` gives the ``sas[]`` and ``selectors[]``
-entries of the tunnel JSON.
+Numbers and interned strings only, plus the kernel's own immutable records (limits, encapsulation) shared
+with the decoder's memo tables and tuples shared between SAs (algorithm names, volume limits): 240 bytes per
+``SAState`` (bench/RESULTS.md, "RSS per SA"); ``to_json`` gives the ``sas[]`` and ``selectors[]`` entries of
+the tunnel JSON.
 """
 
 from __future__ import annotations
