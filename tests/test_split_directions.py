@@ -107,3 +107,22 @@ def _deletes(i: Any, o: Any) -> list[Any]:
 
     pols = [make_policy(0, mark=MARK_IN), make_policy(2, mark=MARK_IN), make_policy(1, mark=MARK_OUT)]
     return [delsa(i), delsa(o), *(delpolicy(p) for p in pols)]
+
+
+def test_one_direction_without_a_mark_is_joined_too() -> None:
+    """A tunnel with mark and if_id 0 is kept out of ``by_pair`` until a second tunnel with its (reqid, pair)
+    comes (``NetnsState.pair``); the halves are joined either way round, into the tunnel that came first."""
+    for m_in, m_out in ((0, MARK_OUT), (MARK_IN, 0)):
+        g = Gw()
+        g.ev(T0, *(newpolicy(make_policy(d, mark=m_in)) for d in (0, 2)), newpolicy(make_policy(1, mark=m_out)))
+        g.ev(T0, updsa(make_sa(0x1000, inbound=True, add_time=T0, mark=m_in)),
+             newsa(make_sa(0x2000, inbound=False, add_time=T0, mark=m_out)))
+        ids = g.c.tunnel_ids()
+        assert len(ids) == 1, ids
+        assert ids[0].endswith(f":m{m_in:x}") == bool(m_in), ids  # the inbound half's tunnel came first
+        j = g.json(T0)
+        assert j["state"] == "up", j["reasons"]
+        assert {(h["direction"], h["mark"]) for h in j["halves"]} == {("in", m_in), ("out", m_out)}
+        ns = g.c._ns[g.ns]
+        assert not ns.split_pairs
+        assert list(ns.by_pair.values()) == [g.c._tunnels[ids[0]]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from monitor.health.engine import Engine
 from monitor.health.nsstate import NetnsState
-from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
+from monitor.health.sastate import DIR_IN, DIR_OUT, SAState, vol_of
 from monitor.health.tunnel import TunnelState
 from monitor.wire.events import (
     SA,
@@ -26,6 +26,7 @@ __all__ = ["Counters"]
 
 U64_MAX = 2**64 - 1
 OSEQ_LIMIT = 2**32  # a 32-bit output sequence number wraps here (the kernel refuses to: it drops)
+U32_MAX = OSEQ_LIMIT - 1
 XFRM_STATE_ESN = 128  # include/uapi/linux/xfrm.h, xfrm_usersa_info.flags
 INF = float("inf")
 
@@ -105,25 +106,36 @@ class Counters(Engine):
         """Keep the record's sequence numbers, limits and NAT-T encapsulation (the decoder's immutable
         objects, not copies); warn once when a 32-bit output sequence number nears 2^32; re-evaluate the
         tunnel when the SA nears a hard byte/packet limit."""
-        st.seqs = seqs = sa.replay_esn or sa.replay
+        esn = sa.replay_esn
+        if esn is not None:  # 64-bit values; the decoder's own int objects when the high words are 0
+            st.oseq = oseq = (esn.oseq_hi << 32 | esn.oseq) if esn.oseq_hi else esn.oseq
+            st.seq = (esn.seq_hi << 32 | esn.seq) if esn.seq_hi else esn.seq
+            st.window = esn.replay_window
+        else:
+            replay = sa.replay
+            if replay is not None:
+                st.oseq = oseq = replay.oseq
+                st.seq = replay.seq
+            else:
+                st.oseq = oseq = None
+                st.seq = 0
+            st.window = sa.replay_window
         lft = sa.lft
         if lft is not st.lft:
             st.lft = lft
-            keep = 1.0 - self.config.expiring_volume
-            hb, hp = lft.hard_byte_limit, lft.hard_packet_limit
-            st.vol_bytes = hb * keep if hb < U64_MAX else INF
-            st.vol_packets = hp * keep if hp < U64_MAX else INF
+            st.vol = vol_of(lft, self.config.expiring_volume)
         st.encap = sa.encap
         st.esn = bool(sa.flags & XFRM_STATE_ESN)
-        st.window = sa.replay_esn.replay_window if sa.replay_esn is not None else sa.replay_window
         t = st.tunnel
-        if (seqs is not None and not st.esn and st.dir == DIR_OUT and not st.oseq_warned
-                and seqs.oseq >= OSEQ_LIMIT - self.config.oseq_margin):
-            st.oseq_warned = True
-            self._emit(now, "oseq_exhaustion", t, {"spi": f"0x{st.spi:08x}", "oseq": seqs.oseq,
-                                                   "left": OSEQ_LIMIT - seqs.oseq})
-            self._touch(ns, t)
-        if st.bytes >= st.vol_bytes or st.packets >= st.vol_packets:
+        if oseq is not None and not st.esn and st.dir == DIR_OUT and not st.oseq_warned:
+            low = oseq if oseq < OSEQ_LIMIT else oseq & U32_MAX  # the record's 32-bit oseq
+            if low >= OSEQ_LIMIT - self.config.oseq_margin:
+                st.oseq_warned = True
+                self._emit(now, "oseq_exhaustion", t, {"spi": f"0x{st.spi:08x}", "oseq": low,
+                                                       "left": OSEQ_LIMIT - low})
+                self._touch(ns, t)
+        vb, vp = st.vol
+        if st.bytes >= vb or st.packets >= vp:
             ns.pending.add(t)
 
     def _errors(self, ns: NetnsState, st: SAState, replay: int, integrity: int, now: float) -> None:

@@ -128,9 +128,7 @@ class Engine:
             ns.tunnels[key] = t
             self._tunnels[tid] = t
             if reqid:
-                first = ns.by_pair.setdefault((reqid, lo, hi), t)
-                if first is not t:
-                    ns.split_pairs.setdefault((reqid, lo, hi), [first]).append(t)
+                ns.pair(t, (reqid, lo, hi))
             self._dirty.add(tid)
             if hi in ns.locals and lo not in ns.locals:
                 t.local, t.local_known = t.hi, True
@@ -149,7 +147,7 @@ class Engine:
         for if_id, mark in {(t.if_id, t.mark), *((i, m) for i, m, _ in t.halves or ())}:
             if ns.tunnels.get((t.reqid, if_id, mark, t.lo, t.hi)) is t:
                 del ns.tunnels[(t.reqid, if_id, mark, t.lo, t.hi)]
-        self._unpair(ns, t)
+        ns.unpair(t)
         ns.unknown.discard(t)
         ns.pending.discard(t)
         ns.changed.discard(t)
@@ -175,21 +173,6 @@ class Engine:
                                                    "reqid": new.reqid, "from": str(t.state)})
         self._drop_tunnel(self._ns[t.netns], t)
         return True
-
-    @staticmethod
-    def _unpair(ns: NetnsState, t: Tunnel) -> None:
-        """Take ``t`` out of the ``(reqid, lo, hi)`` indexes."""
-        pk = (t.reqid, t.lo, t.hi)
-        peers = ns.split_pairs.get(pk)
-        if peers is not None:
-            peers[:] = [u for u in peers if u is not t]
-            if len(peers) < 2:
-                del ns.split_pairs[pk]
-        if ns.by_pair.get(pk) is t:
-            if peers:
-                ns.by_pair[pk] = peers[0]
-            else:
-                del ns.by_pair[pk]
 
     def _learn_local(self, ns: NetnsState, t: Tunnel, local: str) -> None:
         if local in ZERO_ADDRESSES or local not in (t.lo, t.hi):
@@ -243,8 +226,8 @@ class Engine:
         hard, margin = hm
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
-        if (nin.bytes >= nin.vol_bytes or nin.packets >= nin.vol_packets
-                or nout.bytes >= nout.vol_bytes or nout.packets >= nout.vol_packets):
+        vin, vout = nin.vol, nout.vol
+        if nin.bytes >= vin[0] or nin.packets >= vin[1] or nout.bytes >= vout[0] or nout.packets >= vout[1]:
             return Trigger.HARD_NEAR, self._one["hard_volume_near"]
         if t.err_until > now:
             return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
@@ -407,8 +390,8 @@ class Engine:
     def _derived_hints(self, t: Tunnel) -> list[Reason]:
         out = []
         for sa in t.sas:
-            if sa.oseq_warned and sa.seqs is not None:
-                out.append(hint("oseq_exhaustion", spi=f"0x{sa.spi:08x}", oseq=sa.seqs.oseq))
+            if sa.oseq_warned and sa.oseq is not None:
+                out.append(hint("oseq_exhaustion", spi=f"0x{sa.spi:08x}", oseq=sa.oseq & 0xFFFFFFFF))
         if t.state is TunnelState.ONE_WAY:
             out.append(hint("one_way" if t.reasons and t.reasons[0].code == "inbound_flat" else "one_way_out"))
         if not t.local_known and t.lo != t.hi:

@@ -86,7 +86,7 @@ class Halves(Engine):
         ns.pending.discard(b)
         ns.changed.discard(b)
         ns.rated.discard(b)
-        self._unpair(ns, b)
+        ns.unpair(b)
         self._tunnels.pop(b.id, None)
         self._dirty.add(b.id)
         self._touch(ns, a)

@@ -18,7 +18,7 @@ from monitor.health.engine import _STR, ANY_PROTO, NLM_MULTI, intern_str, spi_li
 from monitor.health.halves import Halves
 from monitor.health.nsstate import Held, NetnsState
 from monitor.health.policies import Policies
-from monitor.health.sastate import DIR_IN, DIR_OUT, SAState
+from monitor.health.sastate import DIR_IN, DIR_OUT, SAState, algs_of
 from monitor.health.tunnel import Tunnel
 from monitor.wire import xfrm as X
 from monitor.wire.events import (
@@ -81,11 +81,7 @@ class Lifecycle(Counters, Policies, Halves):
         return st
 
     def _lifetimes(self, st: SAState, sa: SA) -> None:
-        add = (float(sa.cur.add_time) - self.wall_skew) if sa.cur.add_time else st.add_time
-        st.add_time = add
-        lft = sa.lft
-        st.soft_at = add + lft.soft_add_expires_seconds if lft.soft_add_expires_seconds and add else 0.0
-        st.hard_at = add + lft.hard_add_expires_seconds if lft.hard_add_expires_seconds and add else 0.0
+        st.set_lifetimes((float(sa.cur.add_time) - self.wall_skew) if sa.cur.add_time else st.add_time, sa.lft)
 
     def _new_sa(self, ns: NetnsState, key: tuple[int, str, int], sa: SA, now: float,
                 announce: bool = True) -> SAState:
@@ -107,10 +103,9 @@ class Lifecycle(Counters, Policies, Halves):
             st.dir = sa.sa_dir
         else:
             st.dir = DIR_IN if sa.daddr == t.local else DIR_OUT
-        st.enc = intern_str(sa.enc.name) if sa.enc else None
         auth = sa.auth_trunc or sa.auth
-        st.auth = intern_str(auth.name) if auth else None
-        st.aead = intern_str(sa.aead.name) if sa.aead else None
+        st.algs = algs_of(intern_str(sa.enc.name) if sa.enc else None, intern_str(auth.name) if auth else None,
+                          intern_str(sa.aead.name) if sa.aead else None)
         st.add_time = (float(sa.cur.add_time) - self.wall_skew) if sa.cur.add_time else now
         self._lifetimes(st, sa)
         was_established = bool(t.sas) and self._established(t)
@@ -196,19 +191,11 @@ class Lifecycle(Counters, Policies, Halves):
         if sa_dir not in (DIR_IN, DIR_OUT):
             sa_dir = DIR_IN if daddr == t.local else DIR_OUT
         st.dir = sa_dir
-        if enc is not None:
-            st.enc = _STR.get(enc.name) or intern_str(enc.name)
-        if auth is not None:
-            st.auth = _STR.get(auth.name) or intern_str(auth.name)
-        if aead is not None:
-            st.aead = _STR.get(aead.name) or intern_str(aead.name)
+        st.algs = algs_of(None if enc is None else _STR.get(enc.name) or intern_str(enc.name),
+                          None if auth is None else _STR.get(auth.name) or intern_str(auth.name),
+                          None if aead is None else _STR.get(aead.name) or intern_str(aead.name))
         cur = sa.cur
-        add = st.add_time = (float(cur.add_time) - self.wall_skew) if cur.add_time else now
-        lft = sa.lft
-        if lft.soft_add_expires_seconds and add:
-            st.soft_at = add + lft.soft_add_expires_seconds
-        if lft.hard_add_expires_seconds and add:
-            st.hard_at = add + lft.hard_add_expires_seconds
+        st.set_lifetimes((float(cur.add_time) - self.wall_skew) if cur.add_time else now, sa.lft)
         ns.sas[key] = st
         t.sas.append(st)
         t.had_sa = True

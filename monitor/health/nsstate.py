@@ -53,6 +53,7 @@ class NetnsState:
         self.tunnels: dict[tuple[int, int, int, str, str], Tunnel] = {}
         #: ``(reqid, lo, hi)`` -> the first tunnel with it; when more tunnels share it (other if_id/mark: maybe
         #: the other direction of the same connection, ``monitor.health.halves``) all are in ``split_pairs``.
+        #: A lone tunnel with if_id and mark 0 is not entered (``pair``): most tunnels, ~120 bytes each.
         self.by_pair: dict[tuple[int, str, str], Tunnel] = {}
         self.split_pairs: dict[tuple[int, str, str], list[Tunnel]] = {}
         self.locals: set[str] = set(local_addresses)
@@ -89,6 +90,37 @@ class NetnsState:
         (``on_resync``) on, not only while the resync dump runs, since the events read meanwhile are an
         incomplete view (a DELSA whose replacement's notification was lost must not take a tunnel down)."""
         return self.loading or self.ploading or self.resync
+
+    def pair(self, t: Tunnel, pk: tuple[int, str, str]) -> None:
+        """Put the new tunnel ``t`` into the ``(reqid, lo, hi)`` indexes (``by_pair``, ``split_pairs``).
+
+        ``by_pair`` is the oldest tunnel with ``pk``, but a tunnel with if_id and mark 0 is only entered
+        there once another tunnel with ``pk`` comes: alone, it is ``tunnels[(reqid, 0, 0, lo, hi)]`` (two
+        tunnels with one ``pk`` differ in if_id or mark, so at least one of them is non-zero there).
+        """
+        first = self.by_pair.get(pk)
+        if first is None:
+            if not t.if_id and not t.mark:
+                return
+            reqid, lo, hi = pk
+            zero = self.tunnels.get((reqid, 0, 0, lo, hi))
+            first = self.by_pair[pk] = zero if zero is not None else t
+        if first is not t:
+            self.split_pairs.setdefault(pk, [first]).append(t)
+
+    def unpair(self, t: Tunnel) -> None:
+        """Take ``t`` out of the ``(reqid, lo, hi)`` indexes."""
+        pk = (t.reqid, t.lo, t.hi)
+        peers = self.split_pairs.get(pk)
+        if peers is not None:
+            peers[:] = [u for u in peers if u is not t]
+            if len(peers) < 2:
+                del self.split_pairs[pk]
+        if self.by_pair.get(pk) is t:
+            if peers:
+                self.by_pair[pk] = peers[0]
+            else:
+                del self.by_pair[pk]
 
     def to_json(self, now: float) -> dict[str, Any]:
         """Netns-level view: counts, hints and dump bookkeeping."""

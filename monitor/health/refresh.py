@@ -187,7 +187,8 @@ class Refreshing(Checkpointing):
         pending = ns.pending
         seen = 0
         for st in split.unchanged:
-            if st.bytes >= st.vol_bytes or st.packets >= st.vol_packets:
+            vb, vp = st.vol
+            if st.bytes >= vb or st.packets >= vp:
                 pending.add(st.tunnel)
             if st.gen != gen:
                 st.gen = gen

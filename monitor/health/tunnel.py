@@ -102,7 +102,9 @@ def tunnel_id(netns: str, reqid: int, *, if_id: int, mark: int, lo: str, hi: str
         tid += f":if{if_id}"
     if mark:
         tid += f":m{mark:x}"
-    return sys.intern(tid)
+    # not sys.intern'd: every holder shares the Tunnel's own ``id`` object, and the interpreter's interned
+    # table cost ~25 bytes per SA at 100k tunnels (bench/RESULTS.md, "RSS per SA")
+    return tid
 
 
 class Tunnel:
