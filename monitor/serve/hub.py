@@ -124,14 +124,17 @@ class Hub:
         c.direct = False
 
     def _open_epoch(self) -> None:
-        """Sort the clients for this loop iteration's events (module docstring, "Direct broadcast")."""
+        """Sort the clients for this loop iteration's events (module docstring, "Direct broadcast").
+
+        The per-client test is kept to plain attribute reads (it runs for every client in every epoch);
+        whether a direct client's transport can take data is asked once, by the flusher.
+        """
         self._epoch = True
         direct: list[Client] = []
         slow: list[Client] = []
         self._direct, self._slow = direct, slow
         for c in self.clients:
-            if (c.idle and not c.q and c.filters.empty and not c.wake.is_set() and c.can_write is not None
-                    and c.write_run is not None and c.can_write()):
+            if c.idle and c.plain and not c.q and c.write_run is not None and not c.wake.is_set():
                 c.direct = True
                 direct.append(c)
             else:
@@ -159,18 +162,19 @@ class Hub:
                 c.direct = False
             return
         datas = [d for _, d in bcast]
+        n = len(datas)
         blob = b"".join([self.frame(d) for d in datas]) if self.frame is not None else None
         now = time.monotonic()
-        for c in direct:
+        for c in direct:  # the hot loop: one check and one write per client
             if not c.direct:  # demoted or detached meanwhile
                 continue
+            c.direct = False
             if c.can_write is not None and c.can_write():
-                c.direct = False
                 if blob is not None and c.write_raw is not None:
                     c.write_raw(blob)
                 elif c.write_run is not None:
                     c.write_run(datas)
-                c.sent_messages += len(datas)
+                c.sent_messages += n
                 c.progress = now
             else:
                 self.demote(c)
