@@ -24,6 +24,13 @@ Theory of operation
   reply) first *demotes* it: the epoch's events so far go into its queue as ordinary events (queue limit and
   gaps apply), then the new entry, so nothing overtakes. A direct client whose transport is paused at flush
   time is demoted the same way and its writer task takes over with flow control.
+* **Flush tick** (``flush_tick``, setting ``flush_tick``): a direct broadcast is written at the end of the
+  loop iteration, unless the previous one was written less than ``flush_tick`` seconds ago; then it is
+  written at that previous write + ``flush_tick`` and collects the events published meanwhile. Isolated
+  events go out at once; under a steady stream each idle client gets at most one write per tick (fewer
+  ``send`` calls: the kernel's share of a delivery). It delays only direct clients' events, by at most
+  ``flush_tick``; everything else for such a client demotes it as before, and demoted and queued clients
+  are written by the flusher in the same iteration.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ class Hub:
         client_max_updates: int = 10_000,
         snapshot_chunk: int = 500,
         stall_timeout: float = 30.0,
+        flush_tick: float = 0.0,
         clock: Callable[[], float] = time.time,
         hello: Mapping[str, Any] | None = None,
     ) -> None:
@@ -82,6 +90,8 @@ class Hub:
         self.client_max_updates = client_max_updates
         self.snapshot_chunk = snapshot_chunk
         self.stall_timeout = stall_timeout
+        #: Shortest interval (loop seconds) between two direct-broadcast writes (module docstring, "Flush tick").
+        self.flush_tick = flush_tick
         self.clock = clock
         self.clients: set[Client] = set()
         self.ring: deque[tuple[int, dict[str, Any], bytes]] = deque(maxlen=ring_size)
@@ -99,6 +109,11 @@ class Hub:
         self._bcast: list[tuple[int, bytes]] = []
         self._direct: list[Client] = []
         self._slow: list[Client] = []
+        self._bcast_handle: asyncio.Handle | None = None
+        self._last_bcast = float("-inf")  # loop time of the last direct-broadcast write
+        #: Direct broadcasts written, and client writes they made (one per direct client each).
+        self.bcast_epochs = 0
+        self.bcast_writes = 0
         #: Set by the transport (``monitor.serve.websocket``): message bytes -> one framed message, so the
         #: epoch's frames are built once for every direct client. None: each client's ``write_run`` frames.
         self.frame: Callable[[bytes], bytes] | None = None
@@ -142,8 +157,13 @@ class Hub:
         if not direct:  # nothing to broadcast to: no epoch, every client through its queue as before
             self._epoch = False
             slow.clear()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_bcast + self.flush_tick
+        if due <= loop.time():
+            self._bcast_handle = loop.call_soon(self._flush_direct)
+        else:  # the previous broadcast was less than a tick ago: this one collects events until then
+            self._bcast_handle = loop.call_at(due, self._flush_direct)
 
     def demote(self, c: Client) -> None:
         """Take ``c`` out of the direct set: this epoch's events so far go into its queue, later ones too."""
@@ -152,6 +172,11 @@ class Hub:
             self._slow.append(c)
         for seq, data in self._bcast:
             c.push_event(seq, data)
+
+    def _flush_direct(self) -> None:
+        self._bcast_handle = None
+        if self._epoch:
+            self._write_direct()
 
     def _write_direct(self) -> None:
         """Write the closing epoch's events to its direct clients: framed once, one write per client."""
@@ -165,6 +190,7 @@ class Hub:
         n = len(datas)
         blob = b"".join([self.frame(d) for d in datas]) if self.frame is not None else None
         now = time.monotonic()
+        written = 0
         for c in direct:  # the hot loop: one check and one write per client
             if not c.direct:  # demoted or detached meanwhile
                 continue
@@ -176,9 +202,13 @@ class Hub:
                     c.write_run(datas)
                 c.sent_messages += n
                 c.progress = now
+                written += 1
             else:
                 self.demote(c)
         self._bcast = []
+        self._last_bcast = asyncio.get_running_loop().time()
+        self.bcast_epochs += 1
+        self.bcast_writes += written
 
     def want_flush(self, c: Client) -> None:
         """Have the flusher write this idle client's queue at the end of this loop iteration."""
@@ -195,8 +225,6 @@ class Hub:
         control and the slow paths. Only idle clients are written here, so nothing overtakes.
         """
         self._flush_handle = None
-        if self._epoch:
-            self._write_direct()
         todo, self._flush_set = self._flush_set, {}
         for c in todo:
             if not c.idle or c.wake.is_set() or not c.q:
