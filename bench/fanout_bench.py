@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -86,7 +87,9 @@ async def _serve(port: int, tunnels: int) -> None:
     from monitor.serve.web import create_app
 
     tick = os.environ.get("BENCH_FLUSH_TICK")  # A/B of the hub's flush tick (seconds)
-    settings = Settings(host="127.0.0.1", port=port, log_level="warning", flush_tick=float(tick or 0.0))
+    settings = Settings(host="127.0.0.1", port=port, log_level="warning")
+    if tick is not None:
+        settings = dataclasses.replace(settings, flush_tick=float(tick))
     kw: dict[str, Any] = {}
     if tunnels:
         kw["pipeline"], kw["correlator"] = _preload(tunnels)
@@ -155,7 +158,8 @@ async def _serve(port: int, tunnels: int) -> None:
                 "dropped_total": hub.dropped_total, "gaps_total": hub.gaps_total,
                 # publish calls; direct broadcasts written and the client writes they made (one per client
                 # each): events per write is what the flush tick (and a starved loop) raises
-                "publishes": publishes, "bcast_epochs": epochs, "bcast_writes": writes}
+                "publishes": publishes, "bcast_epochs": epochs, "bcast_writes": writes,
+                "flush_tick": getattr(hub, "flush_tick", None)}
 
     async def inject_handler(request: web.Request) -> web.Response:
         rate, duration = float(request.query["rate"]), float(request.query["duration"])
@@ -285,7 +289,7 @@ def run_scenario(name: str, clients: int, stalled: int, rate: float, seconds: fl
                    "dropped_total": srv["dropped_total"], "gaps_total": srv["gaps_total"],
                    "publishes": srv.get("publishes"), "bcast_epochs": srv.get("bcast_epochs"),
                    "bcast_writes": srv.get("bcast_writes"),
-                   "flush_tick": float(os.environ.get("BENCH_FLUSH_TICK") or 0)},
+                   "flush_tick": srv.get("flush_tick")},
         "clients_result": cl,
     }
 

@@ -73,9 +73,9 @@ class Settings:
     counters_interval: float = 1.0
     #: Tunnels per snapshot chunk (the loop serves others between chunks).
     snapshot_chunk: int = 500
-    #: Seconds: shortest interval between two broadcast writes to an idle websocket client (0: every loop
-    #: iteration). Events published meanwhile share the next write; they wait at most this long.
-    flush_tick: float = 0.0
+    #: Seconds: the longest an event broadcast to idle websocket clients is held back so that later events
+    #: share its write (the hold is what the previous broadcast took to write, capped by this; 0: never).
+    flush_tick: float = 0.01
     #: ``/healthz`` is degraded when a netns's last dump is older than this (default 3 x interval).
     stale_after: float | None = None
     #: Extra origins (``https://host:port``) allowed to open the websocket.

@@ -25,12 +25,13 @@ Theory of operation
   gaps apply), then the new entry, so nothing overtakes. A direct client whose transport is paused at flush
   time is demoted the same way and its writer task takes over with flow control.
 * **Flush tick** (``flush_tick``, setting ``flush_tick``): a direct broadcast is written at the end of the
-  loop iteration, unless the previous one was written less than ``flush_tick`` seconds ago; then it is
-  written at that previous write + ``flush_tick`` and collects the events published meanwhile. Isolated
-  events go out at once; under a steady stream each idle client gets at most one write per tick (fewer
-  ``send`` calls: the kernel's share of a delivery). It delays only direct clients' events, by at most
-  ``flush_tick``; everything else for such a client demotes it as before, and demoted and queued clients
-  are written by the flusher in the same iteration.
+  loop iteration, unless the previous one ended less than *hold* ago, hold = min(``flush_tick``, the time
+  the previous one took to write); then it is written at previous end + hold and collects the events
+  published meanwhile. So writing to idle clients takes at most about half of the loop's time however
+  many events come (one write, one ``send``, per client per broadcast: the kernel's share of a delivery
+  is per write, not per event), an isolated event goes out at once, and no event waits more than
+  ``flush_tick``. Only direct clients' events are held; anything else for such a client demotes it as
+  before, and demoted and queued clients are written by the flusher in the same iteration.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Hub:
         stall_timeout: float = 30.0,
         flush_tick: float = 0.0,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
         hello: Mapping[str, Any] | None = None,
     ) -> None:
         self.view = view
@@ -90,8 +92,10 @@ class Hub:
         self.client_max_updates = client_max_updates
         self.snapshot_chunk = snapshot_chunk
         self.stall_timeout = stall_timeout
-        #: Shortest interval (loop seconds) between two direct-broadcast writes (module docstring, "Flush tick").
+        #: Longest hold of a direct broadcast (seconds; module docstring, "Flush tick"); ``timer`` measures
+        #: what writing one costs.
         self.flush_tick = flush_tick
+        self.timer = timer
         self.clock = clock
         self.clients: set[Client] = set()
         self.ring: deque[tuple[int, dict[str, Any], bytes]] = deque(maxlen=ring_size)
@@ -111,6 +115,7 @@ class Hub:
         self._slow: list[Client] = []
         self._bcast_handle: asyncio.Handle | None = None
         self._last_bcast = float("-inf")  # loop time of the last direct-broadcast write
+        self._hold = 0.0  # min(flush_tick, what the last one took to write)
         #: Direct broadcasts written, and client writes they made (one per direct client each).
         self.bcast_epochs = 0
         self.bcast_writes = 0
@@ -159,10 +164,10 @@ class Hub:
             slow.clear()
             return
         loop = asyncio.get_running_loop()
-        due = self._last_bcast + self.flush_tick
+        due = self._last_bcast + self._hold
         if due <= loop.time():
             self._bcast_handle = loop.call_soon(self._flush_direct)
-        else:  # the previous broadcast was less than a tick ago: this one collects events until then
+        else:  # the previous broadcast ended less than its own cost ago: this one collects events until then
             self._bcast_handle = loop.call_at(due, self._flush_direct)
 
     def demote(self, c: Client) -> None:
@@ -190,6 +195,7 @@ class Hub:
         n = len(datas)
         blob = b"".join([self.frame(d) for d in datas]) if self.frame is not None else None
         now = time.monotonic()
+        t0 = self.timer()
         written = 0
         for c in direct:  # the hot loop: one check and one write per client
             if not c.direct:  # demoted or detached meanwhile
@@ -206,6 +212,7 @@ class Hub:
             else:
                 self.demote(c)
         self._bcast = []
+        self._hold = min(self.flush_tick, self.timer() - t0)
         self._last_bcast = asyncio.get_running_loop().time()
         self.bcast_epochs += 1
         self.bcast_writes += written
