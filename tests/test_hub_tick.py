@@ -1,5 +1,5 @@
 """The hub's flush tick (issue 15 item 3): after a direct broadcast that took d seconds to write, the next one
-is held until min(flush_tick, d) after it, and events published meanwhile share its write. The hold is
+is held until min(flush_tick, HOLD_FACTOR x d) after it, and events published meanwhile share its write. The hold is
 checked on the loop's own clock through the scheduled handle (not by sleeping and timing), with the write's
 cost given by an explicit timer; an isolated event is not delayed at all, and anything else for a waiting
 client demotes it with order, seq and gaps kept."""
@@ -10,7 +10,7 @@ import asyncio
 
 import orjson
 
-from monitor.serve.hub import Hub
+from monitor.serve.hub import HOLD_FACTOR, Hub
 from monitor.serve.protocol import Filters
 from monitor.serve.websocket import text_frame
 from tests.test_hub_batch import _event, _until
@@ -69,15 +69,15 @@ async def test_events_within_a_tick_share_one_write() -> None:
 
 
 async def test_hold_is_what_the_last_write_took() -> None:
-    """A broadcast that took 0.05 s to write holds the next one 0.05 s (less than the tick); one that took
-    nothing (a hub with flush_tick 0, or few clients) holds nothing."""
-    hub = _hub(cost=0.05)
+    """A broadcast that took 0.03 s to write holds the next one HOLD_FACTOR x 0.03 s (less than the tick); one
+    that took nothing holds nothing."""
+    hub = _hub(cost=0.03)
     _, _, wire, task = await _client(hub)
     hub.publish_events([_event(1)])
     await asyncio.sleep(0)
     hub.publish_events([_event(2)])
     assert isinstance(hub._bcast_handle, asyncio.TimerHandle)
-    assert abs(hub._bcast_handle.when() - (hub._last_bcast + 0.05)) < 1e-9
+    assert abs(hub._bcast_handle.when() - (hub._last_bcast + HOLD_FACTOR * 0.03)) < 1e-9
     await _until(lambda: len(wire.raw) == 2, "the hold")
     await _stop(task)
     hub = _hub(cost=0.0)

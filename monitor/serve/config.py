@@ -74,7 +74,7 @@ class Settings:
     #: Tunnels per snapshot chunk (the loop serves others between chunks).
     snapshot_chunk: int = 500
     #: Seconds: the longest an event broadcast to idle websocket clients is held back so that later events
-    #: share its write (the hold is what the previous broadcast took to write, capped by this; 0: never).
+    #: share its write (the hold is twice what the previous broadcast took to write, capped by this; 0: never).
     flush_tick: float = 0.01
     #: ``/healthz`` is degraded when a netns's last dump is older than this (default 3 x interval).
     stale_after: float | None = None

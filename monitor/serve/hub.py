@@ -25,12 +25,12 @@ Theory of operation
   gaps apply), then the new entry, so nothing overtakes. A direct client whose transport is paused at flush
   time is demoted the same way and its writer task takes over with flow control.
 * **Flush tick** (``flush_tick``, setting ``flush_tick``): a direct broadcast is written at the end of the
-  loop iteration, unless the previous one ended less than *hold* ago, hold = min(``flush_tick``, the time
-  the previous one took to write); then it is written at previous end + hold and collects the events
-  published meanwhile. So writing to idle clients takes at most about half of the loop's time however
-  many events come (one write, one ``send``, per client per broadcast: the kernel's share of a delivery
-  is per write, not per event), an isolated event goes out at once, and no event waits more than
-  ``flush_tick``. Only direct clients' events are held; anything else for such a client demotes it as
+  loop iteration, unless the previous one ended less than *hold* ago, hold = min(``flush_tick``,
+  ``HOLD_FACTOR`` x the time the previous one took to write); then it is written at previous end + hold and
+  collects the events published meanwhile. So writing to idle clients takes at most about a third of the
+  loop's time however many events come (one write, one ``send``, per client per broadcast: the kernel's
+  share of a delivery is per write, not per event), an isolated event goes out at once, and no event waits
+  more than ``flush_tick``. Only direct clients' events are held; anything else for such a client demotes it as
   before, and demoted and queued clients are written by the flusher in the same iteration.
 """
 
@@ -60,6 +60,9 @@ from monitor.serve.protocol import (
 
 #: Tunnel updates published synchronously at most; bigger batches go out in chunks from flush_counters.
 SYNC_TUNNELS = 500
+#: A direct broadcast that took d seconds to write holds the next one min(flush_tick, HOLD_FACTOR * d): writing
+#: to idle clients then takes at most 1 / (1 + HOLD_FACTOR) of the loop's time (module docstring, "Flush tick").
+HOLD_FACTOR = 2.0
 
 
 class Hub:
@@ -115,7 +118,7 @@ class Hub:
         self._slow: list[Client] = []
         self._bcast_handle: asyncio.Handle | None = None
         self._last_bcast = float("-inf")  # loop time of the last direct-broadcast write
-        self._hold = 0.0  # min(flush_tick, what the last one took to write)
+        self._hold = 0.0  # min(flush_tick, HOLD_FACTOR x what the last one took to write)
         #: Direct broadcasts written, and client writes they made (one per direct client each).
         self.bcast_epochs = 0
         self.bcast_writes = 0
@@ -212,7 +215,7 @@ class Hub:
             else:
                 self.demote(c)
         self._bcast = []
-        self._hold = min(self.flush_tick, self.timer() - t0)
+        self._hold = min(self.flush_tick, HOLD_FACTOR * (self.timer() - t0))
         self._last_bcast = asyncio.get_running_loop().time()
         self.bcast_epochs += 1
         self.bcast_writes += written
