@@ -95,8 +95,7 @@ class Hub:
         self.client_max_updates = client_max_updates
         self.snapshot_chunk = snapshot_chunk
         self.stall_timeout = stall_timeout
-        #: Longest hold of a direct broadcast (seconds; module docstring, "Flush tick"); ``timer`` measures
-        #: what writing one costs.
+        #: Longest hold of a direct broadcast (module docstring, "Flush tick"); ``timer`` times its writes.
         self.flush_tick = flush_tick
         self.timer = timer
         self.clock = clock
@@ -117,11 +116,8 @@ class Hub:
         self._direct: list[Client] = []
         self._slow: list[Client] = []
         self._bcast_handle: asyncio.Handle | None = None
-        self._last_bcast = float("-inf")  # loop time of the last direct-broadcast write
-        self._hold = 0.0  # min(flush_tick, HOLD_FACTOR x what the last one took to write)
-        #: Direct broadcasts written, and client writes they made (one per direct client each).
-        self.bcast_epochs = 0
-        self.bcast_writes = 0
+        self._last_bcast, self._hold = float("-inf"), 0.0  # loop time of the last direct broadcast; the hold
+        self.bcast_epochs = self.bcast_writes = 0  # direct broadcasts written; client writes they made
         #: Set by the transport (``monitor.serve.websocket``): message bytes -> one framed message, so the
         #: epoch's frames are built once for every direct client. None: each client's ``write_run`` frames.
         self.frame: Callable[[bytes], bytes] | None = None
@@ -147,11 +143,8 @@ class Hub:
         c.direct = False
 
     def _open_epoch(self) -> None:
-        """Sort the clients for this loop iteration's events (module docstring, "Direct broadcast").
-
-        The per-client test is kept to plain attribute reads (it runs for every client in every epoch);
-        whether a direct client's transport can take data is asked once, by the flusher.
-        """
+        """Sort the clients for this epoch's events (module docstring): plain attribute reads per client; whether
+        a direct client's transport can take data is asked once, when it is written."""
         self._epoch = True
         direct: list[Client] = []
         slow: list[Client] = []
