@@ -163,7 +163,7 @@ class Hub:
         due = self._last_bcast + self._hold
         if due <= loop.time():
             self._bcast_handle = loop.call_soon(self._flush_direct)
-        else:  # the previous broadcast ended less than its own cost ago: this one collects events until then
+        else:  # the previous broadcast ended less than the hold ago: this one collects events until then
             self._bcast_handle = loop.call_at(due, self._flush_direct)
 
     def demote(self, c: Client) -> None:
