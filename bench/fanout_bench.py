@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -85,7 +86,10 @@ async def _serve(port: int, tunnels: int) -> None:
     from monitor.serve.handlers import HUB
     from monitor.serve.web import create_app
 
+    tick = os.environ.get("BENCH_FLUSH_TICK")  # A/B of the hub's flush tick (seconds)
     settings = Settings(host="127.0.0.1", port=port, log_level="warning")
+    if tick is not None:
+        settings = dataclasses.replace(settings, flush_tick=float(tick))
     kw: dict[str, Any] = {}
     if tunnels:
         kw["pipeline"], kw["correlator"] = _preload(tunnels)
@@ -117,7 +121,8 @@ async def _serve(port: int, tunnels: int) -> None:
             prof = cProfile.Profile()
             prof.enable()
         c0, t0, w0 = cpu_seconds(), time.perf_counter(), run_queue_wait()
-        sent, next_rss, behind = 0, 0.1, 0.0
+        sent, next_rss, behind, publishes = 0, 0.1, 0.0, 0
+        epochs0, writes0 = getattr(hub, "bcast_epochs", 0), getattr(hub, "bcast_writes", 0)
         while True:
             el = time.perf_counter() - t0
             if el >= duration:
@@ -129,6 +134,7 @@ async def _serve(port: int, tunnels: int) -> None:
                     {"seq": seq + sent + k + 1, "ts": now, "type": "bench", "tunnel": None, "netns": "bench",
                      "detail": {}} for k in range(due)]
                 hub.publish_events(evs)
+                publishes += 1
                 sent += due
                 behind = max(behind, due / rate)
             if el >= next_rss:
@@ -138,6 +144,7 @@ async def _serve(port: int, tunnels: int) -> None:
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds() - c0
         waited = run_queue_wait() - w0
+        epochs, writes = getattr(hub, "bcast_epochs", 0) - epochs0, getattr(hub, "bcast_writes", 0) - writes0
         if prof is not None:
             prof.disable()
             prof.dump_stats(os.environ["BENCH_PROFILE"])
@@ -148,7 +155,11 @@ async def _serve(port: int, tunnels: int) -> None:
                 "cpu_fraction": cpu / elapsed, "run_queue_wait_s": waited, "rss_max": max(rss_samples),
                 "rss_start": rss_samples[0],
                 "max_batch_s": behind, "loop_lag_ms": summary(lag_ms), "clients": len(hub.clients),
-                "dropped_total": hub.dropped_total, "gaps_total": hub.gaps_total}
+                "dropped_total": hub.dropped_total, "gaps_total": hub.gaps_total,
+                # publish calls; direct broadcasts written and the client writes they made (one per client
+                # each): events per write is what the flush tick (and a starved loop) raises
+                "publishes": publishes, "bcast_epochs": epochs, "bcast_writes": writes,
+                "flush_tick": getattr(hub, "flush_tick", None)}
 
     async def inject_handler(request: web.Request) -> web.Response:
         rate, duration = float(request.query["rate"]), float(request.query["duration"])
@@ -275,7 +286,10 @@ def run_scenario(name: str, clients: int, stalled: int, rate: float, seconds: fl
                    "run_queue_wait_s": srv["run_queue_wait_s"],
                    "achieved_rate": srv["achieved_rate"], "sent": srv["sent"],
                    "loop_lag_ms": srv["loop_lag_ms"], "loop_lag_until_result_ms": srv["lag_after_ms"],
-                   "dropped_total": srv["dropped_total"], "gaps_total": srv["gaps_total"]},
+                   "dropped_total": srv["dropped_total"], "gaps_total": srv["gaps_total"],
+                   "publishes": srv.get("publishes"), "bcast_epochs": srv.get("bcast_epochs"),
+                   "bcast_writes": srv.get("bcast_writes"),
+                   "flush_tick": srv.get("flush_tick")},
         "clients_result": cl,
     }
 

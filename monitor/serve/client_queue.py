@@ -33,6 +33,8 @@ class Client:
     def __init__(self, hub: Hub, filters: Filters) -> None:
         self.hub = hub
         self.filters = filters
+        #: No filters: a candidate for the hub's direct broadcast (Filters are immutable, so this is fixed).
+        self.plain = filters.empty
         self.q: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
         self.n_events = 0
         self.n_updates = 0

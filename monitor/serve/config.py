@@ -73,6 +73,9 @@ class Settings:
     counters_interval: float = 1.0
     #: Tunnels per snapshot chunk (the loop serves others between chunks).
     snapshot_chunk: int = 500
+    #: Seconds: the longest an event broadcast to idle websocket clients is held back so that later events
+    #: share its write (the hold is twice what the previous broadcast took to write, capped by this; 0: never).
+    flush_tick: float = 0.01
     #: ``/healthz`` is degraded when a netns's last dump is older than this (default 3 x interval).
     stale_after: float | None = None
     #: Extra origins (``https://host:port``) allowed to open the websocket.
@@ -210,6 +213,7 @@ def _validate(s: Settings) -> None:
         need(getattr(s, name) >= 1, f"{name} must be >= 1, got {getattr(s, name)}")
     for name in ("stall_timeout", "close_grace", "counters_interval"):
         need(getattr(s, name) > 0, f"{name} must be > 0 seconds, got {getattr(s, name)}")
+    need(0 <= s.flush_tick <= 1, f"flush_tick must be 0..1 seconds, got {s.flush_tick}")
     need(s.stale_after is None or s.stale_after > 0, f"stale_after must be > 0, got {s.stale_after}")
     need(s.metrics_tunnels in METRICS_TUNNELS,
          f"metrics_tunnels must be one of {', '.join(METRICS_TUNNELS)}, got {s.metrics_tunnels!r}")

@@ -24,6 +24,14 @@ Theory of operation
   reply) first *demotes* it: the epoch's events so far go into its queue as ordinary events (queue limit and
   gaps apply), then the new entry, so nothing overtakes. A direct client whose transport is paused at flush
   time is demoted the same way and its writer task takes over with flow control.
+* **Flush tick** (``flush_tick``, setting ``flush_tick``): a direct broadcast is written at the end of the
+  loop iteration, unless the previous one ended less than *hold* ago, hold = min(``flush_tick``,
+  ``HOLD_FACTOR`` x the time the previous one took to write); then it is written at previous end + hold and
+  collects the events published meanwhile. So writing to idle clients takes at most about a third of the
+  loop's time however many events come (one write, one ``send``, per client per broadcast: the kernel's
+  share of a delivery is per write, not per event), an isolated event goes out at once, and no event waits
+  more than ``flush_tick``. Only direct clients' events are held; anything else for such a client demotes it as
+  before, and demoted and queued clients are written by the flusher in the same iteration.
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ from monitor.serve.protocol import (
 
 #: Tunnel updates published synchronously at most; bigger batches go out in chunks from flush_counters.
 SYNC_TUNNELS = 500
+#: A direct broadcast that took d seconds to write holds the next one min(flush_tick, HOLD_FACTOR * d): writing
+#: to idle clients then takes at most 1 / (1 + HOLD_FACTOR) of the loop's time (module docstring, "Flush tick").
+HOLD_FACTOR = 2.0
 
 
 class Hub:
@@ -66,7 +77,9 @@ class Hub:
         client_max_updates: int = 10_000,
         snapshot_chunk: int = 500,
         stall_timeout: float = 30.0,
+        flush_tick: float = 0.0,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
         hello: Mapping[str, Any] | None = None,
     ) -> None:
         self.view = view
@@ -82,6 +95,9 @@ class Hub:
         self.client_max_updates = client_max_updates
         self.snapshot_chunk = snapshot_chunk
         self.stall_timeout = stall_timeout
+        #: Longest hold of a direct broadcast (module docstring, "Flush tick"); ``timer`` times its writes.
+        self.flush_tick = flush_tick
+        self.timer = timer
         self.clock = clock
         self.clients: set[Client] = set()
         self.ring: deque[tuple[int, dict[str, Any], bytes]] = deque(maxlen=ring_size)
@@ -99,6 +115,9 @@ class Hub:
         self._bcast: list[tuple[int, bytes]] = []
         self._direct: list[Client] = []
         self._slow: list[Client] = []
+        self._bcast_handle: asyncio.Handle | None = None
+        self._last_bcast, self._hold = float("-inf"), 0.0  # loop time of the last direct broadcast; the hold
+        self.bcast_epochs = self.bcast_writes = 0  # direct broadcasts written; client writes they made
         #: Set by the transport (``monitor.serve.websocket``): message bytes -> one framed message, so the
         #: epoch's frames are built once for every direct client. None: each client's ``write_run`` frames.
         self.frame: Callable[[bytes], bytes] | None = None
@@ -124,14 +143,14 @@ class Hub:
         c.direct = False
 
     def _open_epoch(self) -> None:
-        """Sort the clients for this loop iteration's events (module docstring, "Direct broadcast")."""
+        """Sort the clients for this epoch's events (module docstring): plain attribute reads per client; whether
+        a direct client's transport can take data is asked once, when it is written."""
         self._epoch = True
         direct: list[Client] = []
         slow: list[Client] = []
         self._direct, self._slow = direct, slow
         for c in self.clients:
-            if (c.idle and not c.q and c.filters.empty and not c.wake.is_set() and c.can_write is not None
-                    and c.write_run is not None and c.can_write()):
+            if c.idle and c.plain and not c.q and c.write_run is not None and not c.wake.is_set():
                 c.direct = True
                 direct.append(c)
             else:
@@ -139,8 +158,13 @@ class Hub:
         if not direct:  # nothing to broadcast to: no epoch, every client through its queue as before
             self._epoch = False
             slow.clear()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_bcast + self._hold
+        if due <= loop.time():
+            self._bcast_handle = loop.call_soon(self._flush_direct)
+        else:  # the previous broadcast ended less than the hold ago: this one collects events until then
+            self._bcast_handle = loop.call_at(due, self._flush_direct)
 
     def demote(self, c: Client) -> None:
         """Take ``c`` out of the direct set: this epoch's events so far go into its queue, later ones too."""
@@ -149,6 +173,11 @@ class Hub:
             self._slow.append(c)
         for seq, data in self._bcast:
             c.push_event(seq, data)
+
+    def _flush_direct(self) -> None:
+        self._bcast_handle = None
+        if self._epoch:
+            self._write_direct()
 
     def _write_direct(self) -> None:
         """Write the closing epoch's events to its direct clients: framed once, one write per client."""
@@ -159,22 +188,30 @@ class Hub:
                 c.direct = False
             return
         datas = [d for _, d in bcast]
+        n = len(datas)
         blob = b"".join([self.frame(d) for d in datas]) if self.frame is not None else None
         now = time.monotonic()
-        for c in direct:
+        t0 = self.timer()
+        written = 0
+        for c in direct:  # the hot loop: one check and one write per client
             if not c.direct:  # demoted or detached meanwhile
                 continue
+            c.direct = False
             if c.can_write is not None and c.can_write():
-                c.direct = False
                 if blob is not None and c.write_raw is not None:
                     c.write_raw(blob)
                 elif c.write_run is not None:
                     c.write_run(datas)
-                c.sent_messages += len(datas)
+                c.sent_messages += n
                 c.progress = now
+                written += 1
             else:
                 self.demote(c)
         self._bcast = []
+        self._hold = min(self.flush_tick, HOLD_FACTOR * (self.timer() - t0))
+        self._last_bcast = asyncio.get_running_loop().time()
+        self.bcast_epochs += 1
+        self.bcast_writes += written
 
     def want_flush(self, c: Client) -> None:
         """Have the flusher write this idle client's queue at the end of this loop iteration."""
@@ -191,8 +228,6 @@ class Hub:
         control and the slow paths. Only idle clients are written here, so nothing overtakes.
         """
         self._flush_handle = None
-        if self._epoch:
-            self._write_direct()
         todo, self._flush_set = self._flush_set, {}
         for c in todo:
             if not c.idle or c.wake.is_set() or not c.q:

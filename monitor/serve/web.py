@@ -182,7 +182,7 @@ def create_app(settings: Settings, source: Source | None = None, *, correlator: 
     src = source if source is not None else build_source(settings)
     hub = Hub(correlator, ring_size=settings.ring_size, client_queue=settings.client_queue,
               client_max_updates=settings.client_max_updates, snapshot_chunk=settings.snapshot_chunk,
-              stall_timeout=settings.stall_timeout,
+              stall_timeout=settings.stall_timeout, flush_tick=settings.flush_tick,
               hello={"counters_interval": settings.counters_interval})
     kind = getattr(src, "kind", None) or settings.source_kind
     daemon = Daemon(src, pipeline, correlator, hub, kind=str(kind),

@@ -59,8 +59,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         if proto is not None and proto.writing_paused:  # flow control, as aiohttp's own writer does
             await proto._drain_helper()
 
+    proto = request.protocol  # fixed for the connection; read once (the hub asks can_write per broadcast)
+
     def can_write() -> bool:
-        proto = request.protocol
         return not (transport is None or ws.closed or transport.is_closing()
                     or (proto is not None and proto.writing_paused))
 
