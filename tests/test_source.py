@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from fake_xfrm_socket import FakeXfrmSocket
 
 from monitor.errors import NetnsNotFound, PermissionDenied, XfrmUnsupported
 from monitor.sources.items import Control, Datagram, SourceItem
@@ -26,49 +27,13 @@ def _sa(spi: int) -> SA:
               LifetimeCur(), Stats(), 0, 1, X.AF_INET, 1, 0, 0)
 
 
-class FakeKernel:
-    """Duck-typed NETLINK_XFRM socket: answers dumps with one SA and lets a test inject datagrams/ENOBUFS."""
-
-    PORTID = 4242
+class FakeKernel(FakeXfrmSocket):
+    """Answers dumps with one SA and lets a test inject datagrams/ENOBUFS (the source binds this one fake twice:
+    events, then dumps with no group)."""
 
     def __init__(self) -> None:
-        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.groups = 0
+        super().__init__()
         self.requests: list[int] = []
-        self.enobufs_next = False
-
-    # socket API used by open_xfrm_socket / KernelSource
-    def setsockopt(self, *args: object) -> None:
-        """Accept any option."""
-
-    def bind(self, addr: tuple[int, int]) -> None:
-        """Record the joined groups (the source binds this one fake twice: events, then dumps with none)."""
-        self.groups |= addr[1]
-
-    def setblocking(self, flag: bool) -> None:
-        """Make the readable end non-blocking."""
-        self.a.setblocking(flag)
-
-    def getsockname(self) -> tuple[int, int]:
-        """Our port id."""
-        return (self.PORTID, self.groups)
-
-    def fileno(self) -> int:
-        """The fd the event loop watches."""
-        return self.a.fileno()
-
-    def close(self) -> None:
-        """Close both ends."""
-        self.a.close()
-        self.b.close()
-
-    def recv_into(self, buf: bytearray) -> int:
-        """Deliver the next datagram, or ENOBUFS once when armed."""
-        if self.enobufs_next:
-            self.enobufs_next = False
-            self.a.recv(65536)  # the wake-up byte
-            raise OSError(errno.ENOBUFS, "No buffer space available")
-        return self.a.recv_into(buf)
 
     def send(self, data: bytes) -> int:
         """Answer a request like the kernel: a dump record + DONE, or NEWSADINFO."""

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import socket
 import time
 from collections.abc import Callable
 
 from correlate_builders import delsa, make_policy, make_sa, newpolicy, newsa, updsa
+from fake_xfrm_socket import PORTID, FakeXfrmSocket
 
 from monitor.health.correlate import Correlator
 from monitor.health.model import HealthEvent
@@ -31,58 +30,17 @@ from monitor.wire.decode import decode_datagram, iter_messages
 from monitor.wire.encode import encode, encode_datagram
 from monitor.wire.events import SA, Done, Event, NlHeader, PolicyDeleted, PolicyId, SAAdded, SADInfo
 
-PORTID = 4242
 I0, O0 = make_sa(0x1000, inbound=True, add_time=1000), make_sa(0x2000, inbound=False, add_time=1000)
 I1, O1 = make_sa(0x1001, inbound=True, add_time=1070), make_sa(0x2001, inbound=False, add_time=1070)
 
 
-class FakeSocket:
-    """Duck-typed NETLINK_XFRM socket over a datagram socketpair; ``overrun()`` makes the next read ENOBUFS."""
-
-    def __init__(self) -> None:
-        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.enobufs_next = False
-
-    def setsockopt(self, *args: object) -> None:
-        """Accept any option."""
-
-    def bind(self, addr: tuple[int, int]) -> None:
-        """Groups are not checked here."""
-
-    def setblocking(self, flag: bool) -> None:
-        """Make the readable end non-blocking."""
-        self.a.setblocking(flag)
-
-    def getsockname(self) -> tuple[int, int]:
-        """Our port id."""
-        return (PORTID, 0)
-
-    def fileno(self) -> int:
-        """The fd the event loop watches."""
-        return self.a.fileno()
-
-    def close(self) -> None:
-        """Close both ends."""
-        self.a.close()
-        self.b.close()
-
-    def recv_into(self, buf: bytearray) -> int:
-        """The next datagram, or ENOBUFS once when armed."""
-        if self.enobufs_next:
-            self.enobufs_next = False
-            self.a.recv(16)  # the wake-up byte
-            raise OSError(errno.ENOBUFS, "No buffer space available")
-        return self.a.recv_into(buf)
+class FakeSocket(FakeXfrmSocket):
+    """The event socket: ``notify`` queues multicast notifications, ``overrun()`` makes the next read ENOBUFS."""
 
     def notify(self, events: list[Event]) -> None:
         """Multicast notifications: one per datagram, as the kernel sends them."""
         for ev in events:
             self.b.send(encode(ev))
-
-    def overrun(self) -> None:
-        """The kernel dropped events for us: the next read reports it."""
-        self.enobufs_next = True
-        self.b.send(b"\0")
 
 
 class DumpSocket(FakeSocket):

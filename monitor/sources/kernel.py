@@ -251,17 +251,14 @@ class KernelSource:
         replies = sock is w.dsock
         for _ in range(_BURST):
             try:
-                n = sock.recv_into(w.buf)
-            except BlockingIOError:
-                return
+                n = self._recv(w, sock, replies)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self._overrun(w, replies)
-                    continue
                 # a pending socket error (sk_err) is reported once: tell, keep reading; never raise into the loop
                 log.warning("netns %s: receive failed: %s", w.name, exc)
                 self._control(w.name, "source_error", message=f"netns {w.name}: receive failed: {exc}")
                 self._rearm_soon(w)
+                return
+            if n is None:
                 return
             data = bytes(w.buf[:n])
             end = self._reply_end(w, data) if replies and w.pending is not None else None
@@ -275,26 +272,30 @@ class KernelSource:
                 return
 
     def _drain_events(self, w: _Watch) -> None:
-        """Queue what the event socket holds now, before a reply's end (the module docstring; issue 18).
-
-        A dump is no snapshot: the kernel links a new SA at its list's head and a dump walks from the head, so
-        during a rekey a dump can miss the old outbound SA (deleted before the walk got there) and its
-        replacement alike. Their notifications, queued before the dump's NLMSG_DONE, came after it when read
-        ``_BURST`` at a time: the dump's end took the tunnel down (``missing_from_dump``) until they were read
-        (the VM storm). An overrun met here is reported before the DONE, so that dump reconciles nothing.
-        """
-        sock = w.sock
+        """Queue what the event socket holds now, before a reply's end (module docstring; issue 18: a dump during a
+        rekey can miss the old outbound SA and its replacement alike, whose notifications must then come first). An
+        overrun met here is reported before the DONE, so that dump reconciles nothing."""
         for _ in range(_DRAIN_MAX):
             try:
-                n = sock.recv_into(w.buf)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self._overrun(w, False)
-                    continue
+                n = self._recv(w, w.sock, False)
+            except OSError:
                 return  # the event socket's own reader reports it
+            if n is None:
+                return
             self._queue.put_nowait(Datagram(w.name, bytes(w.buf[:n]), time.time(), False))
+
+    def _recv(self, w: _Watch, sock: socket.socket, replies: bool) -> int | None:
+        """One datagram into ``w.buf``: its length, or None when the socket holds nothing more. An ENOBUFS is
+        reported (``_overrun``) and reading goes on; any other error is raised."""
+        while True:
+            try:
+                return sock.recv_into(w.buf)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self._overrun(w, replies)
 
     def _overrun(self, w: _Watch, replies: bool) -> None:
         """Messages were lost. On the event socket: resync after the cycle in flight. Where our replies
