@@ -19,6 +19,7 @@ Rules / theory of operation
 from __future__ import annotations
 
 import enum
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
@@ -86,6 +87,7 @@ INITIAL_STATE: Final = S.DOWN
 del S, T
 
 
+@functools.lru_cache(maxsize=1024)  # few namespaces, one call per new tunnel: 100k tunnels at a first load
 def _safe(netns: str) -> str:
     """A netns name made URL-path safe (``/proc/1/ns/net`` -> ``_proc_1_ns_net``)."""
     if not netns:
