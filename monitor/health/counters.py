@@ -134,8 +134,7 @@ class Counters(Engine):
                 self._emit(now, "oseq_exhaustion", t, {"spi": f"0x{st.spi:08x}", "oseq": low,
                                                        "left": OSEQ_LIMIT - low})
                 self._touch(ns, t)
-        vb, vp = st.vol
-        if st.bytes >= vb or st.packets >= vp:
+        if st.near_volume():
             ns.pending.add(t)
 
     def _errors(self, ns: NetnsState, st: SAState, replay: int, integrity: int, now: float) -> None:

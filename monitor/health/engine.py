@@ -226,8 +226,7 @@ class Engine:
         hard, margin = hm
         if hard and hard - now <= margin:
             return Trigger.HARD_NEAR, self._one["hard_expiry_near"]
-        vin, vout = nin.vol, nout.vol
-        if nin.bytes >= vin[0] or nin.packets >= vin[1] or nout.bytes >= vout[0] or nout.packets >= vout[1]:
+        if nin.near_volume() or nout.near_volume():
             return Trigger.HARD_NEAR, self._one["hard_volume_near"]
         if t.err_until > now:
             return Trigger.ERRORS, tuple(self._reason(c) for c in t.err_codes)
@@ -274,9 +273,7 @@ class Engine:
         until = t.held_since + grace
         if now >= until:
             return False
-        if until < t.timer_at:
-            t.timer_at = until
-            heapq.heappush(self._heap, (until, 0, t.id))
+        self._arm(t, until)
         return True
 
     def _evaluate(self, t: Tunnel, now: float, quiet: bool, pair: Pair, hm: tuple[float, float]) -> None:
@@ -383,6 +380,10 @@ class Engine:
             for _, c in t.hints.values():
                 if now < c < when:
                     when = c
+        self._arm(t, when)
+
+    def _arm(self, t: Tunnel, when: float) -> None:
+        """Push ``t``'s timer to ``when`` if that is earlier than the one it has (``on_timer`` skips stale ones)."""
         if when < t.timer_at:
             t.timer_at = when
             heapq.heappush(self._heap, (when, 0, t.id))

@@ -187,8 +187,7 @@ class Refreshing(Checkpointing):
         pending = ns.pending
         seen = 0
         for st in split.unchanged:
-            vb, vp = st.vol
-            if st.bytes >= vb or st.packets >= vp:
+            if st.near_volume():
                 pending.add(st.tunnel)
             if st.gen != gen:
                 st.gen = gen

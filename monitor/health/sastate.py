@@ -116,6 +116,11 @@ class SAState:
         """AEAD algorithm name (None: none)."""
         return self.algs[2]
 
+    def near_volume(self) -> bool:
+        """Counters at or past ``vol``: within ``expiring_volume`` of a hard byte or packet limit."""
+        vb, vp = self.vol
+        return self.bytes >= vb or self.packets >= vp
+
     @property
     def soft_at(self) -> float:
         """Absolute soft expiry, core time (0: none): ``add_time`` + the soft lifetime (no float kept per SA)."""
